@@ -1,0 +1,8 @@
+"""The vt_pipeline code location: every domain's definitions merged, with shared resources."""
+
+import dagster as dg
+
+from vt_pipeline.livehunt.definitions import defs as livehunt_defs
+from vt_pipeline.resources import build_resources
+
+defs = dg.Definitions.merge(livehunt_defs, dg.Definitions(resources=build_resources()))

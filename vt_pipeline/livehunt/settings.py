@@ -1,0 +1,127 @@
+"""Livehunt configuration, read from the upstream connector's environment variable names.
+
+A docker-compose environment of the upstream connector moves over unchanged: every
+`VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_*` variable below means what it meant there (booleans accept
+true/false/1/0/yes/no in any case, lists are comma separated). The values become the
+`livehunt_settings` resource: visible in the Dagster UI and overridable per run or backfill from
+the launchpad (e.g. a backfill with `min_positives: 5`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from vt_pipeline.livehunt.options import LivehuntOptions
+
+ENV_PREFIX = "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_"
+
+
+class LivehuntSettings(dg.ConfigurableResource):
+    """Every option of the upstream Livehunt connector, plus vt_pipeline's own few."""
+
+    tlp_level: str = Field(default="clear", description="clear|white|green|amber|amber+strict|red")
+    create_alert: bool = True
+    alert_prefix: str = "VT "
+    delete_notification: bool = Field(
+        default=False, description="Delete notifications on VT once OpenCTI has accepted them."
+    )
+    filter_with_tag: str = Field(default="", description="Only notifications with this tag.")
+    create_file: bool = True
+    extensions: list[str] = Field(default_factory=list, description="e.g. exe,dll; empty = all")
+    max_age_days: int = Field(default=3, description="0 disables. Age at notification time.")
+    min_file_size: int = Field(default=1000, description="Bytes; 0 disables.")
+    max_file_size: int = Field(default=52_428_800, description="Bytes; 0 disables.")
+    min_positives: int = Field(default=1, description="Malicious verdicts; 0 disables.")
+    upload_artifact: bool = Field(default=False, description="Download kept samples as Artifacts.")
+    create_yara_rule: bool = True
+    av_list: list[str] = Field(default_factory=list, description="Engines listed in descriptions.")
+    livehunt_tag_prefix: str = ""
+    yara_label_prefix: str = "vt:yara:"
+    livehunt_label_prefix: str = "vt:lh:"
+    enable_label_enrichment: bool = True
+    get_malware_config: bool = False
+    create_file_indicators: bool = False
+    create_domain_name_indicators: bool = False
+    create_ip_indicators: bool = False
+    create_url_indicators: bool = False
+    limit: int = Field(
+        default=0,
+        description="At most this many notifications per partition (0 = no cap). A capped "
+        "partition is marked `limit_reached` in its metadata.",
+    )
+    artifact_max_bytes: int = Field(
+        default=52_428_800, description="Hard cap on one stored sample (0 disables)."
+    )
+    cache_rulesets: bool = Field(
+        default=True,
+        description="Fetch each ruleset once per run. False re-fetches it per notification, as "
+        "upstream does; only the benchmark's baseline turns it off.",
+    )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LivehuntSettings:
+        """Settings from the upstream variable names; unset variables keep upstream defaults."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None or (raw.strip() == "" and field.annotation is not str):
+                continue
+            values[name] = _parse(name, raw, field.annotation)
+        return cls(**values)
+
+    def to_options(self) -> LivehuntOptions:
+        level = self.tlp_level.strip().lower().replace("tlp:", "").replace("_", "+")
+        if level not in {"clear", "white", "green", "amber", "amber+strict", "red"}:
+            raise ValueError(
+                f"tlp_level must be clear, white, green, amber, amber+strict or red, not {level!r}"
+            )
+        return LivehuntOptions(
+            tlp_level=level,  # type: ignore[arg-type]
+            create_alert=self.create_alert,
+            alert_prefix=self.alert_prefix,
+            create_file=self.create_file,
+            create_yara_rule=self.create_yara_rule,
+            upload_artifact=self.upload_artifact,
+            create_file_indicators=self.create_file_indicators,
+            get_malware_config=self.get_malware_config,
+            create_domain_name_indicators=self.create_domain_name_indicators,
+            create_ip_indicators=self.create_ip_indicators,
+            create_url_indicators=self.create_url_indicators,
+            av_list=tuple(self.av_list),
+            livehunt_tag_prefix=self.livehunt_tag_prefix,
+            yara_label_prefix=self.yara_label_prefix,
+            livehunt_label_prefix=self.livehunt_label_prefix,
+            enable_label_enrichment=self.enable_label_enrichment,
+            filter_with_tag=self.filter_with_tag.strip(),
+            extensions=tuple(self.extensions),
+            min_positives=max(0, self.min_positives),
+            min_file_size=max(0, self.min_file_size),
+            max_file_size=max(0, self.max_file_size),
+            max_age_days=max(0, self.max_age_days),
+            artifact_max_bytes=max(0, self.artifact_max_bytes),
+        )
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    text = raw.strip()
+    if annotation is bool:
+        lowered = text.lower()
+        if lowered in {"true", "1", "yes", "y", "on"}:
+            return True
+        if lowered in {"false", "0", "no", "n", "off"}:
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be true or false, not {raw!r}")
+    if annotation is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}") from None
+    if annotation == list[str]:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return raw  # strings keep their spaces: "VT " is upstream's default alert prefix

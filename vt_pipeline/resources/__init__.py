@@ -1,0 +1,41 @@
+"""One resource per external system, plus local storage."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import dagster as dg
+
+from vt_pipeline.livehunt.settings import LivehuntSettings
+from vt_pipeline.resources.storage import (
+    PartitionedFileIOManager,
+    StorageResource,
+    default_storage_dir,
+)
+from vt_pipeline.resources.virustotal import DEFAULT_API_URL, VirusTotalResource
+
+# Upstream's two names for the key: the enrichment connector's, then the Livehunt connector's.
+API_KEY_ENV_NAMES = ("VIRUSTOTAL_TOKEN", "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY")
+
+
+def api_key_env_name(env: Mapping[str, str] | None = None) -> str:
+    """The variable holding the VT key: the first one set (default: VIRUSTOTAL_TOKEN)."""
+    env = os.environ if env is None else env
+    return next((name for name in API_KEY_ENV_NAMES if env.get(name)), API_KEY_ENV_NAMES[0])
+
+
+def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The deployment's resources, configured from the environment (secrets as EnvVar)."""
+    env = os.environ if env is None else env
+    base_dir = default_storage_dir()
+    return {
+        "virustotal": VirusTotalResource(
+            api_key=dg.EnvVar(api_key_env_name(env)),
+            api_url=env.get("VIRUSTOTAL_API_URL") or DEFAULT_API_URL,
+            max_concurrency=int(env.get("VIRUSTOTAL_MAX_CONCURRENCY") or 16),
+        ),
+        "livehunt_settings": LivehuntSettings.from_env(env),
+        "storage": StorageResource(base_dir=base_dir),
+        "io_manager": PartitionedFileIOManager(base_dir=base_dir),
+    }

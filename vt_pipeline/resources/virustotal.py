@@ -1,0 +1,314 @@
+"""VirusTotal, through vt-py: retries, concurrency and call accounting in one place.
+
+`VirusTotalResource` is the Dagster resource (configuration only). Inside a run, an asset opens
+`async with resource.session() as vt:` and gets a `VirusTotalSession`, which owns one vt-py client
+created inside the running event loop (vt-py's sync API cannot be used there) and which:
+- retries 429 (quota), 5xx, timeouts, dropped connections, truncated bodies and malformed JSON
+  with exponential backoff and full jitter, then fails with a clear `VirusTotalError`; it never
+  gives up silently and never returns partial data;
+- fails at once, with a message that says what to do, on errors that retrying cannot fix
+  (403 Livehunt without a premium key, 401 bad key, 404);
+- bounds concurrent requests with a semaphore;
+- counts every HTTP attempt per endpoint (quota is money: the counts become asset metadata).
+
+Errors and logs never contain the API key: it only ever travels in the `x-apikey` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import random
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import aiohttp
+import dagster as dg
+import vt
+from pydantic import Field
+
+from vt_pipeline.livehunt import notifications as n
+from vt_pipeline.resources.storage import ArtifactHashMismatch, ArtifactStore, ArtifactTooLarge
+
+T = TypeVar("T")
+
+DEFAULT_API_URL = "https://www.virustotal.com"
+IOC_STREAM_PAGE_SIZE = 40  # the API's maximum
+RETRYABLE_CODES = frozenset(
+    {"QuotaExceededError", "TooManyRequestsError", "TransientError", "ServerError",
+     "DeadlineExceededError"}
+)
+_PREMIUM_HINT = (
+    "VirusTotal refused the request (403 ForbiddenError): {what} needs a premium (private) "
+    "VirusTotal API key with Livehunt access. Set VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY "
+    "to such a key."
+)
+
+
+# The partition (or any label) a call is made for; set per asyncio task with `call_scope`.
+_SCOPE: contextvars.ContextVar[str] = contextvars.ContextVar("vt_call_scope", default="")
+
+
+def call_scope(scope: str) -> None:
+    """Count the current task's calls under `scope` too (tasks inherit it from their creator)."""
+    _SCOPE.set(scope)
+
+
+class VirusTotalError(Exception):
+    """A VirusTotal call that failed for good; `code` is VT's error code when there was one."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Retryable(Exception):
+    """An attempt that failed in a way another attempt may fix."""
+
+
+@dataclass
+class CallLog:
+    """HTTP attempts per endpoint (retries included: VT counts them against the quota)."""
+
+    calls: Counter[str]
+    retries: Counter[str]
+
+    @classmethod
+    def empty(cls) -> CallLog:
+        return cls(Counter(), Counter())
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "vt_calls": dg.MetadataValue.int(self.total),
+            "vt_calls_by_endpoint": dg.MetadataValue.json(dict(sorted(self.calls.items()))),
+            "vt_retries": dg.MetadataValue.int(sum(self.retries.values())),
+        }
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    sha256: str
+    status: str  # "downloaded" | "already_stored" | "too_large" | "not_available"
+    size: int | None
+    reason: str | None = None
+
+
+class VirusTotalResource(dg.ConfigurableResource):
+    """VirusTotal API v3 access. Point `api_url` at the emulator for tests and the demo."""
+
+    api_key: str = Field(description="VirusTotal API key (VIRUSTOTAL_TOKEN or "
+                         "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY). A secret: set it with EnvVar.")
+    api_url: str = Field(default=DEFAULT_API_URL, description="Base URL, without /api/v3.")
+    timeout_seconds: float = Field(default=120.0, description="Per request, body included.")
+    max_concurrency: int = Field(default=16, description="Requests in flight at once per run.")
+    max_attempts: int = Field(default=8, description="Attempts per call before failing.")
+    backoff_base_seconds: float = Field(default=1.0, description="First retry delay (doubles).")
+    backoff_max_seconds: float = Field(default=60.0, description="Longest retry delay.")
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[VirusTotalSession]:
+        client = vt.Client(
+            self.api_key, agent="vt_pipeline", host=self.api_url.rstrip("/"),
+            timeout=int(max(1, self.timeout_seconds)),
+        )
+        try:
+            yield VirusTotalSession(client, self)
+        finally:
+            await client.close_async()
+
+
+class VirusTotalSession:
+    """One run's connection to VirusTotal; create it with `VirusTotalResource.session()`."""
+
+    def __init__(self, client: vt.Client, config: VirusTotalResource) -> None:
+        self._client = client
+        self._config = config
+        self._slots = asyncio.Semaphore(max(1, config.max_concurrency))
+        self.log = CallLog.empty()
+        self._scoped: dict[str, CallLog] = {}
+
+    def log_for(self, scope: str) -> CallLog:
+        """The calls made under `call_scope(scope)`."""
+        return self._scoped.setdefault(scope, CallLog.empty())
+
+    # -- the endpoints this project uses -------------------------------------------------------
+
+    async def livehunt_notifications(
+        self, start: datetime, end: datetime, tag: str = "", limit: int = 0
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Every notification dated in [start, end), deduplicated by notification id.
+
+        Pages `/ioc_stream` by cursor itself (vt-py's iterator mishandles empty pages and
+        rejects `limit`). VT's `date:X-` bound is inclusive, so items are also filtered here on
+        the half-open window: adjacent windows never share a notification.
+        Returns the items and whether `limit` (upstream's per-run cap, 0 = none) cut the list.
+        """
+        terms = [f"date:{_vt_date(start)}+", f"date:{_vt_date(end)}-", "source_type:hunting_ruleset"]
+        if tag:
+            terms.append(f"notification_tag:{tag}")
+        params: dict[str, Any] = {
+            "filter": " ".join(terms), "limit": IOC_STREAM_PAGE_SIZE, "descriptors_only": "false"
+        }
+        lo, hi = int(start.timestamp()), int(end.timestamp())
+        items: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        cursors: set[str] = set()
+        while True:
+            page = await self.get_json("ioc_stream", "/ioc_stream", params=params,
+                                       what="Livehunt notifications (/ioc_stream)")
+            for item in page.get("data") or []:
+                if not isinstance(item, dict):
+                    continue
+                try:
+                    key = n.notification_id(item)
+                    when = n.notification_timestamp(item)
+                except n.InvalidNotification:
+                    key, when = json.dumps(item, sort_keys=True), lo  # kept, dropped by the filters
+                if key in seen or not lo <= when < hi:
+                    continue
+                seen.add(key)
+                items.append(item)
+                if limit and len(items) >= limit:
+                    return items, True
+            cursor = (page.get("meta") or {}).get("cursor")
+            if not cursor or cursor in cursors:
+                return items, False
+            cursors.add(cursor)
+            params = {**params, "cursor": cursor}
+
+    async def hunting_ruleset(self, ruleset_id: str) -> dict[str, Any]:
+        """The raw `data` object of a Livehunt ruleset (its `rules` are the YARA source)."""
+        if not n.is_valid_ruleset_id(ruleset_id):
+            raise VirusTotalError(f"refusing to fetch ruleset with unsafe id {ruleset_id[:80]!r}")
+        body = await self.get_json("hunting_ruleset", "/intelligence/hunting_rulesets/{}",
+                                   ruleset_id, what="Livehunt rulesets")
+        return _data(body, "hunting_ruleset")
+
+    async def download_sample(
+        self, sha256: str, store: ArtifactStore, max_bytes: int = 0
+    ) -> DownloadResult:
+        """Stream a sample into the content-addressed store, SHA-256 verified, size capped.
+
+        Truncated or corrupt bodies are retried; 404 means VT cannot serve the sample and is
+        reported as `not_available` rather than failing the whole partition.
+        """
+        if store.has(sha256):
+            return DownloadResult(sha256, "already_stored", store.size(sha256))
+
+        async def attempt() -> DownloadResult:
+            response = await self._client.get_async("/files/{}/download", sha256)
+            try:
+                error = await self._client.get_error_async(response)
+                if error:
+                    raise error
+                try:
+                    with store.writer(sha256, max_bytes) as sink:
+                        while chunk := await response.content.read_async(1 << 20):
+                            sink.write(chunk)
+                except ArtifactHashMismatch as exc:
+                    raise _Retryable(str(exc)) from exc
+                return DownloadResult(sha256, "downloaded", store.size(sha256))
+            finally:
+                response.release()
+
+        try:
+            return await self._call("file_download", attempt, what="Sample downloads")
+        except ArtifactTooLarge as exc:
+            return DownloadResult(sha256, "too_large", None, str(exc))
+        except VirusTotalError as exc:
+            if exc.code == "NotFoundError":
+                return DownloadResult(sha256, "not_available", None, str(exc))
+            raise
+
+    async def get_json(
+        self, endpoint: str, path: str, *path_args: str, params: dict[str, Any] | None = None,
+        what: str = "",
+    ) -> dict[str, Any]:
+        """GET a JSON document with retries; `endpoint` names the call in the accounting."""
+
+        async def attempt() -> dict[str, Any]:
+            body = await self._client.get_json_async(path, *path_args, params=params)
+            if not isinstance(body, dict):
+                raise _Retryable(f"unexpected JSON document of type {type(body).__name__}")
+            return body
+
+        return await self._call(endpoint, attempt, what=what or endpoint)
+
+    async def delete(self, endpoint: str, path: str, *path_args: str) -> None:
+        async def attempt() -> None:
+            response = await self._client.delete_async(path, *path_args)
+            try:
+                error = await self._client.get_error_async(response)
+                if error:
+                    raise error
+            finally:
+                response.release()
+
+        await self._call(endpoint, attempt, what=endpoint)
+
+    # -- retries ---------------------------------------------------------------------------------
+
+    async def _call(self, endpoint: str, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        config = self._config
+        last: str = ""
+        for number in range(1, max(1, config.max_attempts) + 1):
+            logs = [self.log] + ([self.log_for(_SCOPE.get())] if _SCOPE.get() else [])
+            if number > 1:
+                for log in logs:
+                    log.retries[endpoint] += 1
+                ceiling = min(config.backoff_max_seconds,
+                              config.backoff_base_seconds * 2 ** (number - 2))
+                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+            async with self._slots:
+                for log in logs:
+                    log.calls[endpoint] += 1
+                try:
+                    return await asyncio.wait_for(attempt(), timeout=config.timeout_seconds)
+                except vt.APIError as exc:
+                    if exc.code not in RETRYABLE_CODES:
+                        raise _permanent(exc, what) from None
+                    last = f"{exc.code}: {_clip(exc.message)}"
+                except (_Retryable, json.JSONDecodeError, aiohttp.ContentTypeError) as exc:
+                    last = f"{type(exc).__name__}: {_clip(str(exc))}"
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    last = f"{type(exc).__name__}: {_clip(str(exc)) or 'no detail'}"
+        raise VirusTotalError(
+            f"VirusTotal {endpoint} failed after {config.max_attempts} attempts; last error {last}",
+            code="RetriesExhausted",
+        )
+
+
+def _permanent(exc: vt.APIError, what: str) -> VirusTotalError:
+    if exc.code == "ForbiddenError":
+        return VirusTotalError(_PREMIUM_HINT.format(what=what), code=exc.code)
+    if exc.code in {"WrongCredentialsError", "AuthenticationRequiredError"}:
+        return VirusTotalError(
+            f"VirusTotal rejected the API key ({exc.code}); check the key's environment variable",
+            code=exc.code,
+        )
+    return VirusTotalError(f"VirusTotal answered {exc.code}: {_clip(exc.message)}", code=exc.code)
+
+
+def _clip(text: Any, limit: int = 300) -> str:
+    return re.sub(r"\s+", " ", str(text))[:limit]
+
+
+def _data(body: dict[str, Any], expected_type: str) -> dict[str, Any]:
+    data = body.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("attributes"), dict):
+        raise VirusTotalError(f"VirusTotal returned a {expected_type} without data.attributes")
+    return data
+
+
+def _vt_date(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")

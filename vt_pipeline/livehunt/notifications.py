@@ -86,6 +86,13 @@ def rule_name(item: dict[str, Any]) -> str | None:
     return str(name) if name else None
 
 
+def hunting_snippet(item: dict[str, Any]) -> str | None:
+    """The matched bytes VT shows (hex dump); `notification_snippet` in the older API."""
+    hunting = context(item).get("hunting_info") or {}
+    snippet = hunting.get("snippet") or context(item).get("notification_snippet")
+    return str(snippet) if snippet else None
+
+
 def hunting_sources(item: dict[str, Any]) -> list[dict[str, str]]:
     """The Livehunt rulesets that produced the notification, as `{id, label}` dicts.
 

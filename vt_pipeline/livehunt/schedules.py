@@ -49,7 +49,6 @@ def interval_to_cron(interval: timedelta) -> str:
 livehunt_job = dg.define_asset_job(
     "livehunt_job",
     selection=dg.AssetSelection.groups("livehunt"),
-    partitions_def=livehunt_partitions,
     description="Livehunt notifications -> files -> rulesets/artifacts -> STIX bundles.",
 )
 

@@ -1,0 +1,121 @@
+"""Find one YARA rule in a ruleset source and rebuild it as a stand-alone pattern (plyara).
+
+Livehunt notifications name the rule that matched; the ruleset holds many rules. The Indicator
+pattern is that rule alone, rebuilt by `plyara.utils.rebuild_yara_rule` like upstream, so the
+pattern (and the Indicator id derived from it) does not change when other rules of the ruleset
+are edited. Parsing is slow (~1 ms per rule), so `YaraRulesetCache` parses each distinct source
+once per bundle build. A source plyara cannot parse raises `YaraParseError`, never anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import plyara
+import plyara.utils
+
+# plyara logs every parse problem at WARNING on its own; we report them as YaraParseError.
+logging.getLogger("plyara").setLevel(logging.ERROR)
+
+_ESCAPE = re.compile(r"\\(.)")
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r"}
+
+
+class YaraParseError(ValueError):
+    """A YARA ruleset source that plyara cannot parse (or that is not text at all)."""
+
+
+@dataclass(frozen=True)
+class YaraRule:
+    """One rule of a ruleset: its name, rebuilt source and metadata."""
+
+    name: str
+    source: str  # rebuilt by plyara: the Indicator pattern
+    metadata: dict[str, str | int | bool] = field(default_factory=dict)  # first value per key
+
+    @property
+    def description(self) -> str | None:
+        value = self.metadata.get("description")
+        if isinstance(value, str) and value.strip():
+            return unescape_yara_string(value.strip())
+        return None
+
+    @property
+    def date(self) -> int | None:
+        """The `date` metadata as unix seconds, when it is a recognizable date."""
+        return parse_rule_date(self.metadata.get("date"))
+
+
+def parse_ruleset(source: Any) -> dict[str, YaraRule]:
+    """All rules of a source by name (the first rule of a duplicated name wins).
+
+    Any failure of plyara becomes YaraParseError: the source is untrusted text and plyara
+    raises more than its own ParseError on odd input.
+    """
+    if not isinstance(source, str):
+        raise YaraParseError(f"ruleset source is {type(source).__name__}, not text")
+    try:
+        parsed = plyara.Plyara().parse_string(source)
+        rules: dict[str, YaraRule] = {}
+        for raw in parsed:
+            name = raw["rule_name"]
+            if name in rules:
+                continue
+            metadata: dict[str, str | int | bool] = {}
+            for entry in raw.get("metadata") or []:
+                for key, value in entry.items():
+                    metadata.setdefault(key, value)
+            rules[name] = YaraRule(name, plyara.utils.rebuild_yara_rule(raw), metadata)
+    except Exception as exc:  # plyara on hostile input: ParseError, but also Type/Index errors
+        raise YaraParseError(f"cannot parse YARA ruleset: {type(exc).__name__}: {exc}") from exc
+    return rules
+
+
+class YaraRulesetCache:
+    """Parses each distinct ruleset source once (parse errors are remembered too)."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, dict[str, YaraRule] | YaraParseError] = {}
+
+    def find_rule(self, source: Any, rule_name: str) -> YaraRule | None:
+        """The rule named `rule_name` in `source`, None when absent; YaraParseError if unparseable."""
+        if not isinstance(source, str):
+            raise YaraParseError(f"ruleset source is {type(source).__name__}, not text")
+        parsed = self._parsed.get(source)
+        if parsed is None:
+            try:
+                parsed = parse_ruleset(source)
+            except YaraParseError as exc:
+                parsed = exc
+            self._parsed[source] = parsed
+        if isinstance(parsed, YaraParseError):
+            raise parsed
+        return parsed.get(rule_name)
+
+
+def unescape_yara_string(value: str) -> str:
+    """plyara keeps YARA escapes (`\\"`, `\\\\`, `\\n`) in metadata values; undo them for prose."""
+    return _ESCAPE.sub(lambda m: _ESCAPED.get(m.group(1), m.group(1)), value)
+
+
+def parse_rule_date(value: Any) -> int | None:
+    """A rule's `date` metadata (`2024-01-31`, `2024/01/31`, `2024.01.31`, ISO date-time) as unix
+    seconds in UTC; None for anything else (numbers are ambiguous and ignored)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if re.fullmatch(r"\d{4}[/.]\d{2}[/.]\d{2}", text):
+        text = text.replace("/", "-").replace(".", "-")
+    if not re.match(r"\d{4}-\d{2}-\d{2}", text):
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())

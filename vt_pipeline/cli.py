@@ -1,8 +1,8 @@
 """`vt-pipeline`: run the emulators, the demo, and the Dagster UI against the emulators.
 
-    vt-pipeline emulate virustotal --port 8765 --seed 7 --notifications 500
-    vt-pipeline demo [--notifications 300] [--windows 3]
-    vt-pipeline ui [--port 3000]
+vt-pipeline emulate virustotal --port 8765 --seed 7 --notifications 500
+vt-pipeline demo [--notifications 300] [--windows 3]
+vt-pipeline ui [--port 3000]
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     vt_emulator.add_arguments(systems.add_parser("virustotal", help="VirusTotal API v3"))
 
-    demo = commands.add_parser("demo", help="materialize the last Livehunt windows from the emulator")
+    demo = commands.add_parser(
+        "demo", help="materialize the last Livehunt windows from the emulator"
+    )
     demo.add_argument("--notifications", type=int, default=300, help="in the 24 h corpus")
     demo.add_argument("--windows", type=int, default=3, help="hourly windows to materialize")
     demo.add_argument("--seed", type=int, default=DEMO_SEED)
@@ -65,8 +67,9 @@ def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> str:
     from vt_pipeline.emulators.virustotal import VirusTotalEmulator
 
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    corpus = generate_corpus(seed=seed, notifications=notifications, start=end - timedelta(hours=24),
-                             end=end)
+    corpus = generate_corpus(
+        seed=seed, notifications=notifications, start=end - timedelta(hours=24), end=end
+    )
     url = stack.enter_context(VirusTotalEmulator(corpus, api_keys={"demo": True}).serve())
     os.environ.update({"VIRUSTOTAL_API_URL": url, "VIRUSTOTAL_TOKEN": "demo"})
     os.environ.setdefault("VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_UPLOAD_ARTIFACT", "true")
@@ -91,7 +94,9 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
             result = materialize_windows(instance, first, last)
             print(livehunt_summary(result))
     print()
-    print("Open the Dagster UI on the same emulator:  .venv/bin/vt-pipeline ui   (then http://127.0.0.1:3000)")
+    print(
+        "Open the Dagster UI on the same emulator:  .venv/bin/vt-pipeline ui   (then http://127.0.0.1:3000)"
+    )
     return 0 if result.success else 1
 
 
@@ -101,8 +106,18 @@ def run_ui(port: int, notifications: int, seed: int) -> int:
     with ExitStack() as stack:
         url = demo_emulator(stack, notifications, seed)
         print(f"VirusTotal emulator: {url}; Dagster home: {home}", flush=True)
-        command = [sys.executable, "-m", "dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
-                   "-p", str(port), "-h", "127.0.0.1"]
+        command = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            str(REPO_ROOT / "workspace.yaml"),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ]
         try:
             return subprocess.call(command, cwd=REPO_ROOT)
         except KeyboardInterrupt:

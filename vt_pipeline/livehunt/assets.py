@@ -10,8 +10,6 @@ first asset, the rulesets and the artifacts; every raw response is stored before
 bundles can be rebuilt after a mapping change without spending quota.
 """
 
-from __future__ import annotations
-
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -186,8 +184,11 @@ def livehunt_rulesets(
     rulesets, session = run_vt(virustotal, for_each_partition(list(wanted), for_partition))
     for key, found in rulesets.items():
         context.add_asset_metadata(
-            {"rulesets": len(found), "missing_rulesets": len(set(wanted[key]) - set(found)),
-             **_calls(session, key)},
+            {
+                "rulesets": len(found),
+                "missing_rulesets": len(set(wanted[key]) - set(found)),
+                **_calls(session, key),
+            },
             partition_key=key,
         )
     return rulesets
@@ -212,12 +213,18 @@ def livehunt_artifacts(
     for key, frame in livehunt_files.items():
         kept = frame[frame["kept"] & (frame["object_type"] == "file")]
         unique = kept.drop_duplicates("subject")
-        targets[key] = [
-            (str(row.subject), None if pd.isna(row.size) else int(row.size))
-            for row in unique.itertuples()
-        ] if options.upload_artifact else []
+        targets[key] = (
+            [
+                (str(row.subject), None if pd.isna(row.size) else int(row.size))
+                for row in unique.itertuples()
+            ]
+            if options.upload_artifact
+            else []
+        )
 
-    async def fetch_one(session: VirusTotalSession, sha256: str, size: int | None) -> dict[str, Any]:
+    async def fetch_one(
+        session: VirusTotalSession, sha256: str, size: int | None
+    ) -> dict[str, Any]:
         cap = options.artifact_max_bytes
         if cap and size is not None and size > cap:
             return _artifact(sha256, "too_large", size, f"VT size {size} > cap {cap}")
@@ -262,7 +269,8 @@ def livehunt_stix_bundles(
     bundles: dict[str, dict[str, Any]] = {}
     for key, items in livehunt_notifications.items():
         stored = {
-            r["sha256"]: r for r in livehunt_artifacts[key]
+            r["sha256"]: r
+            for r in livehunt_artifacts[key]
             if r["status"] in {"downloaded", "already_stored"}
         }
         result = build_livehunt_bundle(

@@ -1,7 +1,5 @@
 """Asset checks on the Livehunt bundles: what OpenCTI would reject is caught here first."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import dagster as dg

@@ -119,7 +119,9 @@ def _row(item: dict[str, Any], options: LivehuntOptions, seen: set[str]) -> dict
         "subject": subject,
         "rule_name": n.rule_name(item),
         "ruleset_ids": ",".join(source["id"] for source in n.hunting_sources(item)),
-        "type_extension": str(attrs["type_extension"])[:64] if attrs.get("type_extension") else None,
+        "type_extension": str(attrs["type_extension"])[:64]
+        if attrs.get("type_extension")
+        else None,
         "size": _int_or_none(attrs.get("size")),
         "malicious": stats.get("malicious") if stats else None,
         "first_submission_date": n.parse_timestamp(attrs.get("first_submission_date")),

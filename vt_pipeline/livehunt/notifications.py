@@ -47,7 +47,9 @@ def context(item: dict[str, Any]) -> dict[str, Any]:
 def notification_id(item: dict[str, Any]) -> str:
     value = context(item).get("notification_id")
     if value in (None, ""):
-        raise InvalidNotification(f"notification without notification_id (object {item.get('id')!r})")
+        raise InvalidNotification(
+            f"notification without notification_id (object {item.get('id')!r})"
+        )
     return str(value)
 
 
@@ -102,7 +104,10 @@ def hunting_sources(item: dict[str, Any]) -> list[dict[str, str]]:
     ctx = context(item)
     found: list[dict[str, str]] = []
     for source in ctx.get("sources") or []:
-        if not isinstance(source, dict) or source.get("type", "hunting_ruleset") != "hunting_ruleset":
+        if (
+            not isinstance(source, dict)
+            or source.get("type", "hunting_ruleset") != "hunting_ruleset"
+        ):
             continue
         if source.get("id"):
             found.append({"id": str(source["id"]), "label": str(source.get("label") or "")})
@@ -134,8 +139,11 @@ def file_hashes(item: dict[str, Any]) -> dict[str, str]:
     """The file's hashes that are well formed, keyed by their STIX names."""
     attrs = attributes(item)
     hashes: dict[str, str] = {}
-    for stix_name, key, pattern in (("MD5", "md5", _MD5), ("SHA-1", "sha1", _SHA1),
-                                    ("SHA-256", "sha256", _SHA256)):
+    for stix_name, key, pattern in (
+        ("MD5", "md5", _MD5),
+        ("SHA-1", "sha1", _SHA1),
+        ("SHA-256", "sha256", _SHA256),
+    ):
         value = valid_hash(attrs.get(key), pattern)
         if value:
             hashes[stix_name] = value
@@ -153,7 +161,9 @@ def observable(item: dict[str, Any]) -> Observable:
     if kind == "file":
         sha256 = file_hashes(item).get("SHA-256")
         if not sha256:
-            raise InvalidNotification(f"file notification without a valid SHA-256: {item.get('id')!r}")
+            raise InvalidNotification(
+                f"file notification without a valid SHA-256: {item.get('id')!r}"
+            )
         return Observable("file", sha256)
     if kind == "url":
         url = attrs.get("url") or attrs.get("last_final_url")

@@ -8,8 +8,6 @@ idempotent (deterministic bundles). The cadence is upstream's `CONNECTOR_DURATIO
 minutes. The schedule starts stopped: turn it on in the UI (Automation) once VT is configured.
 """
 
-from __future__ import annotations
-
 import os
 import re
 from collections.abc import Mapping
@@ -29,7 +27,9 @@ def livehunt_interval(env: Mapping[str, str] | None = None) -> timedelta:
     if period := env.get("CONNECTOR_DURATION_PERIOD", "").strip().upper():
         match = _ISO_DURATION.match(period)
         if not match or not any(match.groupdict().values()):
-            raise ValueError(f"CONNECTOR_DURATION_PERIOD must be an ISO 8601 duration, not {period!r}")
+            raise ValueError(
+                f"CONNECTOR_DURATION_PERIOD must be an ISO 8601 duration, not {period!r}"
+            )
         return timedelta(**{k: int(v) for k, v in match.groupdict().items() if v})
     if seconds := env.get("VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC", "").strip():
         return timedelta(seconds=int(seconds))
@@ -64,7 +64,9 @@ def livehunt_fresh_windows(context: dg.ScheduleEvaluationContext) -> dg.RunReque
     now = context.scheduled_execution_time.timestamp()
     current = livehunt_partitions.get_partition_key_for_timestamp(now)
     first = livehunt_partitions.get_first_partition_key()
-    previous = max(livehunt_partitions.get_partition_key_for_timestamp(now - 3600), first or current)
+    previous = max(
+        livehunt_partitions.get_partition_key_for_timestamp(now - 3600), first or current
+    )
     return dg.RunRequest(
         run_key=None,
         tags={

@@ -121,7 +121,9 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}") from None
+            raise ValueError(
+                f"{ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}"
+            ) from None
     if annotation == list[str]:
         return [part.strip() for part in text.split(",") if part.strip()]
     return raw  # strings keep their spaces: "VT " is upstream's default alert prefix

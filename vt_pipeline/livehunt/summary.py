@@ -41,8 +41,13 @@ def materialize_windows(
 def livehunt_totals(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     """Metadata of every materialized partition, added up per quantity."""
     totals: dict[str, Any] = {
-        "windows": set(), "notifications": 0, "kept": 0, "dropped_by_reason": Counter(),
-        "stix_objects_by_type": Counter(), "vt_calls_by_endpoint": Counter(), "artifacts": 0,
+        "windows": set(),
+        "notifications": 0,
+        "kept": 0,
+        "dropped_by_reason": Counter(),
+        "stix_objects_by_type": Counter(),
+        "vt_calls_by_endpoint": Counter(),
+        "artifacts": 0,
         "artifact_bytes": 0,
     }
     for event in result.get_asset_materialization_events():

@@ -4,9 +4,9 @@
   `{base}/{asset}/{partition}.json` (lists, dicts) or `.parquet` (DataFrames), written atomically.
   Partitioned assets exchange `{partition_key: value}` dicts, so one run can cover a range of
   windows (a backfill) and still store - and later reload - each window on its own.
-- `ArtifactStore` keeps downloaded samples content-addressed at `{base}/artifacts/sha256/ab/<sha256>`
-  with owner-only permissions and no execute bit. A path is only ever built from a validated
-  SHA-256, never from a name VirusTotal supplies.
+- `ArtifactStore` keeps downloaded samples content-addressed at
+  `{base}/artifacts/sha256/ab/<sha256>` with owner-only permissions and no execute bit. A path
+  is only ever built from a validated SHA-256, never from a name VirusTotal supplies.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,7 +65,9 @@ class PartitionedFileIOManager(dg.ConfigurableIOManager):
 
     base_dir: str
 
-    def _path(self, context: dg.InputContext | dg.OutputContext, partition_key: str, ext: str) -> Path:
+    def _path(
+        self, context: dg.InputContext | dg.OutputContext, partition_key: str, ext: str
+    ) -> Path:
         asset_dir = Path(self.base_dir, *context.asset_key.path)
         return asset_dir / f"{_SAFE_COMPONENT.sub('_', partition_key)}{ext}"
 
@@ -79,10 +82,10 @@ class PartitionedFileIOManager(dg.ConfigurableIOManager):
             value = obj[key]
             if isinstance(value, pd.DataFrame):
                 path = self._path(context, key, ".parquet")
-                write_atomically(path, lambda handle, frame=value: frame.to_parquet(handle, index=False))
+                write_atomically(path, partial(value.to_parquet, index=False))
             else:
                 path = self._path(context, key, ".json")
-                write_atomically(path, lambda handle, data=dumps_json(value): handle.write(data))
+                write_atomically(path, partial(_write_bytes, dumps_json(value)))
         if len(keys) == 1:
             context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
 
@@ -102,6 +105,10 @@ class PartitionedFileIOManager(dg.ConfigurableIOManager):
                 )
             loaded[key] = json.loads(path.read_bytes())
         return loaded
+
+
+def _write_bytes(data: bytes, handle: BinaryIO) -> None:
+    handle.write(data)
 
 
 class StorageResource(dg.ConfigurableResource):

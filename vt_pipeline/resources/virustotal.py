@@ -41,8 +41,13 @@ T = TypeVar("T")
 DEFAULT_API_URL = "https://www.virustotal.com"
 IOC_STREAM_PAGE_SIZE = 40  # the API's maximum
 RETRYABLE_CODES = frozenset(
-    {"QuotaExceededError", "TooManyRequestsError", "TransientError", "ServerError",
-     "DeadlineExceededError"}
+    {
+        "QuotaExceededError",
+        "TooManyRequestsError",
+        "TransientError",
+        "ServerError",
+        "DeadlineExceededError",
+    }
 )
 _PREMIUM_HINT = (
     "VirusTotal refused the request (403 ForbiddenError): {what} needs a premium (private) "
@@ -106,8 +111,10 @@ class DownloadResult:
 class VirusTotalResource(dg.ConfigurableResource):
     """VirusTotal API v3 access. Point `api_url` at the emulator for tests and the demo."""
 
-    api_key: str = Field(description="VirusTotal API key (VIRUSTOTAL_TOKEN or "
-                         "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY). A secret: set it with EnvVar.")
+    api_key: str = Field(
+        description="VirusTotal API key (VIRUSTOTAL_TOKEN or "
+        "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY). A secret: set it with EnvVar."
+    )
     api_url: str = Field(default=DEFAULT_API_URL, description="Base URL, without /api/v3.")
     timeout_seconds: float = Field(default=120.0, description="Per request, body included.")
     max_concurrency: int = Field(default=16, description="Requests in flight at once per run.")
@@ -118,7 +125,9 @@ class VirusTotalResource(dg.ConfigurableResource):
     @asynccontextmanager
     async def session(self) -> AsyncIterator[VirusTotalSession]:
         client = vt.Client(
-            self.api_key, agent="vt_pipeline", host=self.api_url.rstrip("/"),
+            self.api_key,
+            agent="vt_pipeline",
+            host=self.api_url.rstrip("/"),
             timeout=int(max(1, self.timeout_seconds)),
         )
         try:
@@ -153,19 +162,29 @@ class VirusTotalSession:
         the half-open window: adjacent windows never share a notification.
         Returns the items and whether `limit` (upstream's per-run cap, 0 = none) cut the list.
         """
-        terms = [f"date:{_vt_date(start)}+", f"date:{_vt_date(end)}-", "source_type:hunting_ruleset"]
+        terms = [
+            f"date:{_vt_date(start)}+",
+            f"date:{_vt_date(end)}-",
+            "source_type:hunting_ruleset",
+        ]
         if tag:
             terms.append(f"notification_tag:{tag}")
         params: dict[str, Any] = {
-            "filter": " ".join(terms), "limit": IOC_STREAM_PAGE_SIZE, "descriptors_only": "false"
+            "filter": " ".join(terms),
+            "limit": IOC_STREAM_PAGE_SIZE,
+            "descriptors_only": "false",
         }
         lo, hi = int(start.timestamp()), int(end.timestamp())
         items: list[dict[str, Any]] = []
         seen: set[str] = set()
         cursors: set[str] = set()
         while True:
-            page = await self.get_json("ioc_stream", "/ioc_stream", params=params,
-                                       what="Livehunt notifications (/ioc_stream)")
+            page = await self.get_json(
+                "ioc_stream",
+                "/ioc_stream",
+                params=params,
+                what="Livehunt notifications (/ioc_stream)",
+            )
             for item in page.get("data") or []:
                 if not isinstance(item, dict):
                     continue
@@ -190,8 +209,12 @@ class VirusTotalSession:
         """The raw `data` object of a Livehunt ruleset (its `rules` are the YARA source)."""
         if not n.is_valid_ruleset_id(ruleset_id):
             raise VirusTotalError(f"refusing to fetch ruleset with unsafe id {ruleset_id[:80]!r}")
-        body = await self.get_json("hunting_ruleset", "/intelligence/hunting_rulesets/{}",
-                                   ruleset_id, what="Livehunt rulesets")
+        body = await self.get_json(
+            "hunting_ruleset",
+            "/intelligence/hunting_rulesets/{}",
+            ruleset_id,
+            what="Livehunt rulesets",
+        )
         return _data(body, "hunting_ruleset")
 
     async def download_sample(
@@ -231,7 +254,11 @@ class VirusTotalSession:
             raise
 
     async def get_json(
-        self, endpoint: str, path: str, *path_args: str, params: dict[str, Any] | None = None,
+        self,
+        endpoint: str,
+        path: str,
+        *path_args: str,
+        params: dict[str, Any] | None = None,
         what: str = "",
     ) -> dict[str, Any]:
         """GET a JSON document with retries; `endpoint` names the call in the accounting."""
@@ -266,8 +293,9 @@ class VirusTotalSession:
             if number > 1:
                 for log in logs:
                     log.retries[endpoint] += 1
-                ceiling = min(config.backoff_max_seconds,
-                              config.backoff_base_seconds * 2 ** (number - 2))
+                ceiling = min(
+                    config.backoff_max_seconds, config.backoff_base_seconds * 2 ** (number - 2)
+                )
                 await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
             async with self._slots:
                 for log in logs:

@@ -53,8 +53,8 @@ class YaraRule:
 def parse_ruleset(source: Any) -> dict[str, YaraRule]:
     """All rules of a source by name (the first rule of a duplicated name wins).
 
-    Any failure of plyara becomes YaraParseError: the source is untrusted text and plyara
-    raises more than its own ParseError on odd input.
+    Any failure of plyara becomes YaraParseError: the source is untrusted text, and one bad
+    ruleset must not abort a whole bundle.
     """
     if not isinstance(source, str):
         raise YaraParseError(f"ruleset source is {type(source).__name__}, not text")
@@ -70,7 +70,7 @@ def parse_ruleset(source: Any) -> dict[str, YaraRule]:
                 for key, value in entry.items():
                     metadata.setdefault(key, value)
             rules[name] = YaraRule(name, plyara.utils.rebuild_yara_rule(raw), metadata)
-    except Exception as exc:  # plyara on hostile input: ParseError, but also Type/Index errors
+    except Exception as exc:  # untrusted text: whatever plyara raises means "cannot parse"
         raise YaraParseError(f"cannot parse YARA ruleset: {type(exc).__name__}: {exc}") from exc
     return rules
 
@@ -82,7 +82,7 @@ class YaraRulesetCache:
         self._parsed: dict[str, dict[str, YaraRule] | YaraParseError] = {}
 
     def find_rule(self, source: Any, rule_name: str) -> YaraRule | None:
-        """The rule named `rule_name` in `source`, None when absent; YaraParseError if unparseable."""
+        """The rule `rule_name` of `source`, None when absent; YaraParseError if unparseable."""
         if not isinstance(source, str):
             raise YaraParseError(f"ruleset source is {type(source).__name__}, not text")
         parsed = self._parsed.get(source)

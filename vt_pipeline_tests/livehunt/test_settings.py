@@ -14,7 +14,9 @@ def test_defaults_are_upstream_defaults() -> None:
     assert options.tlp_level == "clear"
     assert options.alert_prefix == "VT "
     assert (options.min_positives, options.min_file_size, options.max_file_size) == (
-        1, 1000, 52_428_800,
+        1,
+        1000,
+        52_428_800,
     )
     assert options.max_age_days == 3
     assert options.create_alert and options.create_file and options.create_yara_rule
@@ -65,9 +67,9 @@ def test_api_key_variable_prefers_enrichment_name_then_livehunt_name() -> None:
         api_key_env_name({"VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY": "k"})
         == "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY"
     )
-    assert api_key_env_name({"VIRUSTOTAL_TOKEN": "a", "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY": "b"}) == (
-        "VIRUSTOTAL_TOKEN"
-    )
+    assert api_key_env_name(
+        {"VIRUSTOTAL_TOKEN": "a", "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY": "b"}
+    ) == ("VIRUSTOTAL_TOKEN")
 
 
 @pytest.mark.parametrize(
@@ -75,17 +77,29 @@ def test_api_key_variable_prefers_enrichment_name_then_livehunt_name() -> None:
     [
         ({}, timedelta(minutes=5), "*/5 * * * *"),
         ({"CONNECTOR_DURATION_PERIOD": "PT10M"}, timedelta(minutes=10), "*/10 * * * *"),
-        ({"VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC": "300"}, timedelta(seconds=300),
-         "*/5 * * * *"),
-        ({"CONNECTOR_DURATION_PERIOD": "PT2H",
-          "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC": "60"}, timedelta(hours=2),
-         "0 */2 * * *"),
-        ({"VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC": "90"}, timedelta(seconds=90),
-         "*/2 * * * *"),
+        (
+            {"VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC": "300"},
+            timedelta(seconds=300),
+            "*/5 * * * *",
+        ),
+        (
+            {
+                "CONNECTOR_DURATION_PERIOD": "PT2H",
+                "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC": "60",
+            },
+            timedelta(hours=2),
+            "0 */2 * * *",
+        ),
+        (
+            {"VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC": "90"},
+            timedelta(seconds=90),
+            "*/2 * * * *",
+        ),
     ],
 )
-def test_schedule_cadence_from_upstream_variables(env: dict[str, str], interval: timedelta,
-                                                  cron: str) -> None:
+def test_schedule_cadence_from_upstream_variables(
+    env: dict[str, str], interval: timedelta, cron: str
+) -> None:
     assert livehunt_interval(env) == interval
     assert interval_to_cron(interval) == cron
 

@@ -51,7 +51,7 @@ def livehunt_totals(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         "artifact_bytes": 0,
     }
     for event in result.get_asset_materialization_events():
-        materialization = event.asset_materialization
+        materialization = event.materialization
         asset = materialization.asset_key.to_user_string()
         meta = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
         totals["windows"].add(materialization.partition)

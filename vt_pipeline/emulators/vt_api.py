@@ -1,0 +1,581 @@
+"""The VirusTotal API v3 as an aiohttp application over a ``Corpus``.
+
+Every API request goes through the same gate, in this order: latency, API key (401), premium
+privilege (403), injected status fault (429/500/503/timeout), quota (429, a refused request does
+not count), the handler, then an injected body fault (truncated/malformed) on a 200. The
+emulator's own state (deleted notifications, uploads, analyses, statistics) lives here; the
+corpus is never modified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import ipaddress
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import BodyPartReader, web
+
+from vt_pipeline.emulators.corpus import Corpus, StreamEntry
+from vt_pipeline.emulators.faults import BODY_FAULTS, STATUS_FAULTS, FaultInjector
+from vt_pipeline.emulators.filetypes import sniff
+from vt_pipeline.emulators.ioc_stream import (
+    StreamIndex,
+    StreamQueryError,
+    decode_cursor,
+    encode_cursor,
+    parse_filter,
+    parse_limit,
+)
+from vt_pipeline.emulators.quotas import QuotaTracker
+from vt_pipeline.emulators.samples import MIB, Hashes
+from vt_pipeline.emulators.vtobjects import API_ROOT, submitted_file, url_id, url_object
+
+Access = Literal["open", "key", "premium"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+JSON = "application/json"
+MAX_DIRECT_UPLOAD = 32 * MIB
+MAX_URL_UPLOAD = 650 * MIB
+_HASH = re.compile(r"[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64}")
+_STREAMING = frozenset({"file_download", "sample"})  # they apply body faults themselves
+_UNMETERED = frozenset({"overall_quotas"})
+_STATUS_FAULT_ERRORS = {
+    "429": (429, "QuotaExceededError", "Quota exceeded"),
+    "500": (500, "InternalError", "An internal error occurred"),
+    "503": (503, "TransientError", "Service temporarily unavailable, please retry"),
+}
+# (method, path under /api/v3, endpoint name, access, handler method)
+_ROUTES: tuple[tuple[str, str, str, Access, str], ...] = (
+    ("GET", "/ioc_stream", "ioc_stream", "premium", "_ioc_stream"),
+    ("DELETE", "/ioc_stream_notifications/{id}", "ioc_stream_delete", "premium", "_delete"),
+    ("GET", "/files/upload_url", "file_upload_url", "key", "_file_upload_url"),
+    ("GET", "/files/{id}", "file", "key", "_file"),
+    ("GET", "/files/{id}/download", "file_download", "premium", "_file_download"),
+    ("POST", "/files", "file_upload", "key", "_file_upload"),
+    ("GET", "/intelligence/hunting_rulesets/{id}", "hunting_ruleset", "premium", "_hunting"),
+    ("GET", "/yara_rulesets/{id}", "yara_ruleset", "key", "_yara_ruleset"),
+    ("GET", "/ip_addresses/{id}", "ip_address", "key", "_ip_address"),
+    ("GET", "/domains/{id}", "domain", "key", "_domain"),
+    ("GET", "/domains/{id}/resolutions", "domain_resolutions", "key", "_resolutions"),
+    ("GET", "/urls/{id}", "url", "key", "_url"),
+    ("POST", "/urls", "url_submit", "key", "_url_submit"),
+    ("GET", "/analyses/{id}", "analysis", "key", "_analysis"),
+    ("GET", "/users/{id}/overall_quotas", "overall_quotas", "key", "_overall_quotas"),
+)
+_ANALYSIS_STATUSES = ("queued", "in-progress", "completed")
+_PREMIUM_MESSAGE = (
+    "You are not allowed to perform the requested operation: it requires a premium "
+    "(privileged) API key"
+)
+
+
+def api_error(status: int, code: str, message: str) -> web.Response:
+    """VirusTotal's error envelope."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def json_ok(payload: Any) -> web.Response:
+    return web.Response(body=json.dumps(payload, ensure_ascii=False).encode(), content_type=JSON)
+
+
+async def send_stream(
+    request: web.Request,
+    chunks: Iterable[bytes],
+    size: int,
+    content_type: str,
+    fault: str | None,
+) -> web.StreamResponse:
+    """Send ``size`` bytes with their Content-Length.
+
+    ``truncated`` stops halfway and drops the connection (the client sees a short body);
+    ``malformed`` flips a byte of every chunk (right length, wrong content).
+    """
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = size
+    await response.prepare(request)
+    cut = size // 2 if fault == "truncated" else None
+    sent = 0
+    for chunk in chunks:
+        if cut is not None and sent + len(chunk) >= cut:
+            await response.write(chunk[: cut - sent])
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        if fault == "malformed" and chunk:
+            chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
+        await response.write(chunk)
+        sent += len(chunk)
+    await response.write_eof()
+    return response
+
+
+@dataclass(slots=True)
+class _Analysis:
+    """A submitted file or URL; it completes on the third poll, then its object is known."""
+
+    kind: Literal["file", "url"]
+    target: dict
+    meta: dict
+    date: int
+    polls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Upload:
+    hashes: Hashes
+    size: int
+    head: bytes
+    filename: str
+
+
+async def _digest_part(part: BodyPartReader) -> _Upload:
+    """Hash an uploaded file as it streams in, keeping only its first bytes."""
+    states = (hashlib.md5(), hashlib.sha1(), hashlib.sha256())
+    size, head = 0, b""
+    while chunk := await part.read_chunk(256 * 1024):
+        if len(head) < 64:
+            head += chunk[: 64 - len(head)]
+        size += len(chunk)
+        for state in states:
+            state.update(chunk)
+    md5, sha1, sha256 = (state.hexdigest() for state in states)
+    return _Upload(Hashes(md5, sha1, sha256), size, head, part.filename or "unknown")
+
+
+def _url_keys(raw: str) -> list[str]:
+    """Candidate url ids for ``/urls/{id}``: a SHA-256 as is, or base64url of the URL."""
+    keys = [raw.lower()] if re.fullmatch(r"[0-9a-fA-F]{64}", raw) else []
+    with contextlib.suppress(binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        keys.append(url_id(_b64(raw)))
+    return keys
+
+
+def _is_true(value: str | None) -> bool:
+    if value in (None, "false", "False"):
+        return False
+    if value in ("true", "True"):
+        return True
+    raise StreamQueryError(f"invalid boolean: {value!r}")
+
+
+class VirusTotalAPI:
+    """Handlers and state of one emulated VirusTotal; ``application()`` serves them."""
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        *,
+        api_keys: Mapping[str, bool] | None = None,
+        latency_ms: float = 0.0,
+        faults: str = "",
+        fault_seed: int = 0,
+        fault_timeout_seconds: float = 30.0,
+        quota_per_minute: int = 0,
+        quota_per_day: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.corpus = corpus
+        self.fault_timeout_seconds = fault_timeout_seconds
+        self._keys = dict(api_keys if api_keys is not None else {"demo": True})
+        self._latency = latency_ms / 1000
+        self._faults = FaultInjector(faults, fault_seed)
+        self._quotas = QuotaTracker(quota_per_minute, quota_per_day, clock)
+        self._clock = clock
+        self._index = StreamIndex(corpus.stream)
+        self._deleted: set[str] = set()
+        self._downloads: dict[str, tuple[str, str | None]] = {}  # token -> (sha256, body fault)
+        self._upload_tokens: set[str] = set()
+        self._analyses: dict[str, _Analysis] = {}
+        self._submitted_files: dict[str, dict] = {}  # by sha256, md5 and sha1
+        self._submitted_urls: dict[str, dict] = {}
+        self._stats: dict[str, dict[str, int]] = {}
+        self._stats_lock = threading.Lock()
+
+    # -- controls (thread-safe: they swap or copy whole values) -----------------------------
+
+    def set_faults(self, spec: str, seed: int = 0) -> None:
+        """Replace the fault rules (ValueError on a bad spec); counts and draws start over."""
+        self._faults = FaultInjector(spec, seed)
+
+    @property
+    def faults(self) -> str:
+        return self._faults.spec
+
+    def set_latency(self, ms: float) -> None:
+        if ms < 0:
+            raise ValueError("latency must be >= 0")
+        self._latency = ms / 1000
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Requests served: ``{endpoint: {status code as string: count}}``."""
+        with self._stats_lock:
+            return {endpoint: dict(codes) for endpoint, codes in self._stats.items()}
+
+    def reset_stats(self) -> None:
+        with self._stats_lock:
+            self._stats = {}
+
+    def count(self, endpoint: str, status: int | None = None) -> int:
+        codes = self.stats().get(endpoint, {})
+        return sum(codes.values()) if status is None else codes.get(str(status), 0)
+
+    @property
+    def deleted_notifications(self) -> frozenset[str]:
+        return frozenset(self._deleted)
+
+    def _record(self, endpoint: str, status: int) -> None:
+        with self._stats_lock:
+            codes = self._stats.setdefault(endpoint, {})
+            codes[str(status)] = codes.get(str(status), 0) + 1
+
+    # -- application -------------------------------------------------------------------------
+
+    def application(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_URL_UPLOAD + MIB)
+        for method, path, endpoint, access, handler in _ROUTES:
+            gated = self._gate(endpoint, access, getattr(self, handler))
+            app.router.add_route(method, "/api/v3" + path, gated)
+        app.router.add_route("*", "/api/v3/{tail:.*}", self._unknown)
+        app.router.add_get("/_emulator/samples/{id}", self._gate("sample", "open", self._sample))
+        app.router.add_post(
+            "/_emulator/uploads/{id}", self._gate("file_upload", "open", self._upload)
+        )
+        app.router.add_get("/_emulator/stats", self._get_stats)
+        app.router.add_delete("/_emulator/stats", self._delete_stats)
+        app.router.add_post("/_emulator/faults", self._post_faults)
+        app.router.add_post("/_emulator/latency", self._post_latency)
+        return app
+
+    def _gate(self, endpoint: str, access: Access, handler: Handler) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            response = await self._guarded(endpoint, access, handler, request)
+            self._record(endpoint, response.status)
+            return response
+
+        return handle
+
+    async def _guarded(
+        self, endpoint: str, access: Access, handler: Handler, request: web.Request
+    ) -> web.StreamResponse:
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        key = request.headers.get("x-apikey")
+        if access != "open":
+            refusal = self._authorize(key, access)
+            if refusal is not None:
+                return refusal
+        fault = self._faults.pick(endpoint, STATUS_FAULTS)
+        if fault is not None:
+            return await self._status_fault(fault)
+        if access != "open" and endpoint not in _UNMETERED:
+            refused = self._quotas.consume(str(key))
+            if refused is not None:
+                return api_error(429, "QuotaExceededError", refused)
+        response = await handler(request)
+        if endpoint in _STREAMING or response.status != 200:
+            return response
+        body = getattr(response, "body", None)
+        body_fault = self._faults.pick(endpoint, BODY_FAULTS)
+        if body_fault is None or not isinstance(body, bytes):
+            return response
+        if body_fault == "malformed":
+            # Valid UTF-8 (cut on a character boundary) that is not valid JSON.
+            half = body[: len(body) // 2].decode("utf-8", "ignore").encode()
+            return web.Response(body=half + b"\x00<malformed", content_type=JSON)
+        return await send_stream(request, [body], len(body), JSON, "truncated")
+
+    def _authorize(self, key: str | None, access: Access) -> web.Response | None:
+        if not key:
+            return api_error(401, "AuthenticationRequiredError", "X-Apikey header is missing")
+        if key not in self._keys:
+            return api_error(401, "WrongCredentialsError", "Wrong API key")
+        if access == "premium" and not self._keys[key]:
+            return api_error(403, "ForbiddenError", _PREMIUM_MESSAGE)
+        return None
+
+    async def _status_fault(self, fault: str) -> web.Response:
+        if fault == "timeout":
+            await asyncio.sleep(self.fault_timeout_seconds)
+            return api_error(504, "DeadlineExceededError", "The operation took too long")
+        return api_error(*_STATUS_FAULT_ERRORS[fault])
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        return api_error(404, "NotFoundError", f"Resource not found: {request.path}")
+
+    # -- Livehunt ----------------------------------------------------------------------------
+
+    def _stream_item(self, entry: StreamEntry, descriptors_only: bool) -> dict:
+        """The item as served; unlike ``Corpus.notification`` it shares the stored context
+        (serialised at once), which keeps pages cheap."""
+        context = {"context_attributes": entry.context}
+        if descriptors_only:
+            return {"type": entry.object_type, "id": entry.object_id, **context}
+        return {**self.corpus.objects(entry.object_type)[entry.object_id], **context}
+
+    async def _ioc_stream(self, request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            stream_filter = parse_filter(query.get("filter", ""))
+            limit = parse_limit(query.get("limit"))
+            after = decode_cursor(query["cursor"]) if query.get("cursor") else None
+            descriptors_only = _is_true(query.get("descriptors_only"))
+        except StreamQueryError as err:
+            return api_error(400, "InvalidArgumentError", str(err))
+        entries, more = self._index.page(stream_filter, limit, after, self._deleted)
+        body: dict[str, Any] = {
+            "data": [self._stream_item(entry, descriptors_only) for entry in entries],
+            "meta": {},
+            "links": {"self": str(request.url)},
+        }
+        if more:
+            cursor = encode_cursor(entries[-1])
+            body["meta"]["cursor"] = cursor
+            body["links"]["next"] = str(request.url.update_query(cursor=cursor))
+        return json_ok(body)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        notification_id = request.match_info["id"]
+        if notification_id not in self._index or notification_id in self._deleted:
+            return api_error(404, "NotFoundError", f"Notification {notification_id} not found")
+        self._deleted.add(notification_id)
+        return json_ok({})
+
+    async def _hunting(self, request: web.Request) -> web.Response:
+        return self._lookup(self.corpus.hunting_rulesets, request.match_info["id"], "Ruleset")
+
+    async def _yara_ruleset(self, request: web.Request) -> web.Response:
+        return self._lookup(self.corpus.yara_rulesets, request.match_info["id"], "YARA ruleset")
+
+    @staticmethod
+    def _lookup(objects: Mapping[str, dict], key: str, what: str) -> web.Response:
+        obj = objects.get(key)
+        if obj is None:
+            return api_error(404, "NotFoundError", f'{what} "{key}" not found')
+        return json_ok({"data": obj})
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _find_file(self, file_hash: str) -> dict | None:
+        return self.corpus.find_file(file_hash) or self._submitted_files.get(file_hash.lower())
+
+    def _file_or_error(self, file_hash: str) -> dict | web.Response:
+        if not _HASH.fullmatch(file_hash.lower()):
+            return api_error(400, "InvalidArgumentError", f'"{file_hash}" is not a valid file hash')
+        obj = self._find_file(file_hash)
+        if obj is None:
+            return api_error(404, "NotFoundError", f'File "{file_hash}" not found')
+        return obj
+
+    async def _file(self, request: web.Request) -> web.Response:
+        found = self._file_or_error(request.match_info["id"])
+        return found if isinstance(found, web.Response) else json_ok({"data": found})
+
+    async def _file_download(self, request: web.Request) -> web.Response:
+        """Redirect to a key-less, unguessable storage URL, as VirusTotal does."""
+        found = self._file_or_error(request.match_info["id"])
+        if isinstance(found, web.Response):
+            return found
+        if self.corpus.sample_size(found["id"]) is None:
+            return api_error(404, "NotFoundError", f'File "{found["id"]}" content not found')
+        token = secrets.token_urlsafe(18)
+        self._downloads[token] = (found["id"], self._faults.pick("file_download", BODY_FAULTS))
+        location = f"{request.url.origin()}/_emulator/samples/{token}"
+        return web.Response(status=302, headers={"Location": location})
+
+    async def _sample(self, request: web.Request) -> web.StreamResponse:
+        download = self._downloads.get(request.match_info["id"])
+        if download is None:
+            return api_error(404, "NotFoundError", "Unknown or expired download URL")
+        sha256, fault = download
+        fault = fault or self._faults.pick("sample", BODY_FAULTS)
+        size = self.corpus.sample_size(sha256) or 0
+        chunks = self.corpus.sample_chunks(sha256)
+        return await send_stream(request, chunks, size, "application/octet-stream", fault)
+
+    async def _file_upload_url(self, request: web.Request) -> web.Response:
+        token = secrets.token_urlsafe(18)
+        self._upload_tokens.add(token)
+        return json_ok({"data": f"{request.url.origin()}/_emulator/uploads/{token}"})
+
+    async def _file_upload(self, request: web.Request) -> web.Response:
+        return await self._receive(request, MAX_DIRECT_UPLOAD)
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        """POST to a single-use upload URL (larger files)."""
+        token = request.match_info["id"]
+        if token not in self._upload_tokens:
+            return api_error(404, "NotFoundError", "Unknown or already used upload URL")
+        self._upload_tokens.discard(token)
+        return await self._receive(request, MAX_URL_UPLOAD)
+
+    async def _receive(self, request: web.Request, limit: int) -> web.Response:
+        if not request.content_type.startswith("multipart/"):
+            return api_error(400, "BadRequestError", "Expected a multipart/form-data body")
+        upload = None
+        async for part in await request.multipart():
+            if isinstance(part, BodyPartReader) and part.name == "file" and upload is None:
+                upload = await _digest_part(part)
+            else:
+                await part.release()
+        if upload is None:
+            return api_error(400, "BadRequestError", 'Missing form field "file"')
+        if upload.size > limit:
+            message = f"File larger than {limit // MIB} MB; use /files/upload_url"
+            return api_error(413, "RequestEntityTooLargeError", message)
+        now = int(self._clock())
+        target = self._find_file(upload.hashes.sha256) or submitted_file(
+            upload.hashes, upload.size, upload.filename, sniff(upload.head), now
+        )
+        info = {**upload.hashes.as_dict(), "size": upload.size}
+        analysis_id = base64.urlsafe_b64encode(f"{upload.hashes.md5}:{now}".encode()).decode()
+        self._analyses[analysis_id] = _Analysis("file", target, {"file_info": info}, now)
+        return self._analysis_created(analysis_id)
+
+    # -- URLs, domains, IPs ------------------------------------------------------------------
+
+    async def _url_submit(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        url = form.get("url")
+        if not isinstance(url, str) or not url.strip():
+            return api_error(400, "BadRequestError", 'Missing form field "url"')
+        key, now = url_id(url), int(self._clock())
+        target = (
+            self.corpus.urls.get(key) or self._submitted_urls.get(key) or url_object(url, 0, now)
+        )
+        analysis_id = f"u-{key}-{now}"
+        meta = {"url_info": {"id": key, "url": url}}
+        self._analyses[analysis_id] = _Analysis("url", target, meta, now)
+        return self._analysis_created(analysis_id)
+
+    async def _url(self, request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        for key in _url_keys(raw):
+            obj = self.corpus.urls.get(key) or self._submitted_urls.get(key)
+            if obj is not None:
+                return json_ok({"data": obj})
+        return api_error(404, "NotFoundError", f'URL "{raw}" not found')
+
+    async def _domain(self, request: web.Request) -> web.Response:
+        return self._lookup(self.corpus.domains, request.match_info["id"], "Domain")
+
+    async def _resolutions(self, request: web.Request) -> web.Response:
+        domain = request.match_info["id"]
+        resolutions = self.corpus.resolutions.get(domain)
+        if resolutions is None:
+            return api_error(404, "NotFoundError", f'Domain "{domain}" not found')
+        try:
+            limit = parse_limit(request.query.get("limit"))
+            offset = int(_b64(request.query["cursor"])) if request.query.get("cursor") else 0
+        except (StreamQueryError, ValueError, binascii.Error):
+            return api_error(400, "InvalidArgumentError", "invalid limit or cursor")
+        body: dict[str, Any] = {
+            "data": resolutions[offset : offset + limit],
+            "meta": {"count": len(resolutions)},
+            "links": {"self": str(request.url)},
+        }
+        if offset + limit < len(resolutions):
+            cursor = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
+            body["meta"]["cursor"] = cursor
+            body["links"]["next"] = str(request.url.update_query(cursor=cursor))
+        return json_ok(body)
+
+    async def _ip_address(self, request: web.Request) -> web.Response:
+        address = request.match_info["id"]
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return api_error(400, "InvalidArgumentError", f'"{address}" is not a valid IP address')
+        return self._lookup(self.corpus.ip_addresses, address, "IP address")
+
+    # -- analyses and quotas -----------------------------------------------------------------
+
+    @staticmethod
+    def _analysis_created(analysis_id: str) -> web.Response:
+        link = f"{API_ROOT}/analyses/{analysis_id}"
+        return json_ok({"data": {"type": "analysis", "id": analysis_id, "links": {"self": link}}})
+
+    async def _analysis(self, request: web.Request) -> web.Response:
+        analysis_id = request.match_info["id"]
+        analysis = self._analyses.get(analysis_id)
+        if analysis is None:
+            return api_error(404, "NotFoundError", f'Analysis "{analysis_id}" not found')
+        status = _ANALYSIS_STATUSES[min(analysis.polls, len(_ANALYSIS_STATUSES) - 1)]
+        analysis.polls += 1
+        target = analysis.target["attributes"]
+        stats = dict.fromkeys(target["last_analysis_stats"], 0)
+        attrs: dict[str, Any] = {
+            "date": analysis.date,
+            "status": status,
+            "stats": stats,
+            "results": {},
+        }
+        if status == "completed":
+            self._register(analysis)
+            attrs.update(
+                stats=target["last_analysis_stats"], results=target["last_analysis_results"]
+            )
+        data = {
+            "type": "analysis",
+            "id": analysis_id,
+            "links": {"self": f"{API_ROOT}/analyses/{analysis_id}"},
+            "attributes": attrs,
+        }
+        return json_ok({"data": data, "meta": analysis.meta})
+
+    def _register(self, analysis: _Analysis) -> None:
+        """A completed analysis makes its file or URL known to the lookups."""
+        target = analysis.target
+        if analysis.kind == "url":
+            self._submitted_urls.setdefault(target["id"], target)
+            return
+        attrs = target["attributes"]
+        for key in (attrs["sha256"], attrs["md5"], attrs["sha1"]):
+            self._submitted_files.setdefault(key, target)
+
+    async def _overall_quotas(self, request: web.Request) -> web.Response:
+        user = request.match_info["id"]
+        if user == request.headers.get("x-apikey"):
+            return json_ok({"data": self._quotas.report(user)})
+        if user in self._keys:
+            return api_error(403, "ForbiddenError", "You are not allowed to see this user's quotas")
+        return api_error(404, "NotFoundError", "User not found")
+
+    # -- emulator controls -------------------------------------------------------------------
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return json_ok({"requests": self.stats()})
+
+    async def _delete_stats(self, request: web.Request) -> web.Response:
+        self.reset_stats()
+        return json_ok({})
+
+    async def _post_faults(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+            self.set_faults(str(payload.get("spec", "")), int(payload.get("seed", 0)))
+        except (ValueError, AttributeError) as err:
+            return api_error(400, "InvalidArgumentError", str(err))
+        return json_ok({"spec": self.faults})
+
+    async def _post_latency(self, request: web.Request) -> web.Response:
+        try:
+            payload = await request.json()
+            self.set_latency(float(payload["ms"]))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            return api_error(400, "InvalidArgumentError", f"invalid latency: {err}")
+        return json_ok({"ms": self._latency * 1000})
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()

@@ -1,0 +1,507 @@
+"""Builders of VirusTotal API v3 objects (file, url, domain, ip_address, resolution).
+
+Each object is built on request from a small spec and its own seeded RNG, so a corpus of 10,000
+files needs no memory for attributes and the same spec always gives the same JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from vt_pipeline.emulators.filetypes import BASE_NAMES, FileType
+from vt_pipeline.emulators.samples import Hashes
+
+API_ROOT = "https://www.virustotal.com/api/v3"
+MINUTE, HOUR, DAY = 60, 3600, 86400
+
+ENGINES: tuple[tuple[str, str], ...] = (
+    ("Bkav", "2.0.0.1"),
+    ("Lionic", "8.16"),
+    ("MicroWorld-eScan", "14.0.409.0"),
+    ("ClamAV", "1.4.1.0"),
+    ("CAT-QuickHeal", "22.00"),
+    ("McAfee", "6.0.6.653"),
+    ("Malwarebytes", "4.5.5.54"),
+    ("Zillya", "2.0.0.5243"),
+    ("Sangfor", "2.22.3.0"),
+    ("K7AntiVirus", "12.196.54388"),
+    ("Alibaba", "0.3.0.5"),
+    ("CrowdStrike", "1.0"),
+    ("BitDefender", "7.2"),
+    ("Symantec", "1.22.0.0"),
+    ("ESET-NOD32", "30412"),
+    ("TrendMicro", "24.550.0.1002"),
+    ("Avast", "23.9.8494.0"),
+    ("Kaspersky", "22.0.1.28"),
+    ("Microsoft", "1.1.24090.11"),
+    ("Sophos", "2.5.5.0"),
+    ("Ikarus", "6.3.22.0"),
+    ("Fortinet", "7.0.30.0"),
+    ("Google", "1732000000"),
+)
+FILE_STATS = (
+    "harmless",
+    "malicious",
+    "suspicious",
+    "undetected",
+    "timeout",
+    "confirmed-timeout",
+    "failure",
+    "type-unsupported",
+)
+NETWORK_STATS = ("harmless", "malicious", "suspicious", "undetected", "timeout")
+FAMILIES = {
+    "windows": ("agenttesla", "formbook", "remcos", "lokibot", "asyncrat", "redline", "qakbot"),
+    "linux": ("mirai", "gafgyt", "xorddos"),
+    "android": ("anubis", "cerberus", "hydra"),
+}
+HOSTILE_NAMES: tuple[str, ...] = (
+    "../../../../etc/cron.d/payload",
+    "..\\..\\Windows\\System32\\drivers\\etc\\hosts.exe",
+    "invoice|rm -rf ~|.pdf.exe",
+    "line one\nline two\r\n.doc",
+    "ctrl\x07\x1b[31mred\x08\x7f.exe",
+    "\u202egpj.exe",
+    "\U0001f608payload\U0001f525.js",
+    "请求报价单_2026.exe",
+    "\t\x0b\x0c.dll",
+    "A" * 4996 + ".exe",
+)
+HOSTILE_TAGS: tuple[str, ...] = (
+    "../../tags",
+    "tag with spaces",
+    "<script>alert(1)</script>",
+    "\u202etxt.exe",
+    "tag\nnewline",
+    "\U0001f480",
+    "x" * 300,
+)
+_FILE_TAGS = (
+    "detect-debug-environment",
+    "long-sleeps",
+    "obfuscated",
+    "overlay",
+    "signed",
+    "macros",
+)
+_CATEGORY_VENDORS = ("Forcepoint ThreatSeeker", "Sophos", "BitDefender", "alphaMountain.ai")
+_CATEGORIES = (
+    "malicious web sites",
+    "phishing",
+    "newly registered websites",
+    "command and control",
+)
+_COUNTRIES = {"US": "NA", "RU": "EU", "CN": "AS", "NL": "EU", "DE": "EU", "SC": "AF", "BR": "SA"}
+_AS_OWNERS = ("DIGITALOCEAN-ASN", "OVH SAS", "Hetzner Online GmbH", "Cloudflare, Inc.", "PONYNET")
+_REGISTRARS = ("NameCheap, Inc.", "GoDaddy.com, LLC", "Sav.com, LLC", "REG.RU", "Porkbun LLC")
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpec:
+    """What a generated file is; everything else about it is drawn from ``index``."""
+
+    index: int
+    hashes: Hashes
+    size: int
+    file_type: FileType
+    seen: int  # first notification date; submission dates are relative to it
+    hostile: bool
+
+
+@dataclass(frozen=True, slots=True)
+class C2:
+    """A command-and-control endpoint quoted by malware configs and known to the lookups."""
+
+    host: str
+    url: str
+
+
+def object_envelope(obj_type: str, obj_id: str, collection: str, attrs: dict) -> dict[str, Any]:
+    link = f"{API_ROOT}/{collection}/{quote(obj_id, safe='')}"
+    return {"id": obj_id, "type": obj_type, "links": {"self": link}, "attributes": attrs}
+
+
+def url_id(url: str) -> str:
+    """VirusTotal's object id for a URL: the SHA-256 of the URL."""
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
+def _day(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y%m%d")
+
+
+def _verdict(rng: random.Random, family: str, engine: str) -> str:
+    style = rng.randrange(4)
+    if style == 0:
+        return f"Trojan.GenericKD.{rng.randint(10**6, 10**8)}"
+    if style == 1:
+        return f"Win32/{family.title()}.{rng.choice('ABCDEF')}"
+    if style == 2:
+        return f"HEUR:Trojan.Win32.{family.title()}.gen"
+    return f"{family.title()}!{engine[:3].upper()}{rng.randint(100, 999)}"
+
+
+# Categories of the engines that do not detect a file, with cumulative probabilities.
+_CLEAN_CATEGORIES = (
+    (0.90, "undetected"),
+    (0.93, "suspicious"),
+    (0.97, "type-unsupported"),
+    (0.99, "timeout"),
+    (1.00, "failure"),
+)
+
+
+def _clean_category(rng: random.Random) -> str:
+    draw = rng.random()
+    return next(category for bound, category in _CLEAN_CATEGORIES if draw < bound)
+
+
+def file_analysis(
+    rng: random.Random, malicious: int, family: str, date: int
+) -> tuple[dict[str, int], dict[str, dict]]:
+    """last_analysis_stats and last_analysis_results that agree with each other."""
+    engines = list(ENGINES)
+    rng.shuffle(engines)
+    stats = dict.fromkeys(FILE_STATS, 0)
+    results: dict[str, dict] = {}
+    update = _day(date)
+    for position, (name, version) in enumerate(engines):
+        if position < malicious:
+            category, result = "malicious", _verdict(rng, family, name)
+        else:
+            category = _clean_category(rng)
+            result = "Suspicious.Heuristic" if category == "suspicious" else None
+        stats[category] += 1
+        results[name] = {
+            "category": category,
+            "engine_name": name,
+            "engine_version": version,
+            "engine_update": update,
+            "method": "blacklist",
+            "result": result,
+        }
+    return stats, dict(sorted(results.items()))
+
+
+def network_analysis(rng: random.Random, malicious: int) -> tuple[dict[str, int], dict[str, dict]]:
+    """URL/domain/IP engines report harmless/undetected rather than file categories."""
+    stats = dict.fromkeys(NETWORK_STATS, 0)
+    results: dict[str, dict] = {}
+    flagged = set(rng.sample(range(len(ENGINES)), malicious))
+    for position, (name, _version) in enumerate(ENGINES):
+        if position in flagged:
+            category, result = "malicious", rng.choice(("malicious", "phishing", "malware"))
+        else:
+            category = "harmless" if rng.random() < 0.6 else "undetected"
+            result = "clean" if category == "harmless" else "unrated"
+        stats[category] += 1
+        results[name] = {
+            "category": category,
+            "engine_name": name,
+            "method": "blacklist",
+            "result": result,
+        }
+    return stats, results
+
+
+def _fuzzy_hashes(hashes: Hashes, size: int) -> dict[str, str]:
+    """ssdeep/tlsh/vhash look-alikes derived from the real hashes (not real fuzzy hashes)."""
+    block = 3 << max(0, (size // 64).bit_length() - 1)
+    return {
+        "ssdeep": f"{block}:{hashes.sha256[:28]}:{hashes.sha1[:14]}",
+        "tlsh": "T1" + (hashes.sha256 + hashes.md5)[:70].upper(),
+        "vhash": hashes.md5[:10] + "z" + hashes.sha1[:12],
+    }
+
+
+def _first_submission(rng: random.Random, seen: int) -> int | None:
+    """Ages of every kind relative to the notification, including unknown (None)."""
+    kind = rng.choices(
+        ("minutes", "hours", "days", "weeks", "years", "null"), (20, 20, 20, 20, 16, 4)
+    )
+    spans = {
+        "minutes": (MINUTE, HOUR - 1),
+        "hours": (HOUR, DAY - 1),
+        "days": (DAY, 3 * DAY),
+        "weeks": (7 * DAY, 8 * 7 * DAY),
+        "years": (365 * DAY, 10 * 365 * DAY),
+    }
+    if kind[0] == "null":
+        return None
+    low, high = spans[kind[0]]
+    return seen - rng.randint(low, high)
+
+
+def _submission_dates(rng: random.Random, seen: int) -> dict[str, Any]:
+    first = _first_submission(rng, seen)
+    earliest = first if first is not None else seen - rng.randint(0, HOUR)
+    last_submission = max(earliest, seen - rng.randint(0, 900))  # the submission that matched
+    dates: dict[str, Any] = {
+        "first_submission_date": first,
+        "last_submission_date": last_submission,
+        "last_analysis_date": min(seen, last_submission + rng.randint(0, 120)),
+    }
+    if first is None and rng.random() < 0.4:
+        del dates["first_submission_date"]  # some files have the attribute missing entirely
+    return dates
+
+
+def _names(rng: random.Random, spec: FileSpec) -> list[str]:
+    suffix = f".{spec.file_type.extension}" if spec.file_type.extension else ""
+    names = [f"{base}{suffix}" for base in rng.sample(BASE_NAMES, rng.randint(1, 3))]
+    names.append(spec.hashes.sha256 + suffix)
+    if spec.hostile:
+        names[0:0] = rng.sample(HOSTILE_NAMES, 2)
+    return names
+
+
+def _platform(file_type: FileType) -> str:
+    return {"elf": "linux", "android": "android"}.get(file_type.type_tag, "windows")
+
+
+def _threat_classification(rng: random.Random, family: str, malicious: int) -> dict:
+    category = rng.choice(("trojan", "downloader", "ransomware", "spyware"))
+    return {
+        "suggested_threat_label": f"{category}.{family}/generic",
+        "popular_threat_category": [{"count": malicious, "value": category}],
+        "popular_threat_name": [{"count": max(1, malicious // 2), "value": family}],
+    }
+
+
+def _malware_config(rng: random.Random, family: str, c2s: Sequence[C2]) -> dict:
+    chosen = rng.sample(list(c2s), min(len(c2s), rng.randint(1, 3)))
+    connections = [
+        {"host": c2.host, "url": c2.url, "categories": ["C2"], "protocol_tags": ["http", "tcp"]}
+        for c2 in chosen
+    ]
+    return {
+        "families": [
+            {
+                "family": family,
+                "alt_names": [family.upper(), f"{family}_bot"],
+                "configs": [{"net_info": {"connections": connections}}],
+            }
+        ]
+    }
+
+
+def _crowdsourced_results(rng: random.Random, yara_rulesets: Sequence[dict]) -> list[dict]:
+    results = []
+    for ruleset in rng.sample(list(yara_rulesets), rng.randint(1, 2)):
+        attrs = ruleset["attributes"]
+        results.append(
+            {
+                "ruleset_id": ruleset["id"],
+                "rule_name": rng.choice(attrs["rule_names"]),
+                "ruleset_name": attrs["name"],
+                "author": attrs["author"],
+                "source": attrs["source"],
+                "description": "Detects artefacts of a known malware family",
+                "match_in_subfile": rng.random() < 0.2,
+            }
+        )
+    return results
+
+
+def _file_tags(rng: random.Random, spec: FileSpec) -> list[str]:
+    tags = [spec.file_type.type_tag, *rng.sample(_FILE_TAGS, rng.randint(0, 3))]
+    if spec.hostile:
+        tags += rng.sample(HOSTILE_TAGS, 2)
+    return tags
+
+
+def _verdicts(rng: random.Random, file_type: FileType, analysis_date: int) -> dict:
+    """Verdicts shared by uploaded and generated files (some with 0 detections)."""
+    malicious = 0 if rng.random() < 0.15 else rng.randint(1, 18)
+    family = rng.choice(FAMILIES[_platform(file_type)])
+    stats, results = file_analysis(rng, malicious, family, analysis_date)
+    attrs = {
+        "last_analysis_stats": stats,
+        "last_analysis_results": results,
+        "reputation": -malicious * rng.randint(0, 5),
+        "total_votes": {"harmless": rng.randint(0, 2), "malicious": rng.randint(0, malicious)},
+    }
+    if malicious:
+        attrs["popular_threat_classification"] = _threat_classification(rng, family, malicious)
+    return attrs
+
+
+def file_object(
+    spec: FileSpec, seed: int, yara_rulesets: Sequence[dict], c2s: Sequence[C2]
+) -> dict:
+    """A realistic ``file`` object for a generated sample."""
+    rng = random.Random(f"vt-file:{seed}:{spec.index}")
+    file_type = spec.file_type
+    dates = _submission_dates(rng, spec.seen)
+    names = _names(rng, spec)
+    attrs: dict[str, Any] = {
+        "md5": spec.hashes.md5,
+        "sha1": spec.hashes.sha1,
+        "sha256": spec.hashes.sha256,
+        **_fuzzy_hashes(spec.hashes, spec.size),
+        "size": spec.size,
+        "type_description": file_type.description,
+        "type_tag": file_type.type_tag,
+        "magic": file_type.magic,
+        "names": names,
+        "meaningful_name": names[0],
+        "tags": _file_tags(rng, spec),
+        "type_tags": list(file_type.type_tags),
+        **dates,
+        "last_modification_date": dates["last_analysis_date"],
+        "times_submitted": rng.randint(1, 40),
+        "unique_sources": rng.randint(1, 12),
+        **_verdicts(rng, file_type, dates["last_analysis_date"]),
+    }
+    if file_type.extension:
+        attrs["type_extension"] = file_type.extension
+    if file_type.type_tag in ("peexe", "pedll"):
+        attrs["creation_date"] = spec.seen - rng.randint(DAY, 5 * 365 * DAY)
+    if yara_rulesets and rng.random() < 0.5:
+        attrs["crowdsourced_yara_results"] = _crowdsourced_results(rng, yara_rulesets)
+    threat = attrs.get("popular_threat_classification")
+    if threat and c2s and rng.random() < 0.12:
+        family = threat["popular_threat_name"][0]["value"]
+        attrs["malware_config"] = _malware_config(rng, family, c2s)
+    return object_envelope("file", spec.hashes.sha256, "files", attrs)
+
+
+def submitted_file(hashes: Hashes, size: int, name: str, file_type: FileType, date: int) -> dict:
+    """The file object VirusTotal would hold after an upload the corpus did not know."""
+    rng = random.Random(f"vt-upload:{hashes.sha256}")
+    dates = {
+        "first_submission_date": date,
+        "last_submission_date": date,
+        "last_analysis_date": date,
+    }
+    attrs = {
+        "md5": hashes.md5,
+        "sha1": hashes.sha1,
+        "sha256": hashes.sha256,
+        **_fuzzy_hashes(hashes, size),
+        "size": size,
+        "type_description": file_type.description,
+        "type_tag": file_type.type_tag,
+        "magic": file_type.magic,
+        "names": [name],
+        "meaningful_name": name,
+        "tags": [file_type.type_tag],
+        "type_tags": list(file_type.type_tags),
+        **dates,
+        "times_submitted": 1,
+        "unique_sources": 1,
+        **_verdicts(rng, file_type, date),
+    }
+    if file_type.extension:
+        attrs["type_extension"] = file_type.extension
+    return object_envelope("file", hashes.sha256, "files", attrs)
+
+
+def _network_common(rng: random.Random, seen: int, malicious: int) -> dict[str, Any]:
+    stats, results = network_analysis(rng, malicious)
+    vendors = rng.sample(_CATEGORY_VENDORS, rng.randint(0, 3))
+    return {
+        "categories": {vendor: rng.choice(_CATEGORIES) for vendor in sorted(vendors)},
+        "last_analysis_date": seen - rng.randint(0, 6 * HOUR),
+        "last_analysis_stats": stats,
+        "last_analysis_results": results,
+        "reputation": -malicious * rng.randint(0, 3),
+        "tags": rng.sample(("phishing", "c2", "suspicious-tld", "self-signed"), rng.randint(0, 2)),
+        "total_votes": {"harmless": rng.randint(0, 3), "malicious": rng.randint(0, 3)},
+    }
+
+
+def url_object(url: str, seed: int, seen: int) -> dict:
+    rng = random.Random(f"vt-url:{seed}:{url}")
+    first = seen - rng.randint(MINUTE, 30 * DAY)
+    attrs = {
+        "url": url,
+        "last_final_url": url,
+        "title": rng.choice(("Sign in to your account", "Index of /", "404 Not Found", "")),
+        "first_submission_date": first,
+        "last_submission_date": rng.randint(first, seen),
+        "times_submitted": rng.randint(1, 25),
+        "last_http_response_code": rng.choice((200, 200, 200, 302, 404)),
+        **_network_common(rng, seen, rng.randint(0, 12)),
+    }
+    return object_envelope("url", url_id(url), "urls", attrs)
+
+
+def domain_addresses(seed: int, domain: str) -> list[str]:
+    """The IPv4 addresses a domain resolves to, shared by its DNS records and resolutions."""
+    rng = random.Random(f"vt-dns:{seed}:{domain}")
+    return [random_ipv4(rng) for _ in range(rng.randint(1, 3))]
+
+
+def domain_object(domain: str, seed: int, seen: int) -> dict:
+    rng = random.Random(f"vt-domain:{seed}:{domain}")
+    records = [
+        {"type": "A", "value": address, "ttl": rng.choice((300, 3600))}
+        for address in domain_addresses(seed, domain)
+    ]
+    records.append({"type": "NS", "value": f"ns{rng.randint(1, 4)}.dnsowl.com", "ttl": 86400})
+    created = seen - rng.randint(DAY, 3 * 365 * DAY)
+    registrar = rng.choice(_REGISTRARS)
+    attrs = {
+        "last_dns_records": records,
+        "last_dns_records_date": seen - rng.randint(0, DAY),
+        "registrar": registrar,
+        "creation_date": created,
+        "tld": domain.rsplit(".", 1)[-1],
+        "whois": f"Domain Name: {domain}\nRegistrar: {registrar}\nCreation Date: {created}",
+        **_network_common(rng, seen, rng.randint(0, 10)),
+    }
+    return object_envelope("domain", domain, "domains", attrs)
+
+
+def ip_object(address: str, seed: int, seen: int) -> dict:
+    rng = random.Random(f"vt-ip:{seed}:{address}")
+    network = ipaddress.ip_network(f"{address}/{16 if ':' not in address else 32}", strict=False)
+    country = rng.choice(sorted(_COUNTRIES))
+    asn = rng.randint(1000, 64000)
+    attrs = {
+        "as_owner": rng.choice(_AS_OWNERS),
+        "asn": asn,
+        "network": str(network),
+        "country": country,
+        "continent": _COUNTRIES[country],
+        "regional_internet_registry": rng.choice(("ARIN", "RIPE NCC", "APNIC", "LACNIC")),
+        "whois": f"NetRange: {network}\nOriginAS: AS{asn}\nCountry: {country}",
+        **_network_common(rng, seen, rng.randint(0, 8)),
+    }
+    return object_envelope("ip_address", address, "ip_addresses", attrs)
+
+
+def resolution_objects(domain: str, seed: int, seen: int) -> list[dict]:
+    rng = random.Random(f"vt-resolutions:{seed}:{domain}")
+    resolutions = []
+    for address in domain_addresses(seed, domain):
+        attrs = {
+            "date": seen - rng.randint(0, 30 * DAY),
+            "host_name": domain,
+            "ip_address": address,
+            "resolver": "VirusTotal",
+            "host_name_last_analysis_stats": network_analysis(rng, rng.randint(0, 5))[0],
+            "ip_address_last_analysis_stats": network_analysis(rng, rng.randint(0, 5))[0],
+        }
+        resolutions.append(object_envelope("resolution", address + domain, "resolutions", attrs))
+    return resolutions
+
+
+def random_ipv4(rng: random.Random) -> str:
+    """A globally routable IPv4 address."""
+    while True:
+        address = ipaddress.IPv4Address(rng.randint(0x01000000, 0xDFFFFFFF))
+        if address.is_global:
+            return str(address)
+
+
+def random_ipv6(rng: random.Random) -> str:
+    return str(ipaddress.IPv6Address((0x2A0 << 116) | rng.getrandbits(116)))

@@ -1,0 +1,89 @@
+"""Shared fixtures: the VirusTotal emulator over a fixed corpus, a Dagster instance, resources.
+
+The corpus covers six fixed hours (LIVEHUNT_START .. +6 h) so that partition keys, counts and
+bundles are the same on every machine and every day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from vt_pipeline.emulators.corpus import Corpus, generate_corpus
+from vt_pipeline.emulators.virustotal import VirusTotalEmulator
+from vt_pipeline.livehunt.settings import LivehuntSettings
+from vt_pipeline.resources.storage import PartitionedFileIOManager, StorageResource
+from vt_pipeline.resources.virustotal import VirusTotalResource
+
+LIVEHUNT_START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
+CORPUS_HOURS = 6
+PREMIUM_KEY = "premium-test-key"
+PUBLIC_KEY = "public-test-key"
+
+
+def partition_key(hour: int) -> str:
+    """The hourly partition key `hour` hours after LIVEHUNT_START."""
+    return (LIVEHUNT_START + timedelta(hours=hour)).strftime("%Y-%m-%d-%H:%M")
+
+
+def window(hour: int) -> tuple[int, int]:
+    start = int((LIVEHUNT_START + timedelta(hours=hour)).timestamp())
+    return start, start + 3600
+
+
+@pytest.fixture(scope="session")
+def vt_corpus() -> Corpus:
+    end = LIVEHUNT_START + timedelta(hours=CORPUS_HOURS)
+    return generate_corpus(seed=2026, notifications=360, start=LIVEHUNT_START, end=end)
+
+
+@pytest.fixture
+def vt_emulator(vt_corpus: Corpus) -> Iterator[VirusTotalEmulator]:
+    emulator = VirusTotalEmulator(
+        vt_corpus, api_keys={PREMIUM_KEY: True, PUBLIC_KEY: False}, fault_timeout_seconds=3
+    )
+    with emulator.serve():
+        yield emulator
+
+
+@pytest.fixture
+def dagster_instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+ResourcesFactory = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def livehunt_resources(vt_emulator: VirusTotalEmulator, tmp_path: Path) -> ResourcesFactory:
+    """Factory of the Livehunt resources against the emulator; override any setting by name.
+
+    `storage_dir` picks another storage base (to compare two runs), `api_key` another key.
+    Retries are fast here: the emulator's faults are what we test, not the waiting.
+    """
+
+    def make(
+        storage_dir: Path | None = None, api_key: str = PREMIUM_KEY, **settings: Any
+    ) -> dict[str, Any]:
+        base = str(storage_dir or tmp_path / "storage")
+        return {
+            "virustotal": VirusTotalResource(
+                api_key=api_key,
+                api_url=vt_emulator.url,
+                timeout_seconds=2.0,
+                backoff_base_seconds=0.01,
+                backoff_max_seconds=0.05,
+                max_attempts=10,
+            ),
+            "livehunt_settings": LivehuntSettings(**{"upload_artifact": True, **settings}),
+            "storage": StorageResource(base_dir=base),
+            "io_manager": PartitionedFileIOManager(base_dir=base),
+        }
+
+    return make

@@ -1,0 +1,237 @@
+"""The synthetic VirusTotal corpus: determinism, realism, rulesets, samples and fixtures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import plyara
+import pytest
+
+from vt_pipeline.emulators.corpus import Corpus, generate_corpus
+from vt_pipeline.emulators.fixtures import dump_fixtures, load_fixtures
+from vt_pipeline.emulators.vtobjects import HOSTILE_NAMES
+
+END = datetime(2026, 11, 20, tzinfo=UTC)
+START = END - timedelta(hours=24)
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return generate_corpus(11, 1000, START, END)
+
+
+def corpus_json(corpus: Corpus, sort_keys: bool = False) -> str:
+    """Everything a corpus serves except sample bytes, as one JSON document."""
+    return json.dumps(
+        {
+            "notifications": list(corpus.notifications),
+            "files": dict(corpus.files),
+            "urls": dict(corpus.urls),
+            "domains": dict(corpus.domains),
+            "ip_addresses": dict(corpus.ip_addresses),
+            "resolutions": dict(corpus.resolutions),
+            "hunting_rulesets": dict(corpus.hunting_rulesets),
+            "yara_rulesets": dict(corpus.yara_rulesets),
+            "sample_sizes": {sha: corpus.sample_size(sha) for sha in corpus.files},
+        },
+        sort_keys=sort_keys,
+    )
+
+
+def sample_digest(corpus: Corpus, sha256: str, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
+    for chunk in corpus.sample_chunks(sha256):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_same_seed_gives_identical_json_and_another_seed_differs() -> None:
+    first = corpus_json(generate_corpus(5, 150, START, END))
+    assert first == corpus_json(generate_corpus(5, 150, START, END))
+    assert first != corpus_json(generate_corpus(6, 150, START, END))
+    assert first != corpus_json(generate_corpus(5, 150, START, END + timedelta(hours=1)))
+
+
+def test_ten_thousand_notifications_generate_quickly() -> None:
+    began = time.perf_counter()
+    large = generate_corpus(2, 10_000, START, END)
+    elapsed = time.perf_counter() - began
+    assert len(large.stream) == 10_000
+    assert elapsed < 15, f"generation took {elapsed:.1f}s"
+
+
+def test_notifications_are_unique_in_range_and_newest_first(corpus: Corpus) -> None:
+    ids = [entry.notification_id for entry in corpus.stream]
+    dates = [entry.date for entry in corpus.stream]
+    assert len(set(ids)) == len(ids) == 1000
+    assert all(START.timestamp() <= date < END.timestamp() for date in dates)
+    assert dates == sorted(dates, reverse=True)
+
+
+def test_notification_mix_and_repeated_files(corpus: Corpus) -> None:
+    kinds = Counter(entry.object_type for entry in corpus.stream)
+    assert 0.80 <= kinds["file"] / 1000 <= 0.90
+    assert kinds["url"] and kinds["domain"] and kinds["ip_address"]
+    ips = [entry.object_id for entry in corpus.stream if entry.object_type == "ip_address"]
+    assert any(":" in ip for ip in ips) and any("." in ip for ip in ips)
+    per_file = Counter(entry.object_id for entry in corpus.stream if entry.object_type == "file")
+    repeated = [sha for sha, count in per_file.items() if count > 1]
+    assert repeated
+    for sha in repeated:
+        rules = [
+            entry.context["hunting_info"]["rule_name"]
+            for entry in corpus.stream
+            if entry.object_id == sha
+        ]
+        assert len(set(rules)) == len(rules)
+
+
+def test_notification_items_have_the_api_shape(corpus: Corpus) -> None:
+    for item in corpus.notifications[:50]:
+        assert set(item) >= {"type", "id", "links", "attributes", "context_attributes"}
+        context = item["context_attributes"]
+        assert context["origin"] == "hunting"
+        assert isinstance(context["notification_date"], int)
+        assert context["sources"][0]["type"] == "hunting_ruleset"
+        assert context["sources"][0]["id"] in corpus.hunting_rulesets
+        hunting_info = set(context["hunting_info"])
+        assert hunting_info == {"rule_name", "snippet", "source_country", "source_key"}
+
+
+def test_file_sizes_types_and_dates_vary(corpus: Corpus) -> None:
+    sizes = [corpus.sample_size(sha) for sha in corpus.files]
+    assert all(size is not None for size in sizes)
+    tiny = sum(size < 1000 for size in sizes) / len(sizes)
+    assert 0.05 <= tiny <= 0.15
+    assert any(size > 50 * MIB for size in sizes)
+    assert any(MIB <= size < 50 * MIB for size in sizes)
+    files = [corpus.files[sha]["attributes"] for sha in corpus.files]
+    assert {attrs.get("type_extension") for attrs in files} >= {"exe", "dll", "doc", "pdf", None}
+    assert any("type_extension" not in attrs for attrs in files)
+    assert any(attrs["last_analysis_stats"]["malicious"] == 0 for attrs in files)
+    assert any(attrs.get("first_submission_date", 0) is None for attrs in files)
+    assert any("first_submission_date" not in attrs for attrs in files)
+    assert any("malware_config" in attrs for attrs in files)
+    assert any("crowdsourced_yara_results" in attrs for attrs in files)
+    for attrs in files:
+        assert attrs["size"] == corpus.sample_size(attrs["sha256"])
+        assert len(attrs["last_analysis_results"]) >= 20
+        stats = attrs["last_analysis_stats"]
+        assert sum(stats.values()) == len(attrs["last_analysis_results"])
+
+
+def test_submission_ages_span_minutes_to_years(corpus: Corpus) -> None:
+    ages = []
+    for entry in corpus.stream:
+        if entry.object_type == "file":
+            first = corpus.files[entry.object_id]["attributes"].get("first_submission_date")
+            if first is not None:
+                ages.append(entry.date - first)
+    assert min(ages) < 3600
+    assert any(86400 <= age <= 3 * 86400 for age in ages)
+    assert any(7 * 86400 <= age < 60 * 86400 for age in ages)
+    assert max(ages) > 365 * 86400
+
+
+def test_hostile_values_are_sprinkled(corpus: Corpus) -> None:
+    files = [corpus.files[sha]["attributes"] for sha in corpus.files]
+    hostile = [attrs for attrs in files if set(attrs["names"]) & set(HOSTILE_NAMES)]
+    assert 0 < len(hostile) <= 0.06 * len(files)
+    names = {name for attrs in hostile for name in attrs["names"]}
+    assert any(len(name) >= 5000 for name in names)
+    assert any("\u202e" in name for name in names)
+    assert not any("\x00" in name for name in names)
+    subjects = [
+        corpus.notification(entry)["attributes"].get("url", entry.object_id)
+        for entry in corpus.stream
+        if entry.object_type in ("url", "domain")
+    ]
+    assert any(any(c.isspace() for c in subject) for subject in subjects)
+
+
+def test_samples_hash_to_their_attributes(corpus: Corpus) -> None:
+    by_size = sorted(corpus.files, key=lambda sha: corpus.sample_size(sha) or 0)
+    for sha in [*by_size[:3], *by_size[len(by_size) // 2 : len(by_size) // 2 + 3], by_size[-1]]:
+        attrs = corpus.files[sha]["attributes"]
+        assert sample_digest(corpus, sha) == sha
+        assert sample_digest(corpus, sha, "md5") == attrs["md5"]
+        assert sample_digest(corpus, sha, "sha1") == attrs["sha1"]
+        assert corpus.find_file(attrs["md5"]) == corpus.find_file(attrs["sha1"].upper())
+
+
+def test_rulesets_parse_and_name_each_notification_rule(corpus: Corpus) -> None:
+    rules_of = {}
+    for ruleset_id, ruleset in corpus.hunting_rulesets.items():
+        parsed = plyara.Plyara().parse_string(ruleset["attributes"]["rules"])
+        rules_of[ruleset_id] = {rule["rule_name"] for rule in parsed}
+        assert 2 <= len(parsed) <= 4
+        assert rules_of[ruleset_id] == set(ruleset["attributes"]["rule_names"])
+    assert 4 <= len(rules_of) <= 6
+    sources = [ruleset["attributes"]["rules"] for ruleset in corpus.hunting_rulesets.values()]
+    assert sum('import "vt"' in source for source in sources) == 1
+    missing = [
+        entry
+        for entry in corpus.stream
+        if entry.context["hunting_info"]["rule_name"]
+        not in rules_of[entry.context["sources"][0]["id"]]
+    ]
+    assert len(missing) == 10  # 1% of 1,000: quoted rules edited out of their ruleset
+    for ruleset in corpus.yara_rulesets.values():
+        assert plyara.Plyara().parse_string(ruleset["attributes"]["rules"])
+
+
+def test_crowdsourced_results_reference_served_rulesets(corpus: Corpus) -> None:
+    for sha in list(corpus.files)[:200]:
+        for result in corpus.files[sha]["attributes"].get("crowdsourced_yara_results", []):
+            ruleset = corpus.yara_rulesets[result["ruleset_id"]]
+            assert result["rule_name"] in ruleset["attributes"]["rule_names"]
+
+
+def test_enrichment_objects_cover_network_subjects_and_c2(corpus: Corpus) -> None:
+    for entry in corpus.stream:
+        if entry.object_type != "file":
+            assert entry.object_id in corpus.objects(entry.object_type)
+    hosts = {
+        connection["host"]
+        for sha in corpus.files
+        for family in corpus.files[sha]["attributes"].get("malware_config", {}).get("families", [])
+        for config in family["configs"]
+        for connection in config["net_info"]["connections"]
+    }
+    assert hosts
+    assert all(host in corpus.domains or host in corpus.ip_addresses for host in hosts)
+    domain = next(iter(corpus.domains))
+    resolved = {r["attributes"]["ip_address"] for r in corpus.resolutions[domain]}
+    records = corpus.domains[domain]["attributes"]["last_dns_records"]
+    assert resolved == {record["value"] for record in records if record["type"] == "A"}
+
+
+def test_fixtures_round_trip(tmp_path: Path) -> None:
+    small = generate_corpus(8, 60, START, END)
+    dump_fixtures(small, tmp_path)
+    assert (tmp_path / "notifications.json").exists()
+    loaded = load_fixtures(tmp_path)
+    assert corpus_json(loaded, sort_keys=True) == corpus_json(small, sort_keys=True)
+    sha = next(iter(small.files))
+    assert b"".join(loaded.sample_chunks(sha, 4096)) == b"".join(small.sample_chunks(sha))
+
+
+def test_fixtures_leave_out_large_samples_and_accept_partial_folders(tmp_path: Path) -> None:
+    small = generate_corpus(8, 60, START, END)
+    dump_fixtures(small, tmp_path, max_sample_size=2000)
+    loaded = load_fixtures(tmp_path)
+    for sha in small.files:
+        expected = small.sample_size(sha) if (small.sample_size(sha) or 0) <= 2000 else None
+        assert loaded.sample_size(sha) == expected
+    only_stream = tmp_path / "only"
+    only_stream.mkdir()
+    (only_stream / "notifications.json").write_text(json.dumps(small.notifications[:3]))
+    partial = load_fixtures(only_stream)
+    assert list(partial.notifications) == small.notifications[:3]
+    assert small.notifications[0]["id"] in partial.objects(small.notifications[0]["type"])

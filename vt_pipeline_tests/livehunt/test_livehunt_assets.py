@@ -1,0 +1,362 @@
+"""The Livehunt chain materialized against the VirusTotal emulator on a real Dagster instance."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from vt_pipeline.emulators.corpus import Corpus
+from vt_pipeline.emulators.virustotal import VirusTotalEmulator
+from vt_pipeline.livehunt.assets import livehunt_assets, livehunt_stix_bundles
+from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
+from vt_pipeline.livehunt.filters import filter_notifications
+from vt_pipeline.livehunt.options import LivehuntOptions
+from vt_pipeline.livehunt.summary import livehunt_totals, materialize_windows
+from vt_pipeline.resources.storage import PartitionedFileIOManager
+from vt_pipeline.stix.validation import validate_bundle
+from vt_pipeline_tests.conftest import PUBLIC_KEY, ResourcesFactory, partition_key, window
+
+pytestmark = pytest.mark.integration
+
+HOUR = 2  # a window of the fixed corpus with files, network subjects and drops
+
+
+def in_window(corpus: Corpus, hour: int) -> list[dict[str, Any]]:
+    lo, hi = window(hour)
+    return [
+        item
+        for item in corpus.notifications
+        if lo <= item["context_attributes"]["notification_date"] < hi
+    ]
+
+
+def stored(base: Path, asset: str, hour: int, ext: str = ".json") -> Path:
+    return base / asset / f"{partition_key(hour)}{ext}"
+
+
+def run(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    first: int,
+    last: int | None = None,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    last = first if last is None else last
+    return materialize_windows(
+        instance,
+        partition_key(first),
+        partition_key(last),
+        resources,
+        raise_on_error=raise_on_error,
+    )
+
+
+def test_counts_match_the_corpus(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    expected = in_window(vt_corpus, HOUR)
+    assert expected, "the fixed corpus must have notifications in this window"
+    result = run(dagster_instance, livehunt_resources(), HOUR)
+    assert result.success
+
+    notifications = json.loads(
+        stored(tmp_path / "storage", "livehunt_notifications", HOUR).read_bytes()
+    )
+    assert sorted(n["context_attributes"]["notification_id"] for n in notifications) == sorted(
+        n["context_attributes"]["notification_id"] for n in expected
+    )
+    totals = livehunt_totals(result)
+    assert totals["notifications"] == len(expected)
+    frame = filter_notifications(expected, LivehuntOptions())
+    assert totals["kept"] == int(frame["kept"].sum())
+    assert totals["dropped_by_reason"] == frame["drop_reason"].value_counts().to_dict()
+    assert totals["kept"] > 0 and totals["dropped_by_reason"]
+
+
+def test_vt_calls_are_the_minimum(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+) -> None:
+    """Pages, one fetch per ruleset, one download per kept file; nothing for dropped files."""
+    expected = in_window(vt_corpus, HOUR)
+    frame = filter_notifications(expected, LivehuntOptions())
+    kept = frame[frame["kept"]]
+    kept_files = set(kept[kept["object_type"] == "file"]["subject"])
+    dropped_only = (
+        set(frame[~frame["kept"] & (frame["object_type"] == "file")]["subject"]) - kept_files
+    )
+    assert dropped_only, "the window must drop some files for this test to mean anything"
+    rulesets = {r for ids in kept["ruleset_ids"] for r in ids.split(",") if r}
+    too_large = {
+        sha
+        for sha in kept_files
+        if vt_corpus.files[sha]["attributes"].get("size", 0) > LivehuntOptions().artifact_max_bytes
+    }
+
+    result = run(dagster_instance, livehunt_resources(), HOUR)
+    assert result.success
+    assert vt_emulator.count("ioc_stream") == max(1, math.ceil(len(expected) / 40))
+    assert vt_emulator.count("hunting_ruleset") == len(rulesets)
+    assert vt_emulator.count("file_download") == len(kept_files - too_large)
+    assert vt_emulator.count("file") == 0  # ioc_stream already carries full objects
+    assert livehunt_totals(result)["vt_calls_by_endpoint"] == {
+        "ioc_stream": vt_emulator.count("ioc_stream"),
+        "hunting_ruleset": len(rulesets),
+        "file_download": len(kept_files - too_large),
+    }
+
+
+def test_rematerializing_is_byte_identical_and_free(
+    dagster_instance: dg.DagsterInstance,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    resources = livehunt_resources()
+    run(dagster_instance, resources, HOUR)
+    bundle_path = stored(tmp_path / "storage", "livehunt_stix_bundles", HOUR)
+    first = bundle_path.read_bytes()
+    downloads = vt_emulator.count("file_download")
+    assert downloads > 0
+
+    run(dagster_instance, resources, HOUR)
+    assert bundle_path.read_bytes() == first
+    assert vt_emulator.count("file_download") == downloads  # samples already stored
+    bundle = json.loads(first)
+    assert validate_bundle(bundle) == []
+    types = {obj["type"] for obj in bundle["objects"]}
+    assert {"incident", "file", "indicator", "relationship", "artifact", "identity"} <= types
+
+
+def test_quota_bursts_and_server_faults_give_the_clean_bundle(
+    dagster_instance: dg.DagsterInstance,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    run(dagster_instance, livehunt_resources(tmp_path / "clean"), HOUR)
+    clean = stored(tmp_path / "clean", "livehunt_stix_bundles", HOUR).read_bytes()
+
+    vt_emulator.reset_stats()
+    vt_emulator.set_faults(
+        "ioc_stream:429:1.0:3,hunting_ruleset:429:0.5:4,*:503:0.2,*:500:0.1,"
+        "sample:truncated:0.3:5,ioc_stream:malformed:0.3:2",
+        seed=5,
+    )
+    result = run(dagster_instance, livehunt_resources(tmp_path / "faulty"), HOUR)
+    assert result.success
+    assert stored(tmp_path / "faulty", "livehunt_stix_bundles", HOUR).read_bytes() == clean
+    stats = vt_emulator.stats()
+    assert stats["ioc_stream"].get("429", 0) >= 3  # the burst happened and was waited out
+    assert sum(stats["sample"].get(code, 0) for code in stats["sample"]) > 0
+    retries = sum(
+        (event.materialization.metadata.get("vt_retries") or dg.MetadataValue.int(0)).value
+        for event in result.get_asset_materialization_events()
+    )
+    assert retries >= 3
+
+
+def test_timeouts_are_retried(
+    dagster_instance: dg.DagsterInstance,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+) -> None:
+    vt_emulator.set_faults("hunting_ruleset:timeout:1.0:1")
+    assert run(dagster_instance, livehunt_resources(), HOUR).success
+
+
+def test_non_premium_key_fails_with_a_clear_message(
+    dagster_instance: dg.DagsterInstance, livehunt_resources: ResourcesFactory
+) -> None:
+    result = run(
+        dagster_instance, livehunt_resources(api_key=PUBLIC_KEY), HOUR, raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.to_string()
+    assert "premium" in message and "Livehunt" in message
+    assert PUBLIC_KEY not in message
+
+
+def test_backfill_range_stores_each_window(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    result = run(dagster_instance, livehunt_resources(), 1, 3)
+    assert result.success
+    for hour in (1, 2, 3):
+        items = json.loads(
+            stored(tmp_path / "storage", "livehunt_notifications", hour).read_bytes()
+        )
+        assert len(items) == len(in_window(vt_corpus, hour))
+        bundle = json.loads(
+            stored(tmp_path / "storage", "livehunt_stix_bundles", hour).read_bytes()
+        )
+        assert validate_bundle(bundle) == []
+    materialized = dagster_instance.get_materialized_partitions(
+        dg.AssetKey("livehunt_stix_bundles")
+    )
+    assert materialized == {partition_key(h) for h in (1, 2, 3)}
+    # each window carries its own numbers, not the run's total
+    per_window = {
+        e.materialization.partition: e.materialization.metadata["notifications"].value
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("livehunt_notifications")
+    }
+    assert per_window == {partition_key(h): len(in_window(vt_corpus, h)) for h in (1, 2, 3)}
+
+
+def test_a_range_equals_its_windows_run_one_by_one(
+    dagster_instance: dg.DagsterInstance, livehunt_resources: ResourcesFactory, tmp_path: Path
+) -> None:
+    run(dagster_instance, livehunt_resources(tmp_path / "range"), 1, 2)
+    for hour in (1, 2):
+        run(dagster_instance, livehunt_resources(tmp_path / "single"), hour)
+        assert (
+            stored(tmp_path / "range", "livehunt_stix_bundles", hour).read_bytes()
+            == stored(tmp_path / "single", "livehunt_stix_bundles", hour).read_bytes()
+        )
+
+
+class DroppingIdentitiesIOManager(PartitionedFileIOManager):
+    """Storage that loses the author objects of bundles: a bug the check must catch."""
+
+    def handle_output(self, context: dg.OutputContext, obj: dict[str, Any]) -> None:
+        if context.asset_key == dg.AssetKey("livehunt_stix_bundles"):
+            obj = {
+                key: {**b, "objects": [o for o in b["objects"] if o["type"] != "identity"]}
+                for key, b in obj.items()
+            }
+        super().handle_output(context, obj)
+
+
+def test_asset_check_fails_on_a_broken_bundle(
+    dagster_instance: dg.DagsterInstance, livehunt_resources: ResourcesFactory, tmp_path: Path
+) -> None:
+    resources = livehunt_resources()
+    run(dagster_instance, resources, HOUR)
+    broken_storage = {
+        **resources,
+        "io_manager": DroppingIdentitiesIOManager(base_dir=str(tmp_path / "storage")),
+    }
+    result = dg.materialize(
+        [*livehunt_assets, livehunt_stix_bundle_is_valid],
+        selection=dg.AssetSelection.assets(livehunt_stix_bundles).without_checks()
+        | dg.AssetSelection.checks(livehunt_stix_bundle_is_valid),
+        partition_key=partition_key(HOUR),
+        instance=dagster_instance,
+        resources=broken_storage,
+        raise_on_error=False,
+    )
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 1 and not evaluations[0].passed
+    problems = evaluations[0].metadata["problems"].value[partition_key(HOUR)]
+    assert any("identity--" in problem for problem in problems)
+    assert not result.success  # the check blocks what would consume the bundle
+
+
+def test_network_rule_notifications_become_observables(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    hours = [
+        h
+        for h in range(6)
+        if {"url", "domain", "ip_address"} & {n["type"] for n in in_window(vt_corpus, h)}
+    ]
+    assert hours
+    run(dagster_instance, livehunt_resources(min_positives=0), hours[0], hours[-1])
+    types: set[str] = set()
+    for hour in hours:
+        bundle = json.loads(
+            stored(tmp_path / "storage", "livehunt_stix_bundles", hour).read_bytes()
+        )
+        types |= {obj["type"] for obj in bundle["objects"]}
+    assert {"url", "domain-name"} <= types and types & {"ipv4-addr", "ipv6-addr"}
+
+
+def test_samples_are_stored_only_by_hash(
+    dagster_instance: dg.DagsterInstance, livehunt_resources: ResourcesFactory, tmp_path: Path
+) -> None:
+    run(dagster_instance, livehunt_resources(), 0, 5)
+    base = tmp_path / "storage"
+    samples = [p for p in (base / "artifacts").rglob("*") if p.is_file()]
+    assert samples
+    for path in samples:
+        assert path.parent.parent == base / "artifacts" / "sha256"
+        assert len(path.name) == 64 and path.name.startswith(path.parent.name)
+        assert path.stat().st_mode & 0o777 == 0o600
+    written = {p.relative_to(base).parts[0] for p in base.rglob("*") if p.is_file()}
+    assert written <= {
+        "artifacts",
+        "livehunt_notifications",
+        "livehunt_files",
+        "livehunt_rulesets",
+        "livehunt_artifacts",
+        "livehunt_stix_bundles",
+    }
+
+
+def test_artifact_cap_skips_without_downloading(
+    dagster_instance: dg.DagsterInstance,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    result = run(dagster_instance, livehunt_resources(artifact_max_bytes=1), HOUR)
+    assert result.success
+    assert vt_emulator.count("file_download") == 0
+    records = json.loads(stored(tmp_path / "storage", "livehunt_artifacts", HOUR).read_bytes())
+    assert records and {r["status"] for r in records} == {"too_large"}
+
+
+def test_limit_and_tag_filter(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    result = run(dagster_instance, livehunt_resources(limit=3), HOUR)
+    meta = next(
+        e.materialization.metadata
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("livehunt_notifications")
+    )
+    assert meta["notifications"].value == 3 and meta["limit_reached"].value is True
+
+    tags = sorted({t for n in in_window(vt_corpus, HOUR) for t in n["context_attributes"]["tags"]})
+    tag = tags[0]
+    run(dagster_instance, livehunt_resources(tmp_path / "tagged", filter_with_tag=tag), HOUR)
+    items = json.loads(stored(tmp_path / "tagged", "livehunt_notifications", HOUR).read_bytes())
+    assert items and all(tag in n["context_attributes"]["tags"] for n in items)
+    assert len(items) == sum(
+        tag in n["context_attributes"]["tags"] for n in in_window(vt_corpus, HOUR)
+    )
+
+
+def test_options_without_downloads_or_yara_spend_no_quota_on_them(
+    dagster_instance: dg.DagsterInstance,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    run(dagster_instance, livehunt_resources(upload_artifact=False, create_yara_rule=False), HOUR)
+    assert vt_emulator.count("file_download") == 0 and vt_emulator.count("hunting_ruleset") == 0
+    bundle = json.loads(stored(tmp_path / "storage", "livehunt_stix_bundles", HOUR).read_bytes())
+    types = {obj["type"] for obj in bundle["objects"]}
+    assert "artifact" not in types
+    assert not any(obj.get("pattern_type") == "yara" for obj in bundle["objects"])

@@ -12,16 +12,22 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import dagster as dg
 
 DEMO_SEED = 7
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Dagster flags the (stable in practice) backfill policy and partitioned checks as beta.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     parser = argparse.ArgumentParser(prog="vt-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -66,7 +72,7 @@ def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> str:
     from vt_pipeline.emulators.corpus import generate_corpus
     from vt_pipeline.emulators.virustotal import VirusTotalEmulator
 
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    end = datetime.now(UTC)
     corpus = generate_corpus(
         seed=seed, notifications=notifications, start=end - timedelta(hours=24), end=end
     )
@@ -77,8 +83,6 @@ def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> str:
 
 
 def run_demo(notifications: int, windows: int, seed: int) -> int:
-    import dagster as dg
-
     home = demo_home()
     with ExitStack() as stack:
         url = demo_emulator(stack, notifications, seed)
@@ -91,7 +95,7 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
         print(f"VirusTotal emulator: {url} ({notifications} notifications over 24 h, seed {seed})")
         print(f"Materializing Livehunt windows {first} .. {last} into {home}")
         with dg.DagsterInstance.get() as instance:
-            result = materialize_windows(instance, first, last)
+            result = materialize_windows(instance, first, last, log_level="WARNING")
             print(livehunt_summary(result))
     print()
     print(

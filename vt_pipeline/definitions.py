@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from vt_pipeline.livehunt.definitions import defs as livehunt_defs
+from vt_pipeline.livehunt import definitions as livehunt
 from vt_pipeline.resources import build_resources
 
-defs = dg.Definitions.merge(livehunt_defs, dg.Definitions(resources=build_resources()))
+defs = dg.Definitions.merge(livehunt.defs, dg.Definitions(resources=build_resources()))

@@ -21,8 +21,12 @@ def materialize_windows(
     last: str,
     resources: Mapping[str, Any] | None = None,
     raise_on_error: bool = True,
+    log_level: str = "DEBUG",
 ) -> dg.ExecuteInProcessResult:
-    """One in-process run of the whole Livehunt chain over the windows first..last."""
+    """One in-process run of the whole Livehunt chain over the windows first..last.
+
+    `log_level` is the console's; the run's events are stored in the instance either way.
+    """
     if resources is None:
         from vt_pipeline.resources import build_resources
 
@@ -35,6 +39,7 @@ def materialize_windows(
         partition_key=first if single else None,
         tags=None if single else {RANGE_START_TAG: first, RANGE_END_TAG: last},
         raise_on_error=raise_on_error,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
 
 

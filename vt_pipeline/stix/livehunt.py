@@ -28,7 +28,7 @@ from vt_pipeline.livehunt import notifications as vt
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.stix import common
 from vt_pipeline.stix.common import StixObject
-from vt_pipeline.stix.yara import YaraParseError, YaraRule, YaraRulesetCache
+from vt_pipeline.stix.yara import YaraParseError, YaraRule, find_rule
 
 AUTHOR_NAME = "VirusTotal Livehunt Notifications"
 INCIDENT_SOURCE = "hunting_notification"
@@ -153,7 +153,6 @@ class _Builder:
         self.author_id: str = self.author["id"]
         self.markings = [self.marking["id"]]
         self.objects: dict[str, StixObject] = {}
-        self.yara = YaraRulesetCache()
         # subject -> ids of the objects built once per subject (observable, artifact, ...)
         self.subjects: dict[vt.Observable, _SubjectIds] = {}
         self.latest: dict[vt.Observable, dict[str, Any]] = {}
@@ -468,7 +467,7 @@ class _Builder:
                 missing = True
                 continue
             try:
-                rule = self.yara.find_rule(vt.attributes(ruleset).get("rules"), name)
+                rule = find_rule(vt.attributes(ruleset).get("rules"), name)
             except YaraParseError:
                 parse_error = True
                 continue

@@ -9,10 +9,13 @@ once per bundle build. A source plyara cannot parse raises `YaraParseError`, nev
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import plyara
@@ -75,26 +78,25 @@ def parse_ruleset(source: Any) -> dict[str, YaraRule]:
     return rules
 
 
-class YaraRulesetCache:
-    """Parses each distinct ruleset source once (parse errors are remembered too)."""
+@functools.lru_cache(maxsize=256)
+def _parsed_ruleset(source: str) -> Mapping[str, YaraRule] | YaraParseError:
+    """Each distinct ruleset source is parsed once per process (plyara takes tens of ms per
+    ruleset, and one run maps many windows that share the same few rulesets). Parse errors are
+    remembered too. Pure: the result depends on the text only."""
+    try:
+        return MappingProxyType(parse_ruleset(source))
+    except YaraParseError as exc:
+        return exc
 
-    def __init__(self) -> None:
-        self._parsed: dict[str, dict[str, YaraRule] | YaraParseError] = {}
 
-    def find_rule(self, source: Any, rule_name: str) -> YaraRule | None:
-        """The rule `rule_name` of `source`, None when absent; YaraParseError if unparseable."""
-        if not isinstance(source, str):
-            raise YaraParseError(f"ruleset source is {type(source).__name__}, not text")
-        parsed = self._parsed.get(source)
-        if parsed is None:
-            try:
-                parsed = parse_ruleset(source)
-            except YaraParseError as exc:
-                parsed = exc
-            self._parsed[source] = parsed
-        if isinstance(parsed, YaraParseError):
-            raise parsed
-        return parsed.get(rule_name)
+def find_rule(source: Any, rule_name: str) -> YaraRule | None:
+    """The rule `rule_name` of `source`, None when absent; YaraParseError if unparseable."""
+    if not isinstance(source, str):
+        raise YaraParseError(f"ruleset source is {type(source).__name__}, not text")
+    parsed = _parsed_ruleset(source)
+    if isinstance(parsed, YaraParseError):
+        raise parsed
+    return parsed.get(rule_name)
 
 
 def unescape_yara_string(value: str) -> str:

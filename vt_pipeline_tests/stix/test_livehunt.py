@@ -16,7 +16,7 @@ from pycti.utils.constants import CustomObservableHostname
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.stix import build_livehunt_bundle, common, serialize_bundle, validate_bundle
 from vt_pipeline.stix.livehunt import AUTHOR_NAME, STAT_KEYS, LivehuntBundle
-from vt_pipeline.stix.yara import YaraRulesetCache
+from vt_pipeline.stix.yara import find_rule
 from vt_pipeline_tests import factories
 
 DATE = factories.NOTIFICATION_DATE
@@ -369,7 +369,7 @@ def test_network_observable_labels_use_the_tag_prefix() -> None:
 def test_yara_indicator() -> None:
     result = build([factories.file_notification()])
     indicator = yara_indicator(result)
-    rule = YaraRulesetCache().find_rule(RULESETS["ruleset-1"]["attributes"]["rules"], "Test_Rule")
+    rule = find_rule(RULESETS["ruleset-1"]["attributes"]["rules"], "Test_Rule")
     assert rule is not None
     assert indicator["pattern"] == rule.source
     assert "Other_Rule" not in indicator["pattern"]

@@ -6,7 +6,7 @@ import plyara
 import pytest
 
 from vt_pipeline.stix import yara
-from vt_pipeline.stix.yara import YaraParseError, YaraRulesetCache
+from vt_pipeline.stix.yara import YaraParseError, find_rule
 from vt_pipeline_tests import factories
 
 RULESET = (
@@ -17,7 +17,7 @@ RULESET = (
 
 
 def test_finds_the_named_rule_and_rebuilds_it_alone() -> None:
-    rule = YaraRulesetCache().find_rule(RULESET, "Second")
+    rule = find_rule(RULESET, "Second")
     assert rule is not None
     assert rule.name == "Second"
     assert "rule Second" in rule.source
@@ -27,11 +27,11 @@ def test_finds_the_named_rule_and_rebuilds_it_alone() -> None:
 
 
 def test_metadata_description_is_unescaped_and_date_parsed() -> None:
-    rule = YaraRulesetCache().find_rule(RULESET, "First")
+    rule = find_rule(RULESET, "First")
     assert rule is not None
     assert rule.description == 'Says "hi" C:\\x'
     assert rule.date == 1_706_918_400  # 2024-02-03T00:00:00Z
-    second = YaraRulesetCache().find_rule(RULESET, "Second")
+    second = find_rule(RULESET, "Second")
     assert second is not None
     assert second.description is None
     assert second.date is None
@@ -56,7 +56,7 @@ def test_parse_rule_date(value: object, expected: int | None) -> None:
 
 
 def test_absent_rule_is_none() -> None:
-    assert YaraRulesetCache().find_rule(RULESET, "Third") is None
+    assert find_rule(RULESET, "Third") is None
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_absent_rule_is_none() -> None:
 )
 def test_unparseable_source_raises_the_typed_error(source: object) -> None:
     with pytest.raises(YaraParseError):
-        YaraRulesetCache().find_rule(source, "X")
+        find_rule(source, "X")
 
 
 def test_each_source_is_parsed_once_and_errors_are_remembered(
@@ -85,17 +85,17 @@ def test_each_source_is_parsed_once_and_errors_are_remembered(
         return original(self, text)
 
     monkeypatch.setattr(plyara.Plyara, "parse_string", counting)
-    cache = YaraRulesetCache()
-    assert cache.find_rule(RULESET, "First") is not None
-    assert cache.find_rule(RULESET, "Second") is not None
+    yara._parsed_ruleset.cache_clear()  # the cache is process-wide; start from empty
+    assert find_rule(RULESET, "First") is not None
+    assert find_rule(RULESET, "Second") is not None
     for _ in range(2):
         with pytest.raises(YaraParseError):
-            cache.find_rule("rule { broken", "X")
+            find_rule("rule { broken", "X")
     assert calls == [RULESET, "rule { broken"]
 
 
 def test_duplicate_rule_names_keep_the_first() -> None:
     source = factories.yara_rule("Dup", text="one") + factories.yara_rule("Dup", text="two")
-    rule = YaraRulesetCache().find_rule(source, "Dup")
+    rule = find_rule(source, "Dup")
     assert rule is not None
     assert '"one"' in rule.source

@@ -33,9 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     emulate = commands.add_parser("emulate", help="serve an emulator of an external system")
     systems = emulate.add_subparsers(dest="system", required=True)
+    from vt_pipeline.emulators import opencti as opencti_emulator
     from vt_pipeline.emulators import virustotal as vt_emulator
 
     vt_emulator.add_arguments(systems.add_parser("virustotal", help="VirusTotal API v3"))
+    opencti_emulator.add_arguments(systems.add_parser("opencti", help="OpenCTI GraphQL API"))
 
     demo = commands.add_parser(
         "demo", help="materialize the last Livehunt windows from the emulator"
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "emulate":
-        return vt_emulator.run(args)
+        return (vt_emulator if args.system == "virustotal" else opencti_emulator).run(args)
     if args.command == "demo":
         return run_demo(args.notifications, args.windows, args.seed)
     return run_ui(args.port, args.notifications, args.seed)

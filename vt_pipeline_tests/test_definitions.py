@@ -11,6 +11,7 @@ import pytest
 
 from vt_pipeline.definitions import defs
 from vt_pipeline.livehunt.schedules import livehunt_fresh_windows
+from vt_pipeline.resources import API_KEY_ENV_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +48,7 @@ def test_definitions_hold_the_livehunt_chain() -> None:
     assert {s.name for s in defs.schedules} == {"livehunt_fresh_windows"}
     # the key is a reference to an environment variable, resolved in the run, never a value
     api_key = defs.resources["virustotal"].api_key
-    assert isinstance(api_key, dg.EnvVar) and api_key.env_var_name == "VIRUSTOTAL_TOKEN"
+    assert isinstance(api_key, dg.EnvVar) and api_key.env_var_name in API_KEY_ENV_NAMES
 
 
 def test_schedule_reads_the_open_window_and_the_previous_one() -> None:

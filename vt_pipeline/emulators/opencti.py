@@ -1,0 +1,571 @@
+"""An emulator of the OpenCTI platform, good enough for the real pycti to run against it.
+
+A real HTTP server (aiohttp) answering, at `/graphql`, the GraphQL operations pycti 7 sends for
+this project (connector registration and pings, works, bundle push, artifact upload, entity
+reads, enrichment requests), serving uploaded files at `/storage/get/{id}`, and standing in for
+OpenCTI's workers on a real RabbitMQ (see `opencti_platform`). Operations it does not know are
+GraphQL errors naming them. Tests, the demo and the benchmarks inspect it through Python
+accessors or `GET /_emulator/state`, and simulate an outage with `set_outage` or
+`POST /_emulator/outage`.
+
+    with RabbitMQ() as mq, OpenCTIEmulator(amqp=mq) as opencti:
+        OpenCTIApiClient(opencti.url, opencti.token)
+
+Modules: `opencti_graphql` (schema-less executor), `opencti_store` (STIX upsert store),
+`opencti_views` (GraphQL shapes), `opencti_platform` (connectors, works, queues, resolvers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from vt_pipeline.emulators.opencti_graphql import (
+    EMULATOR,
+    GraphQLFault,
+    execute,
+    parse_request,
+)
+from vt_pipeline.emulators.opencti_platform import Platform, UploadedFile, Work
+from vt_pipeline.emulators.opencti_store import Record, Store, StoredFile
+from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo, RabbitMQ
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOKEN = "5e8a1e38-8b6a-4e6f-9d6e-0f7a3c1d2b4a"
+MAX_REQUEST_BYTES = 512 * 1024 * 1024  # artifacts up to VT's 32-650 MB files, big bundles
+_AUTH_ERROR = {
+    "errors": [
+        {
+            "message": "You must be logged in to do this.",
+            "name": "AUTH_REQUIRED",
+            "extensions": {"code": "AUTH_REQUIRED"},
+        }
+    ],
+    "data": None,
+}
+
+
+@dataclass
+class Outage:
+    """A simulated outage: `/graphql` and `/storage` answer `status`, or refuse connections."""
+
+    mode: str  # "error" | "refuse"
+    status: int = 503
+    until: float | None = None  # time.monotonic() deadline, None = until cleared
+
+    @classmethod
+    def parse(cls, mode: str | int, seconds: float | None = None) -> Outage:
+        """From `set_outage` / `POST /_emulator/outage` arguments; ValueError if unknown."""
+        if str(mode) == "refuse":
+            outage = cls("refuse", 0)
+        elif str(mode) in ("500", "502", "503", "504"):
+            outage = cls("error", int(mode))
+        else:
+            raise ValueError(f"outage mode must be 500, 502, 503, 504 or 'refuse', not {mode!r}")
+        if seconds is not None:
+            outage.until = time.monotonic() + float(seconds)
+        return outage
+
+    def to_json(self) -> dict[str, Any]:
+        remaining = None if self.until is None else max(0.0, self.until - time.monotonic())
+        return {
+            "enabled": True,
+            "mode": self.mode,
+            "status": self.status,
+            "seconds_left": remaining,
+        }
+
+
+class OpenCTIEmulator:
+    """The emulated platform, served on 127.0.0.1 in a background thread.
+
+    `amqp` is the RabbitMQ connectors are told to use (a `RabbitMQ`, connection info or an
+    amqp:// URL); without one only `queue_protocol: api` works and enrichment cannot be asked.
+    """
+
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        amqp: AMQPConnectionInfo | RabbitMQ | str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if isinstance(amqp, RabbitMQ):
+            amqp = amqp.connection_info
+        elif isinstance(amqp, str):
+            amqp = AMQPConnectionInfo.from_url(amqp)
+        self.token = token
+        self.host = host
+        self.port = port
+        self.platform = Platform(amqp)
+        self._outage: Outage | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._site: web.SockSite | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._expiry: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise RuntimeError("the OpenCTI emulator is not started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def store(self) -> Store:
+        return self.platform.store
+
+    @property
+    def amqp(self) -> AMQPConnectionInfo | None:
+        return self.platform.amqp
+
+    def start(self) -> OpenCTIEmulator:
+        """Serve in a daemon thread; returns once the socket listens."""
+        if self._loop is not None:
+            raise RuntimeError("already started")
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="opencti-emulator")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="opencti-emulator-http", daemon=True
+        )
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start_server(), self._loop).result(timeout=15)
+        self.platform.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, stop the worker, release the port."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._stop_server(), loop).result(timeout=15)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+        loop.close()
+        self._loop = self._thread = None
+        self.platform.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> OpenCTIEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        """Context manager yielding the URL (same shape as the VirusTotal emulator)."""
+        with self:
+            yield self.url
+
+    def api_client(self, **kwargs: Any) -> Any:
+        """A real `pycti.OpenCTIApiClient` on this emulator (quiet unless told otherwise)."""
+        from pycti import OpenCTIApiClient
+
+        kwargs.setdefault("log_level", "error")
+        return OpenCTIApiClient(self.url, self.token, **kwargs)
+
+    def helper_config(
+        self,
+        connector_type: str = "EXTERNAL_IMPORT",
+        queue_protocol: str = "amqp",
+        **connector: Any,
+    ) -> dict[str, Any]:
+        """A `pycti.OpenCTIConnectorHelper` config dict pointing at this emulator.
+
+        `connector` overrides or adds keys of the `connector` section (id, name, scope, auto,
+        log_level, duration_period...); a random id is used unless one is given.
+        """
+        scope = "StixFile,Artifact" if connector_type == "INTERNAL_ENRICHMENT" else "vt"
+        return {
+            "opencti": {"url": self.url, "token": self.token},
+            "connector": {
+                "id": str(uuid.uuid4()),
+                "type": connector_type,
+                "name": f"vt_pipeline {connector_type.lower()}",
+                "scope": scope,
+                "log_level": "error",
+                "queue_protocol": queue_protocol,
+                **connector,
+            },
+        }
+
+    # -- introspection (tests, demo, benchmarks) ----------------------------------------------
+    def objects(self, entity_type: str | None = None) -> list[dict[str, Any]]:
+        """Stored objects as STIX (with OpenCTI's extension ids), optionally of one type.
+
+        `entity_type` is OpenCTI's (`StixFile`, `Incident`) or STIX's (`file`, `incident`).
+        """
+        return [self.store.export_stix(r) for r in self._records(entity_type)]
+
+    def _records(self, entity_type: str | None) -> list[Record]:
+        if entity_type is None:
+            return self.store.records()
+        wanted = entity_type.lower()
+        return self.store.records(
+            lambda r: (
+                wanted in (r.entity_type.lower(), r.stix_type.lower())
+                or wanted in (p.lower() for p in r.parent_types)
+            )
+        )
+
+    def get(self, any_id: str) -> dict[str, Any] | None:
+        """One object by internal id, standard id or merged-in id; None if unknown."""
+        record = self.store.get(any_id)
+        return self.store.export_stix(record) if record else None
+
+    def record(self, any_id: str) -> Record | None:
+        return self.store.get(any_id)
+
+    def find_by_hash(self, algorithm: str, value: str) -> dict[str, Any] | None:
+        record = self.store.find_by_hash(algorithm, value)
+        return self.store.export_stix(record) if record else None
+
+    def relationships(self, of: str | None = None) -> list[dict[str, Any]]:
+        return [self.store.export_stix(r) for r in self.store.relationships(of)]
+
+    def works(self, connector_id: str | None = None) -> list[Work]:
+        with self.platform.lock:
+            return [
+                w
+                for w in self.platform.works.values()
+                if connector_id is None or w.connector_id == connector_id
+            ]
+
+    def work(self, work_id: str) -> Work | None:
+        return self.platform.works.get(work_id)
+
+    def artifacts(self) -> list[StoredFile]:
+        """Every uploaded file (Artifact `importFiles`), bytes included."""
+        return self.store.files()
+
+    @property
+    def connectors(self) -> dict[str, dict[str, Any]]:
+        return dict(self.platform.connectors)
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts_by_type()
+
+    def state(self) -> dict[str, Any]:
+        """What `GET /_emulator/state` returns: counts, works, connectors, calls, outage."""
+        with self.platform.lock:
+            return {
+                "url": self.url if self.port else None,
+                "objects": len(self.store),
+                "counts_by_type": self.counts(),
+                "relationships": len(self.store.relationships()),
+                "files": [
+                    {"id": f.id, "name": f.name, "size": len(f.data)} for f in self.store.files()
+                ],
+                "connectors": [
+                    {
+                        "id": c["id"],
+                        "name": c.get("name"),
+                        "type": c.get("type"),
+                        "scope": c.get("scope"),
+                    }
+                    for c in self.platform.connectors.values()
+                ],
+                "works": [w.summary() for w in self.platform.works.values()],
+                "operations": dict(self.platform.operations),
+                "outage": self._outage.to_json() if self._outage else {"enabled": False},
+            }
+
+    def wait_until(
+        self, predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05
+    ) -> bool:
+        """Poll `predicate` (AMQP ingestion is asynchronous) until true or `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.platform.lock:
+                if predicate():
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+
+    def wait_for_work(self, work_id: str, timeout: float = 10.0) -> Work:
+        """Wait until a work is complete; TimeoutError with its state otherwise."""
+
+        def done() -> bool:
+            work = self.work(work_id)
+            return work is not None and work.status == "complete"
+
+        if not self.wait_until(done, timeout):
+            work = self.work(work_id)
+            raise TimeoutError(
+                f"work {work_id} not complete after {timeout} s: "
+                f"{work.summary() if work else 'unknown work'}"
+            )
+        work = self.work(work_id)
+        assert work is not None
+        return work
+
+    def ask_enrichment(self, entity_id: str, connector_id: str) -> str:
+        """What an analyst's "enrich" click does; returns the new work id."""
+        return self.platform.ask_enrichment(entity_id, connector_id).id
+
+    def ingest(self, bundle: dict[str, Any] | str) -> None:
+        """Seed knowledge directly (test set-up), bypassing connectors and works."""
+        self.platform.ingest(bundle)
+
+    # -- fault injection ----------------------------------------------------------------------
+    def set_outage(self, mode: str | int | None = 503, seconds: float | None = None) -> None:
+        """Simulate an outage: 500/503 answers, or "refuse" (connections refused/dropped).
+
+        The workers pause too (bundles wait in RabbitMQ). `seconds` ends it by itself; None
+        lasts until `clear_outage()` (or `set_outage(None)`). Control endpoints keep working
+        in the 500/503 modes; in "refuse" mode only Python (or the timer) can end it.
+        """
+        if mode is None:
+            self.clear_outage()
+        else:
+            self._call(self._apply_outage(Outage.parse(mode, seconds)))
+
+    def clear_outage(self) -> None:
+        self._call(self._apply_outage(None))
+
+    @property
+    def outage(self) -> Outage | None:
+        return self._outage
+
+    def _call(self, coroutine: Any) -> Any:
+        if self._loop is None:
+            raise RuntimeError("the OpenCTI emulator is not started")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=15)
+
+    async def _apply_outage(self, outage: Outage | None) -> None:
+        previous, self._outage = self._outage, outage
+        if outage is None:
+            self.platform.paused.clear()
+        else:
+            self.platform.paused.set()
+        refusing = previous is not None and previous.mode == "refuse"
+        if outage is not None and outage.mode == "refuse" and not refusing:
+            if self._site is not None:
+                await self._site.stop()
+                self._site = None
+        elif refusing and (outage is None or outage.mode != "refuse"):
+            await self._listen()
+        if outage is not None and outage.until is not None:
+            assert self._loop is not None
+            delay = max(0.0, outage.until - time.monotonic())
+            self._loop.call_later(delay, self._expire, outage)
+
+    def _expire(self, outage: Outage) -> None:
+        if self._outage is outage and self._loop is not None:
+            self._expiry = self._loop.create_task(self._apply_outage(None))
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    async def _start_server(self) -> None:
+        app = web.Application(
+            client_max_size=MAX_REQUEST_BYTES, middlewares=[self._outage_middleware]
+        )
+        app.router.add_post("/graphql", self._graphql)
+        app.router.add_get("/storage/get/{file_id:.+}", self._storage_get)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/_emulator/state", self._state)
+        app.router.add_post("/_emulator/outage", self._outage_endpoint)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await self._listen()
+
+    async def _listen(self) -> None:
+        assert self._runner is not None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        self._site = web.SockSite(self._runner, sock)
+        await self._site.start()
+
+    async def _stop_server(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._runner = self._site = None
+
+    @web.middleware
+    async def _outage_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        outage = self._outage
+        if outage is not None and not request.path.startswith("/_emulator/"):
+            if outage.mode == "refuse":
+                # Keep-alive connections opened before the outage are dropped, like a crash.
+                if request.transport is not None:
+                    request.transport.abort()
+                raise web.HTTPServiceUnavailable()
+            return web.json_response(
+                {
+                    "errors": [
+                        {
+                            "message": f"{EMULATOR}: simulated outage ({outage.status})",
+                            "name": "SIMULATED_OUTAGE",
+                        }
+                    ]
+                },
+                status=outage.status,
+            )
+        return await handler(request)
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and token.strip() == self.token
+
+    async def _graphql(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response(_AUTH_ERROR)
+        try:
+            body = await self._read_operations(request)
+        except (ValueError, KeyError) as error:
+            return web.json_response(
+                {"errors": [{"message": f"Bad GraphQL request: {error}", "name": "BAD_REQUEST"}]},
+                status=400,
+            )
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(self._executor, self._run_graphql, body)
+        return web.json_response(response)
+
+    def _run_graphql(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            graphql_request = parse_request(
+                str(body.get("query") or ""), body.get("variables"), body.get("operationName")
+            )
+        except GraphQLFault as fault:
+            return {"errors": [fault.to_json()], "data": None}
+        with self.platform.lock:
+            for name in graphql_request.root_fields:
+                self.platform.operations[name] += 1
+            response = execute(graphql_request, self.platform.resolvers())
+        for error in response.get("errors", []):
+            log.info("OpenCTI emulator: %s", error["message"])
+        return response
+
+    @staticmethod
+    async def _read_operations(request: web.Request) -> dict[str, Any]:
+        """A JSON body, or a GraphQL multipart request (files put where `map` says)."""
+        if not request.content_type.startswith("multipart/"):
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("batched GraphQL requests are not supported")
+            return body
+        form = await request.post()
+        operations = json.loads(str(form["operations"]))
+        mapping = json.loads(str(form.get("map", "{}")))
+        for part_name, paths in mapping.items():
+            part = form[part_name]
+            if not isinstance(part, web.FileField):
+                raise ValueError(f"multipart part {part_name} is not a file")
+            upload = UploadedFile(
+                part.filename, part.file.read(), part.content_type or "application/octet-stream"
+            )
+            for path in paths:
+                _set_path(operations, path.split("."), upload)
+        return operations
+
+    async def _storage_get(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response({"message": "Unauthorized"}, status=401)
+        stored = self.store.file(request.match_info["file_id"])
+        if stored is None:
+            return web.json_response({"message": "File not found"}, status=404)
+        return web.Response(
+            body=stored.data,
+            content_type=stored.mime_type,
+            headers={"Content-Disposition": f'attachment; filename="{stored.name}"'},
+        )
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "success"})
+
+    async def _state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state())
+
+    async def _outage_endpoint(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        if body.get("enabled"):
+            mode = body.get("mode") or body.get("status") or 503
+            try:
+                outage = Outage.parse(503 if mode == "error" else mode, body.get("seconds"))
+            except ValueError as error:
+                return web.json_response({"message": str(error)}, status=400)
+            await self._apply_outage(outage)
+        else:
+            await self._apply_outage(None)
+        return web.json_response(self._outage.to_json() if self._outage else {"enabled": False})
+
+
+def _set_path(target: Any, path: list[str], value: Any) -> None:
+    """Put an upload at a `variables.file` / `variables.files.0` path of the operations."""
+    *parents, last = path
+    for key in parents:
+        target = target[int(key)] if isinstance(target, list) else target.setdefault(key, {})
+    if isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
+
+
+# -- CLI: vt-pipeline emulate opencti ---------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0 = any free port")
+    parser.add_argument("--token", default=DEFAULT_TOKEN, help="the API token clients must send")
+    broker = parser.add_mutually_exclusive_group()
+    broker.add_argument(
+        "--amqp-url",
+        help="RabbitMQ handed to connectors, e.g. amqp://guest:guest@127.0.0.1:5672/%%2F",
+    )
+    broker.add_argument(
+        "--start-rabbitmq",
+        action="store_true",
+        help="start a private rabbitmq-server for the emulator's lifetime",
+    )
+
+
+def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Serve until interrupted (Ctrl-C), or until `stop` is set (tests)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with contextlib.ExitStack() as stack:
+        amqp: AMQPConnectionInfo | str | None = args.amqp_url
+        if args.start_rabbitmq:
+            mq = stack.enter_context(RabbitMQ())
+            print(
+                f"RabbitMQ listening on {mq.amqp_url} (started in {mq.startup_seconds:.1f} s)",
+                flush=True,
+            )
+            amqp = mq.connection_info
+        emulator = stack.enter_context(
+            OpenCTIEmulator(token=args.token, amqp=amqp, host=args.host, port=args.port)
+        )
+        print(f"OpenCTI emulator listening on {emulator.url}", flush=True)
+        print(f"token: {emulator.token}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            (stop or threading.Event()).wait()
+    return 0

@@ -1,0 +1,77 @@
+"""Fixtures for tests that need RabbitMQ and the OpenCTI emulator (real pycti against them).
+
+- `rabbitmq` (session): one real broker for the whole session (start-up costs 3-8 s).
+- `opencti` (function): a fresh OpenCTI emulator wired to that broker.
+- `connector_helper` (function): a factory of real `pycti.OpenCTIConnectorHelper`s registered
+  on the emulator, cleaned up after the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from vt_pipeline.emulators.opencti import OpenCTIEmulator
+from vt_pipeline.emulators.rabbitmq import RabbitMQ
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQ]:
+    """A private rabbitmq-server (needs `apt-get install rabbitmq-server`)."""
+    with RabbitMQ() as broker:
+        yield broker
+
+
+@pytest.fixture
+def opencti(rabbitmq: RabbitMQ) -> Iterator[OpenCTIEmulator]:
+    with OpenCTIEmulator(amqp=rabbitmq) as emulator:
+        yield emulator
+
+
+def stop_helper(helper: Any) -> None:
+    """Stop a helper's threads without pycti's `stop()` races (it closes the listen
+    connection from the wrong thread), then unregister it."""
+    listener = getattr(helper, "listen_queue", None)
+    if listener is not None and listener.is_alive():
+        listener.exit_event.set()
+        connection = listener.pika_connection
+        if connection is not None and connection.is_open:
+            connection.add_callback_threadsafe(listener.channel.stop_consuming)
+        listener.join(timeout=10)
+    ping = getattr(helper, "ping", None)
+    if ping is not None:
+        ping.stop()
+    # The emulator may be down (outage tests): then there is nothing to unregister from.
+    with contextlib.suppress(ValueError, OSError):
+        helper.api.connector.unregister(helper.connector_id)
+
+
+@pytest.fixture
+def connector_helper(opencti: OpenCTIEmulator) -> Iterator[Callable[..., Any]]:
+    """Factory: `connector_helper("INTERNAL_ENRICHMENT", "amqp", auto=False)` -> helper."""
+    from pycti import OpenCTIConnectorHelper
+
+    helpers: list[Any] = []
+
+    def make(
+        connector_type: str = "EXTERNAL_IMPORT", queue_protocol: str = "amqp", **connector: Any
+    ) -> Any:
+        # The helper installs a sys.excepthook that SIGTERMs the process on any uncaught
+        # exception: fine for a connector container, fatal for a test session.
+        hook = sys.excepthook
+        try:
+            helper = OpenCTIConnectorHelper(
+                opencti.helper_config(connector_type, queue_protocol, **connector)
+            )
+        finally:
+            sys.excepthook = hook
+        helpers.append(helper)
+        return helper
+
+    yield make
+    for helper in helpers:
+        stop_helper(helper)

@@ -1,0 +1,93 @@
+"""The private RabbitMQ the tests and the demo start: real broker, isolated, cleaned up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pika
+import pytest
+
+from vt_pipeline.emulators import rabbitmq as rabbitmq_module
+from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo, RabbitMQ, RabbitMQError
+
+pytestmark = pytest.mark.integration
+
+
+def roundtrip(broker: RabbitMQ, queue: str, body: bytes) -> bytes | None:
+    connection = pika.BlockingConnection(broker.connection_parameters())
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue)
+        channel.basic_publish("", queue, body)
+        channel.confirm_delivery()
+        _, _, received = channel.basic_get(queue, auto_ack=True)
+        return received
+    finally:
+        connection.close()
+
+
+def pids_of(broker: RabbitMQ) -> list[int]:
+    """Processes of the broker and its epmd (by their private ports in the command line)."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    markers = (broker.nodename.split("@")[0], f"-port {broker.epmd_port}")
+    return [
+        int(line.split()[0]) for line in out.splitlines()[1:] if any(m in line for m in markers)
+    ]
+
+
+def test_session_broker_carries_messages(rabbitmq: RabbitMQ) -> None:
+    assert rabbitmq.running
+    assert rabbitmq.amqp_url == f"amqp://guest:guest@127.0.0.1:{rabbitmq.port}/%2F"
+    assert roundtrip(rabbitmq, "test-roundtrip", b"hello") == b"hello"
+    info = AMQPConnectionInfo.from_url(rabbitmq.amqp_url)
+    assert (info.host, info.port, info.vhost) == ("127.0.0.1", rabbitmq.port, "/")
+
+
+def test_two_brokers_run_side_by_side_and_leave_nothing_behind() -> None:
+    brokers = [RabbitMQ(), RabbitMQ()]
+    threads = [threading.Thread(target=b.start) for b in brokers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    try:
+        assert all(b.running for b in brokers), brokers
+        first, second = brokers
+        assert len({first.port, second.port, first.epmd_port, second.epmd_port}) == 4
+        assert first.startup_seconds is not None and first.startup_seconds < 60
+        # Separate nodes: a queue declared on one does not exist on the other.
+        assert roundtrip(first, "only-on-first", b"1") == b"1"
+        connection = pika.BlockingConnection(second.connection_parameters())
+        try:
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+                connection.channel().queue_declare("only-on-first", passive=True)
+        finally:
+            connection.close()
+        directories = [Path(str(b.directory)) for b in brokers]
+        processes = [pids_of(b) for b in brokers]
+        assert all(processes)
+    finally:
+        for broker in brokers:
+            broker.stop()
+    assert not any(d.exists() for d in directories)
+    for pids in processes:
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid), pid
+    assert not any(b.running for b in brokers)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_missing_install_says_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rabbitmq_module, "_SERVER_CANDIDATES", ("/nonexistent/rabbitmq-server",))
+    monkeypatch.setenv("PATH", os.devnull)
+    with pytest.raises(RabbitMQError, match="apt-get install rabbitmq-server"):
+        RabbitMQ().start()

@@ -15,8 +15,11 @@ import dagster as dg
 import pytest
 
 from vt_pipeline.emulators.corpus import Corpus, generate_corpus
+from vt_pipeline.emulators.opencti import OpenCTIEmulator
+from vt_pipeline.emulators.rabbitmq import RabbitMQ
 from vt_pipeline.emulators.virustotal import VirusTotalEmulator
 from vt_pipeline.livehunt.settings import LivehuntSettings
+from vt_pipeline.resources.opencti import OpenCTIResource
 from vt_pipeline.resources.storage import PartitionedFileIOManager, StorageResource
 from vt_pipeline.resources.virustotal import VirusTotalResource
 
@@ -51,6 +54,19 @@ def vt_emulator(vt_corpus: Corpus) -> Iterator[VirusTotalEmulator]:
         yield emulator
 
 
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQ]:
+    """A private rabbitmq-server (needs `apt-get install rabbitmq-server`)."""
+    with RabbitMQ() as broker:
+        yield broker
+
+
+@pytest.fixture
+def opencti(rabbitmq: RabbitMQ) -> Iterator[OpenCTIEmulator]:
+    with OpenCTIEmulator(amqp=rabbitmq) as emulator:
+        yield emulator
+
+
 @pytest.fixture
 def dagster_instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as instance:
@@ -64,12 +80,16 @@ ResourcesFactory = Callable[..., dict[str, Any]]
 def livehunt_resources(vt_emulator: VirusTotalEmulator, tmp_path: Path) -> ResourcesFactory:
     """Factory of the Livehunt resources against the emulator; override any setting by name.
 
-    `storage_dir` picks another storage base (to compare two runs), `api_key` another key.
+    `storage_dir` picks another storage base (to compare two runs), `api_key` another key,
+    `opencti` an OpenCTI to deliver to.
     Retries are fast here: the emulator's faults are what we test, not the waiting.
     """
 
     def make(
-        storage_dir: Path | None = None, api_key: str = PREMIUM_KEY, **settings: Any
+        storage_dir: Path | None = None,
+        api_key: str = PREMIUM_KEY,
+        opencti: OpenCTIResource | None = None,
+        **settings: Any,
     ) -> dict[str, Any]:
         base = str(storage_dir or tmp_path / "storage")
         return {
@@ -84,6 +104,7 @@ def livehunt_resources(vt_emulator: VirusTotalEmulator, tmp_path: Path) -> Resou
             "livehunt_settings": LivehuntSettings(**{"upload_artifact": True, **settings}),
             "storage": StorageResource(base_dir=base),
             "io_manager": PartitionedFileIOManager(base_dir=base),
+            "opencti": opencti or OpenCTIResource(),  # default: OpenCTI not configured
         }
 
     return make

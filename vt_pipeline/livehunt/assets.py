@@ -22,6 +22,7 @@ from vt_pipeline.livehunt import notifications as n
 from vt_pipeline.livehunt.filters import filter_notifications
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
 from vt_pipeline.livehunt.settings import LivehuntSettings
+from vt_pipeline.resources.opencti import OpenCTIError, OpenCTIResource
 from vt_pipeline.resources.storage import StorageResource, sniff_mime_type
 from vt_pipeline.resources.virustotal import (
     VirusTotalError,
@@ -32,6 +33,8 @@ from vt_pipeline.resources.virustotal import (
 from vt_pipeline.stix.livehunt import build_livehunt_bundle
 
 T = TypeVar("T")
+# Artifact statuses whose sample exists (locally or in OpenCTI) and so appears in the bundle.
+AVAILABLE = frozenset({"downloaded", "already_stored", "in_opencti"})
 Partitioned = dict[str, T]
 
 _COMMON: dict[str, Any] = {
@@ -201,14 +204,17 @@ def livehunt_artifacts(
     virustotal: VirusTotalResource,
     livehunt_settings: LivehuntSettings,
     storage: StorageResource,
+    opencti: OpenCTIResource,
 ) -> Partitioned[list[dict[str, Any]]]:
     """Kept samples, downloaded when `upload_artifact` is on, into the content-addressed store.
 
-    A sample already stored costs no call. A sample above the size cap (by VT's size, or found
-    while streaming) is skipped with reason `too_large`; one VT cannot serve, `not_available`.
+    A sample already stored costs no call; one OpenCTI already holds (with its file) is not
+    downloaded at all (`in_opencti`). A sample above the size cap (by VT's size, or found while
+    streaming) is skipped with reason `too_large`; one VT cannot serve, `not_available`.
     """
     options = livehunt_settings.to_options()
     store = storage.artifact_store()
+    in_opencti = _held_by_opencti(context, opencti, livehunt_files, options.upload_artifact)
     targets: dict[str, list[tuple[str, int | None]]] = {}
     for key, frame in livehunt_files.items():
         kept = frame[frame["kept"] & (frame["object_type"] == "file")]
@@ -226,11 +232,14 @@ def livehunt_artifacts(
         session: VirusTotalSession, sha256: str, size: int | None
     ) -> dict[str, Any]:
         cap = options.artifact_max_bytes
+        if sha256 in in_opencti:
+            record = _artifact(sha256, "in_opencti", size, "OpenCTI already holds this sample")
+            return {**record, "mime_type": in_opencti[sha256]}
         if cap and size is not None and size > cap:
             return _artifact(sha256, "too_large", size, f"VT size {size} > cap {cap}")
         result = await session.download_sample(sha256, store, cap)
         record = _artifact(result.sha256, result.status, result.size, result.reason)
-        if result.status in {"downloaded", "already_stored"}:
+        if result.status in AVAILABLE:
             with open(store.path_for(sha256), "rb") as handle:
                 record["mime_type"] = sniff_mime_type(handle.read(16))
         return record
@@ -241,7 +250,7 @@ def livehunt_artifacts(
     artifacts, session = run_vt(virustotal, for_each_partition(list(targets), for_partition))
     for key, records in artifacts.items():
         statuses = Counter(record["status"] for record in records)
-        stored = [r for r in records if r["status"] in {"downloaded", "already_stored"}]
+        stored = [r for r in records if r["status"] in AVAILABLE]
         context.add_asset_metadata(
             {
                 "enabled": options.upload_artifact,
@@ -268,11 +277,7 @@ def livehunt_stix_bundles(
     options = livehunt_settings.to_options()
     bundles: dict[str, dict[str, Any]] = {}
     for key, items in livehunt_notifications.items():
-        stored = {
-            r["sha256"]: r
-            for r in livehunt_artifacts[key]
-            if r["status"] in {"downloaded", "already_stored"}
-        }
+        stored = {r["sha256"]: r for r in livehunt_artifacts[key] if r["status"] in AVAILABLE}
         result = build_livehunt_bundle(
             _kept(items, livehunt_files[key]), livehunt_rulesets[key], stored, options
         )
@@ -288,6 +293,31 @@ def livehunt_stix_bundles(
             partition_key=key,
         )
     return bundles
+
+
+def _held_by_opencti(
+    context: dg.AssetExecutionContext,
+    opencti: OpenCTIResource,
+    files: Partitioned[pd.DataFrame],
+    enabled: bool,
+) -> dict[str, str | None]:
+    """Kept samples OpenCTI already holds, with the MIME type it has for them. Best effort: if
+    OpenCTI cannot be asked, the samples are downloaded (quota spent, nothing lost) and the
+    delivery checks again before uploading."""
+    if not enabled or not opencti.configured:
+        return {}
+    wanted = {
+        str(sha)
+        for frame in files.values()
+        for sha in frame[frame["kept"] & (frame["object_type"] == "file")]["subject"]
+    }
+    try:
+        lookups = opencti.lookups()
+        held = {sha256: lookups.held_artifact(sha256) for sha256 in sorted(wanted)}
+    except OpenCTIError as exc:
+        context.log.warning(f"cannot ask OpenCTI which samples it holds, downloading all: {exc}")
+        return {}
+    return {sha256: found.get("mime_type") for sha256, found in held.items() if found}
 
 
 def _kept(items: list[dict[str, Any]], frame: pd.DataFrame) -> list[dict[str, Any]]:

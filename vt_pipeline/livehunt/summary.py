@@ -10,6 +10,7 @@ import dagster as dg
 
 from vt_pipeline.livehunt.assets import livehunt_assets
 from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
+from vt_pipeline.livehunt.delivery import livehunt_opencti_delivery
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -22,8 +23,10 @@ def materialize_windows(
     resources: Mapping[str, Any] | None = None,
     raise_on_error: bool = True,
     log_level: str = "DEBUG",
+    deliver: bool = False,
 ) -> dg.ExecuteInProcessResult:
-    """One in-process run of the whole Livehunt chain over the windows first..last.
+    """One in-process run of the Livehunt chain over the windows first..last, up to the bundles,
+    or with `deliver` up to OpenCTI.
 
     `log_level` is the console's; the run's events are stored in the instance either way.
     """
@@ -33,7 +36,8 @@ def materialize_windows(
         resources = build_resources()
     single = first == last
     return dg.materialize(
-        [*livehunt_assets, livehunt_stix_bundle_is_valid],
+        [*livehunt_assets, livehunt_stix_bundle_is_valid]
+        + ([livehunt_opencti_delivery] if deliver else []),
         instance=instance,
         resources=dict(resources),
         partition_key=first if single else None,

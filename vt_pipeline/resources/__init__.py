@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from vt_pipeline.livehunt.settings import LivehuntSettings
+from vt_pipeline.resources.opencti import LIVEHUNT_CONNECTOR_ID, LIVEHUNT_SCOPE, OpenCTIResource
 from vt_pipeline.resources.storage import (
     PartitionedFileIOManager,
     StorageResource,
@@ -36,6 +37,23 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
             max_concurrency=int(env.get("VIRUSTOTAL_MAX_CONCURRENCY") or 16),
         ),
         "livehunt_settings": LivehuntSettings.from_env(env),
+        "opencti": build_opencti(env),
         "storage": StorageResource(base_dir=base_dir),
         "io_manager": PartitionedFileIOManager(base_dir=base_dir),
     }
+
+
+def build_opencti(env: Mapping[str, str]) -> OpenCTIResource:
+    """OpenCTI from the upstream connector's variables; unset OPENCTI_URL = not configured."""
+    return OpenCTIResource(
+        url=env.get("OPENCTI_URL", ""),
+        # A reference, resolved in the run; only when set, so that a deployment without
+        # OpenCTI can still ingest up to the bundles.
+        token=dg.EnvVar("OPENCTI_TOKEN") if env.get("OPENCTI_TOKEN") else "",
+        connector_id=env.get("CONNECTOR_ID") or LIVEHUNT_CONNECTOR_ID,
+        connector_name=env.get("CONNECTOR_NAME") or "VirusTotal Livehunt Notifications",
+        connector_scope=env.get("CONNECTOR_SCOPE") or LIVEHUNT_SCOPE,
+        connector_confidence_level=int(env.get("CONNECTOR_CONFIDENCE_LEVEL") or 100),
+        connector_log_level=env.get("CONNECTOR_LOG_LEVEL") or "error",
+        queue_protocol=(env.get("CONNECTOR_QUEUE_PROTOCOL") or "amqp").lower(),
+    )

@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import dagster as dg
@@ -253,6 +254,18 @@ class VirusTotalSession:
                 return DownloadResult(sha256, "not_available", None, str(exc))
             raise
 
+    async def delete_notification(self, notification_id: str) -> bool:
+        """Delete a Livehunt notification by its id; False when VT no longer has it (404)."""
+        try:
+            await self.delete(
+                "ioc_stream_delete", "/ioc_stream_notifications/{}", quote(notification_id, safe="")
+            )
+        except VirusTotalError as exc:
+            if exc.code == "NotFoundError":
+                return False
+            raise
+        return True
+
     async def get_json(
         self,
         endpoint: str,
@@ -281,7 +294,7 @@ class VirusTotalSession:
             finally:
                 response.release()
 
-        await self._call(endpoint, attempt, what=endpoint)
+        await self._call(endpoint, attempt, what="Deleting Livehunt notifications")
 
     # -- retries ---------------------------------------------------------------------------------
 

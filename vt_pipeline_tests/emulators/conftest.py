@@ -1,9 +1,7 @@
-"""Fixtures for tests that need RabbitMQ and the OpenCTI emulator (real pycti against them).
+"""Fixtures for the emulator tests: `rabbitmq` and `opencti` live in the root conftest.
 
-- `rabbitmq` (session): one real broker for the whole session (start-up costs 3-8 s).
-- `opencti` (function): a fresh OpenCTI emulator wired to that broker.
 - `connector_helper` (function): a factory of real `pycti.OpenCTIConnectorHelper`s registered
-  on the emulator, cleaned up after the test.
+  on the OpenCTI emulator, cleaned up after the test.
 """
 
 from __future__ import annotations
@@ -16,20 +14,6 @@ from typing import Any
 import pytest
 
 from vt_pipeline.emulators.opencti import OpenCTIEmulator
-from vt_pipeline.emulators.rabbitmq import RabbitMQ
-
-
-@pytest.fixture(scope="session")
-def rabbitmq() -> Iterator[RabbitMQ]:
-    """A private rabbitmq-server (needs `apt-get install rabbitmq-server`)."""
-    with RabbitMQ() as broker:
-        yield broker
-
-
-@pytest.fixture
-def opencti(rabbitmq: RabbitMQ) -> Iterator[OpenCTIEmulator]:
-    with OpenCTIEmulator(amqp=rabbitmq) as emulator:
-        yield emulator
 
 
 def stop_helper(helper: Any) -> None:

@@ -1,0 +1,147 @@
+"""Delivery of each window's bundle to OpenCTI, then (only then) cleanup on VirusTotal.
+
+Per window, in this order, so that nothing can be lost:
+1. an OpenCTI work is created and the bundle sent through pycti (split as pycti splits it,
+   over RabbitMQ or the GraphQL API), the work closed and awaited until OpenCTI reports it
+   complete without errors - that is "accepted";
+2. the window's samples are uploaded as Artifacts, unless OpenCTI already holds them (by
+   SHA-256, with their file); each upload merges into the Artifact the bundle created, which is
+   already linked to its File (`content_ref`) and Incident (`related-to`);
+3. with `delete_notification` on, the window's notifications - kept and dropped alike: both were
+   processed, the drop reasons are stored - are deleted on VirusTotal by notification id.
+A failure at any step fails the asset with a clear message; nothing after it happens, so no
+notification is deleted for a window OpenCTI did not accept. Re-materializing re-delivers:
+ids are deterministic, so OpenCTI upserts and nothing is duplicated.
+"""
+
+import asyncio
+from typing import Any
+
+import dagster as dg
+
+from vt_pipeline.livehunt import notifications as n
+from vt_pipeline.livehunt.assets import AVAILABLE, Partitioned, for_each_partition, run_vt
+from vt_pipeline.livehunt.partitions import livehunt_partitions
+from vt_pipeline.livehunt.settings import LivehuntSettings
+from vt_pipeline.resources.opencti import OpenCTIConnector, OpenCTIResource, display_name
+from vt_pipeline.resources.storage import StorageResource
+from vt_pipeline.resources.virustotal import VirusTotalResource, VirusTotalSession
+
+ARTIFACT_DESCRIPTION = "Sample downloaded from VirusTotal Livehunt by vt_pipeline."
+
+
+@dg.asset(
+    partitions_def=livehunt_partitions,
+    group_name="livehunt",
+    kinds={"opencti"},
+    pool="opencti",
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
+)
+def livehunt_opencti_delivery(
+    context: dg.AssetExecutionContext,
+    livehunt_notifications: Partitioned[list[dict[str, Any]]],
+    livehunt_artifacts: Partitioned[list[dict[str, Any]]],
+    livehunt_stix_bundles: Partitioned[dict[str, Any]],
+    opencti: OpenCTIResource,
+    virustotal: VirusTotalResource,
+    livehunt_settings: LivehuntSettings,
+    storage: StorageResource,
+) -> Partitioned[dict[str, Any]]:
+    """Each window's bundle and samples in OpenCTI; its notifications then deleted if asked."""
+    records: dict[str, dict[str, Any]] = {}
+    with opencti.connector() as cti:
+        for key, bundle in livehunt_stix_bundles.items():
+            names = _file_names(livehunt_notifications[key])
+            records[key] = _deliver(
+                context, cti, key, bundle, livehunt_artifacts[key], names, storage
+            )
+    deleted = {key: 0 for key in records}
+    session: VirusTotalSession | None = None
+    if livehunt_settings.delete_notification:
+        deleted, session = _delete_notifications(virustotal, livehunt_notifications)
+    for key, record in records.items():
+        record["notifications_deleted"] = deleted[key]
+        calls = session.log_for(key).as_metadata() if session else {"vt_calls": 0}
+        context.add_asset_metadata(
+            {**{k: v for k, v in record.items() if v is not None}, **calls}, partition_key=key
+        )
+    return records
+
+
+def _deliver(
+    context: dg.AssetExecutionContext,
+    cti: OpenCTIConnector,
+    key: str,
+    bundle: dict[str, Any],
+    artifacts: list[dict[str, Any]],
+    names: dict[str, str],
+    storage: StorageResource,
+) -> dict[str, Any]:
+    objects = bundle.get("objects") or []
+    record: dict[str, Any] = {
+        "work_id": None,
+        "objects_sent": 0,
+        "bundles_sent": 0,
+        "artifacts_uploaded": 0,
+        "artifacts_already_in_opencti": 0,
+    }
+    if not objects:
+        return record  # nothing kept in this window: no empty work in OpenCTI
+    work_id = cti.initiate_work(f"VirusTotal Livehunt {key} (vt_pipeline)")
+    record["work_id"] = work_id
+    try:
+        record["bundles_sent"] = cti.send_bundle(bundle, work_id)
+        cti.close_work(work_id, f"{len(objects)} STIX objects of window {key}")
+        cti.wait_for_work(work_id)
+    except Exception as exc:
+        context.log.error(f"{key}: delivery failed, nothing deleted on VirusTotal: {exc}")
+        raise
+    record["objects_sent"] = len(objects)
+
+    author = next((o["id"] for o in objects if o["type"] == "identity"), None)
+    markings = [o["id"] for o in objects if o["type"] == "marking-definition"]
+    store = storage.artifact_store()
+    for artifact in artifacts:
+        sha256 = artifact["sha256"]
+        if artifact["status"] not in AVAILABLE:
+            continue
+        if artifact["status"] == "in_opencti" or cti.held_artifact(sha256):
+            record["artifacts_already_in_opencti"] += 1
+            continue
+        cti.upload_artifact(
+            store.path_for(sha256).read_bytes(),
+            names.get(sha256, sha256),
+            artifact.get("mime_type") or "application/octet-stream",
+            ARTIFACT_DESCRIPTION,
+            author,
+            markings,
+        )
+        record["artifacts_uploaded"] += 1
+    return record
+
+
+def _file_names(items: list[dict[str, Any]]) -> dict[str, str]:
+    """Display names of the window's files (sanitized: VT-supplied), by SHA-256."""
+    names: dict[str, str] = {}
+    for item in items:
+        sha256 = n.file_hashes(item).get("SHA-256")
+        if item.get("type") == "file" and sha256:
+            attrs = n.attributes(item)
+            names[sha256] = display_name(attrs.get("meaningful_name"), sha256)
+    return names
+
+
+def _delete_notifications(
+    virustotal: VirusTotalResource, notifications: Partitioned[list[dict[str, Any]]]
+) -> tuple[dict[str, int], VirusTotalSession]:
+    """Delete every notification of the accepted windows; counts per window."""
+    ids = {
+        key: [str(i) for item in items if (i := n.context(item).get("notification_id"))]
+        for key, items in notifications.items()
+    }
+
+    async def delete(session: VirusTotalSession, key: str) -> int:
+        done = await asyncio.gather(*(session.delete_notification(i) for i in ids[key]))
+        return sum(done)
+
+    return run_vt(virustotal, for_each_partition(list(ids), delete))

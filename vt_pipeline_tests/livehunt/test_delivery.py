@@ -1,0 +1,168 @@
+"""End to end: VT emulator -> Livehunt assets -> OpenCTI emulator (real pycti, real RabbitMQ)."""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from vt_pipeline.emulators.corpus import Corpus
+from vt_pipeline.emulators.opencti import OpenCTIEmulator
+from vt_pipeline.emulators.virustotal import VirusTotalEmulator
+from vt_pipeline.livehunt.summary import materialize_windows
+from vt_pipeline.resources.opencti import OpenCTIResource
+from vt_pipeline_tests.conftest import ResourcesFactory, partition_key, window
+
+pytestmark = pytest.mark.integration
+
+HOUR = 2
+
+
+def cti(emulator: OpenCTIEmulator, protocol: str = "amqp") -> OpenCTIResource:
+    return OpenCTIResource(
+        url=emulator.url, token=emulator.token, queue_protocol=protocol, work_timeout_seconds=30
+    )
+
+
+def deliver(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    first: int = HOUR,
+    last: int = HOUR,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInProcessResult:
+    return materialize_windows(
+        instance,
+        partition_key(first),
+        partition_key(last),
+        resources,
+        raise_on_error=raise_on_error,
+        deliver=True,
+    )
+
+
+def stored_bundle(base: Path, hour: int = HOUR) -> dict[str, Any]:
+    return json.loads((base / "livehunt_stix_bundles" / f"{partition_key(hour)}.json").read_bytes())
+
+
+def window_ids(corpus: Corpus, hour: int = HOUR) -> set[str]:
+    lo, hi = window(hour)
+    return {e.notification_id for e in corpus.stream if lo <= e.date < hi}
+
+
+def delivery_metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    event = next(
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("livehunt_opencti_delivery")
+    )
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+@pytest.mark.parametrize("protocol", ["amqp", "api"])
+def test_opencti_holds_the_window(
+    protocol: str,
+    dagster_instance: dg.DagsterInstance,
+    opencti: OpenCTIEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    result = deliver(dagster_instance, livehunt_resources(opencti=cti(opencti, protocol)))
+    assert result.success
+    bundle = stored_bundle(tmp_path / "storage")
+    sent: dict[str, int] = {}
+    for obj in bundle["objects"]:
+        sent[obj["type"]] = sent.get(obj["type"], 0) + 1
+
+    # every object of the bundle is in OpenCTI, once
+    for kind in ("incident", "file", "indicator", "url", "domain-name"):
+        assert len(opencti.objects(kind)) == sent.get(kind, 0), kind
+    assert len(opencti.relationships()) == sent["relationship"]
+    for obj in bundle["objects"]:
+        held = opencti.get(obj["id"])
+        assert held is not None, obj["id"]
+    # author and marking on what OpenCTI holds
+    author = next(o for o in bundle["objects"] if o["type"] == "identity")
+    marking = next(o for o in bundle["objects"] if o["type"] == "marking-definition")
+    incident = opencti.objects("incident")[0]
+    assert incident["created_by_ref"] == author["id"]
+    assert marking["id"] in incident["object_marking_refs"]
+    # samples: one uploaded file per Artifact of the bundle, bytes matching their hash
+    artifacts = [o for o in bundle["objects"] if o["type"] == "artifact"]
+    assert artifacts and len(opencti.artifacts()) == len(artifacts)
+    for uploaded in opencti.artifacts():
+        digest = hashlib.sha256(uploaded.data).hexdigest()
+        held = opencti.find_by_hash("SHA-256", digest)
+        assert held is not None and held["id"] in {a["id"] for a in artifacts}
+        assert "/" not in uploaded.name and "\n" not in uploaded.name
+    # the work is complete and the metadata says what happened
+    meta = delivery_metadata(result)
+    work = opencti.work(meta["work_id"])
+    assert work is not None and work.status == "complete" and not work.errors
+    assert meta["objects_sent"] == len(bundle["objects"])
+    assert meta["artifacts_uploaded"] == len(artifacts)
+    assert meta["notifications_deleted"] == 0  # delete_notification is off by default
+
+
+def test_redelivery_duplicates_nothing_and_skips_held_samples(
+    dagster_instance: dg.DagsterInstance,
+    opencti: OpenCTIEmulator,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    deliver(dagster_instance, livehunt_resources(opencti=cti(opencti)))
+    before = opencti.counts()
+    files_before = len(opencti.artifacts())
+    downloads = vt_emulator.count("file_download")
+    assert downloads > 0 and files_before > 0
+
+    # a fresh storage (a new deployment, or a wiped disk): OpenCTI already has the samples,
+    # so VT is not asked for them again and nothing is uploaded twice
+    result = deliver(dagster_instance, livehunt_resources(tmp_path / "fresh", opencti=cti(opencti)))
+    assert opencti.counts() == before
+    assert len(opencti.artifacts()) == files_before
+    assert vt_emulator.count("file_download") == downloads
+    meta = delivery_metadata(result)
+    assert meta["artifacts_uploaded"] == 0 and meta["artifacts_already_in_opencti"] == files_before
+    records = json.loads(
+        (tmp_path / "fresh" / "livehunt_artifacts" / f"{partition_key(HOUR)}.json").read_bytes()
+    )
+    assert {r["status"] for r in records} <= {"in_opencti", "too_large"}
+    assert stored_bundle(tmp_path / "fresh") == stored_bundle(tmp_path / "storage")
+
+
+def test_notifications_are_deleted_only_after_opencti_accepted(
+    dagster_instance: dg.DagsterInstance,
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+) -> None:
+    resources = livehunt_resources(opencti=cti(opencti), delete_notification=True)
+    opencti.set_outage(503)
+    failed = deliver(dagster_instance, resources, raise_on_error=False)
+    assert not failed.success
+    failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "OpenCTI" in failure.step_failure_data.error.to_string()
+    assert opencti.token not in failure.step_failure_data.error.to_string()
+    assert vt_emulator.deleted_notifications == frozenset()
+    assert vt_emulator.count("ioc_stream_delete") == 0
+
+    opencti.clear_outage()  # OpenCTI is back: re-materializing completes the delivery
+    result = deliver(dagster_instance, resources)
+    assert result.success
+    assert vt_emulator.deleted_notifications == window_ids(vt_corpus)
+    assert delivery_metadata(result)["notifications_deleted"] == len(window_ids(vt_corpus))
+    assert opencti.objects("incident")
+
+
+def test_unconfigured_opencti_fails_delivery_clearly_but_not_ingestion(
+    dagster_instance: dg.DagsterInstance, livehunt_resources: ResourcesFactory
+) -> None:
+    result = deliver(dagster_instance, livehunt_resources(), raise_on_error=False)
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["livehunt_opencti_delivery"]
+    assert "OPENCTI_URL" in failures[0].step_failure_data.error.to_string()

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--windows", type=int, default=3, help="hourly windows to materialize")
     demo.add_argument("--seed", type=int, default=DEMO_SEED)
 
-    ui = commands.add_parser("ui", help="dagster dev against a VirusTotal emulator")
+    ui = commands.add_parser("ui", help="dagster dev against the VirusTotal and OpenCTI emulators")
     ui.add_argument("--port", type=int, default=3000)
     ui.add_argument("--notifications", type=int, default=300)
     ui.add_argument("--seed", type=int, default=DEMO_SEED)
@@ -84,10 +85,37 @@ def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> str:
     return url
 
 
+def demo_opencti(stack: ExitStack) -> Any:
+    """Start a real RabbitMQ and the OpenCTI emulator on it; point OPENCTI_* at them."""
+    from vt_pipeline.emulators.opencti import OpenCTIEmulator
+    from vt_pipeline.emulators.rabbitmq import RabbitMQ
+
+    broker = stack.enter_context(RabbitMQ())
+    opencti = stack.enter_context(OpenCTIEmulator(amqp=broker))
+    os.environ.update({"OPENCTI_URL": opencti.url, "OPENCTI_TOKEN": opencti.token})
+    return opencti
+
+
+def opencti_summary(opencti: Any) -> str:
+    counts = opencti.counts()
+    works = opencti.works()
+    complete = sum(work.status == "complete" for work in works)
+    return "\n".join(
+        [
+            f"OpenCTI emulator {opencti.url} now holds:",
+            "  " + ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items())),
+            f"  relationships {len(opencti.relationships())}, uploaded samples "
+            f"{len(opencti.artifacts())}, works {len(works)} ({complete} complete)",
+        ]
+    )
+
+
 def run_demo(notifications: int, windows: int, seed: int) -> int:
     home = demo_home()
     with ExitStack() as stack:
         url = demo_emulator(stack, notifications, seed)
+        print("Starting RabbitMQ and the OpenCTI emulator...", flush=True)
+        opencti = demo_opencti(stack)
         from vt_pipeline.livehunt.partitions import livehunt_partitions
         from vt_pipeline.livehunt.summary import livehunt_summary, materialize_windows
 
@@ -97,8 +125,11 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
         print(f"VirusTotal emulator: {url} ({notifications} notifications over 24 h, seed {seed})")
         print(f"Materializing Livehunt windows {first} .. {last} into {home}")
         with dg.DagsterInstance.get() as instance:
-            result = materialize_windows(instance, first, last, log_level="WARNING")
+            result = materialize_windows(
+                instance, first, last, log_level="WARNING", deliver=True, raise_on_error=False
+            )
             print(livehunt_summary(result))
+        print(opencti_summary(opencti))
     print()
     print(
         "Open the Dagster UI on the same emulator:  .venv/bin/vt-pipeline ui   (then http://127.0.0.1:3000)"
@@ -111,7 +142,11 @@ def run_ui(port: int, notifications: int, seed: int) -> int:
     home = demo_home()
     with ExitStack() as stack:
         url = demo_emulator(stack, notifications, seed)
-        print(f"VirusTotal emulator: {url}; Dagster home: {home}", flush=True)
+        opencti = demo_opencti(stack)
+        print(
+            f"VirusTotal emulator: {url}; OpenCTI emulator: {opencti.url}; Dagster home: {home}",
+            flush=True,
+        )
         command = [
             sys.executable,
             "-m",

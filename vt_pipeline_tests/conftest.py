@@ -34,6 +34,33 @@ def partition_key(hour: int) -> str:
     return (LIVEHUNT_START + timedelta(hours=hour)).strftime("%Y-%m-%d-%H:%M")
 
 
+def materialize_hours(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    first: int,
+    last: int | None = None,
+    raise_on_error: bool = True,
+    deliver: bool = False,
+) -> dg.ExecuteInProcessResult:
+    """One run of the Livehunt chain over the corpus hours first..last (inclusive)."""
+    from vt_pipeline.livehunt.summary import materialize_windows
+
+    last = first if last is None else last
+    return materialize_windows(
+        instance,
+        partition_key(first),
+        partition_key(last),
+        resources,
+        raise_on_error=raise_on_error,
+        deliver=deliver,
+    )
+
+
+def stored(base: Path, asset: str, hour: int, ext: str = ".json") -> Path:
+    """Where the storage IO manager keeps `asset` for the corpus hour `hour`."""
+    return base / asset / f"{partition_key(hour)}{ext}"
+
+
 def window(hour: int) -> tuple[int, int]:
     start = int((LIVEHUNT_START + timedelta(hours=hour)).timestamp())
     return start, start + 3600

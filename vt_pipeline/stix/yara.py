@@ -14,12 +14,13 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
 import plyara
 import plyara.utils
+
+from vt_pipeline.livehunt.notifications import parse_timestamp
 
 # plyara logs every parse problem at WARNING on its own; we report them as YaraParseError.
 logging.getLogger("plyara").setLevel(logging.ERROR)
@@ -114,10 +115,4 @@ def parse_rule_date(value: Any) -> int | None:
         text = text.replace("/", "-").replace(".", "-")
     if not re.match(r"\d{4}-\d{2}-\d{2}", text):
         return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp())
+    return parse_timestamp(text)

@@ -11,9 +11,8 @@ import pytest
 from vt_pipeline.emulators.corpus import Corpus
 from vt_pipeline.emulators.opencti import OpenCTIEmulator
 from vt_pipeline.emulators.virustotal import VirusTotalEmulator
-from vt_pipeline.livehunt.summary import materialize_windows
 from vt_pipeline.resources.opencti import OpenCTIResource
-from vt_pipeline_tests.conftest import ResourcesFactory, partition_key, window
+from vt_pipeline_tests.conftest import ResourcesFactory, materialize_hours, stored, window
 
 pytestmark = pytest.mark.integration
 
@@ -27,24 +26,13 @@ def cti(emulator: OpenCTIEmulator, protocol: str = "amqp") -> OpenCTIResource:
 
 
 def deliver(
-    instance: dg.DagsterInstance,
-    resources: dict[str, Any],
-    first: int = HOUR,
-    last: int = HOUR,
-    raise_on_error: bool = True,
+    instance: dg.DagsterInstance, resources: dict[str, Any], raise_on_error: bool = True
 ) -> dg.ExecuteInProcessResult:
-    return materialize_windows(
-        instance,
-        partition_key(first),
-        partition_key(last),
-        resources,
-        raise_on_error=raise_on_error,
-        deliver=True,
-    )
+    return materialize_hours(instance, resources, HOUR, raise_on_error=raise_on_error, deliver=True)
 
 
-def stored_bundle(base: Path, hour: int = HOUR) -> dict[str, Any]:
-    return json.loads((base / "livehunt_stix_bundles" / f"{partition_key(hour)}.json").read_bytes())
+def stored_bundle(base: Path) -> dict[str, Any]:
+    return json.loads(stored(base, "livehunt_stix_bundles", HOUR).read_bytes())
 
 
 def window_ids(corpus: Corpus, hour: int = HOUR) -> set[str]:
@@ -127,9 +115,7 @@ def test_redelivery_duplicates_nothing_and_skips_held_samples(
     assert vt_emulator.count("file_download") == downloads
     meta = delivery_metadata(result)
     assert meta["artifacts_uploaded"] == 0 and meta["artifacts_already_in_opencti"] == files_before
-    records = json.loads(
-        (tmp_path / "fresh" / "livehunt_artifacts" / f"{partition_key(HOUR)}.json").read_bytes()
-    )
+    records = json.loads(stored(tmp_path / "fresh", "livehunt_artifacts", HOUR).read_bytes())
     assert {r["status"] for r in records} <= {"in_opencti", "too_large"}
     assert stored_bundle(tmp_path / "fresh") == stored_bundle(tmp_path / "storage")
 

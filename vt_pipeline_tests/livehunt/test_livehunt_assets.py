@@ -16,10 +16,17 @@ from vt_pipeline.livehunt.assets import livehunt_assets, livehunt_stix_bundles
 from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
 from vt_pipeline.livehunt.filters import filter_notifications
 from vt_pipeline.livehunt.options import LivehuntOptions
-from vt_pipeline.livehunt.summary import livehunt_totals, materialize_windows
+from vt_pipeline.livehunt.summary import livehunt_totals
 from vt_pipeline.resources.storage import PartitionedFileIOManager
 from vt_pipeline.stix.validation import validate_bundle
-from vt_pipeline_tests.conftest import PUBLIC_KEY, ResourcesFactory, partition_key, window
+from vt_pipeline_tests.conftest import (
+    PUBLIC_KEY,
+    ResourcesFactory,
+    partition_key,
+    stored,
+    window,
+)
+from vt_pipeline_tests.conftest import materialize_hours as run
 
 pytestmark = pytest.mark.integration
 
@@ -33,27 +40,6 @@ def in_window(corpus: Corpus, hour: int) -> list[dict[str, Any]]:
         for item in corpus.notifications
         if lo <= item["context_attributes"]["notification_date"] < hi
     ]
-
-
-def stored(base: Path, asset: str, hour: int, ext: str = ".json") -> Path:
-    return base / asset / f"{partition_key(hour)}{ext}"
-
-
-def run(
-    instance: dg.DagsterInstance,
-    resources: dict[str, Any],
-    first: int,
-    last: int | None = None,
-    raise_on_error: bool = True,
-) -> dg.ExecuteInProcessResult:
-    last = first if last is None else last
-    return materialize_windows(
-        instance,
-        partition_key(first),
-        partition_key(last),
-        resources,
-        raise_on_error=raise_on_error,
-    )
 
 
 def test_counts_match_the_corpus(

@@ -1,0 +1,79 @@
+"""OpenCTIResource: configuration from upstream variables, clear errors, safe display names."""
+
+import pytest
+
+from vt_pipeline.emulators.opencti import OpenCTIEmulator
+from vt_pipeline.resources import build_opencti
+from vt_pipeline.resources.opencti import OpenCTIError, OpenCTIResource, display_name
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("invoice.exe", "invoice.exe"),
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\Windows\\evil.dll", "evil.dll"),
+        ("a|b\nc\x00d\u202egnp.exe", "a|bcdgnp.exe"),
+        ("", "fallback"),
+        ("../..", "fallback"),
+        ("x" * 5000, "x" * 255),
+    ],
+)
+def test_display_names_are_safe(name: str, shown: str) -> None:
+    assert display_name(name, "fallback") == shown
+
+
+def test_upstream_variables_configure_the_connector() -> None:
+    resource = build_opencti(
+        {
+            "OPENCTI_URL": "http://opencti:8080/",
+            "OPENCTI_TOKEN": "secret-token",
+            "CONNECTOR_ID": "0b9a3ed4-5f7f-4d2e-9d5e-6f1f8c0c2a11",
+            "CONNECTOR_NAME": "VT Livehunt (Dagster)",
+            "CONNECTOR_CONFIDENCE_LEVEL": "80",
+            "CONNECTOR_QUEUE_PROTOCOL": "API",
+        }
+    )
+    config = resource.helper_config()
+    assert config["opencti"]["url"] == "http://opencti:8080"
+    assert config["connector"]["id"] == "0b9a3ed4-5f7f-4d2e-9d5e-6f1f8c0c2a11"
+    assert config["connector"]["type"] == "EXTERNAL_IMPORT"
+    assert config["connector"]["confidence_level"] == 80
+    assert config["connector"]["queue_protocol"] == "api"
+    assert resource.configured
+
+
+def test_unconfigured_opencti_says_what_to_set() -> None:
+    resource = build_opencti({})
+    assert not resource.configured
+    with pytest.raises(OpenCTIError, match="OPENCTI_URL"), resource.connector():
+        pass
+
+
+def test_unknown_queue_protocol_is_refused() -> None:
+    with pytest.raises(OpenCTIError, match="amqp or api"):
+        OpenCTIResource(url="http://x", token="t", queue_protocol="kafka").helper_config()
+
+
+@pytest.mark.integration
+def test_wrong_token_fails_clearly_without_the_token(opencti: OpenCTIEmulator) -> None:
+    resource = OpenCTIResource(url=opencti.url, token="wrong-secret-value")
+    with pytest.raises(OpenCTIError, match="OpenCTI") as caught, resource.connector():
+        pass
+    assert "wrong-secret-value" not in str(caught.value)
+    with pytest.raises(OpenCTIError) as caught:
+        resource.lookups()
+    assert "wrong-secret-value" not in str(caught.value)
+
+
+@pytest.mark.integration
+def test_registration_and_a_work_round_trip(opencti: OpenCTIEmulator) -> None:
+    resource = OpenCTIResource(
+        url=opencti.url, token=opencti.token, queue_protocol="api", work_timeout_seconds=10
+    )
+    with resource.connector() as cti:
+        work_id = cti.initiate_work("round trip")
+        cti.close_work(work_id, "nothing to send")
+        assert cti.wait_for_work(work_id)["status"] == "complete"
+        assert cti.held_artifact("0" * 64) is None
+    assert resource.connector_id in opencti.connectors

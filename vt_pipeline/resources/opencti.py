@@ -181,6 +181,12 @@ class OpenCTIConnector:
                 )
             time.sleep(poll_seconds)
 
+    def read_entity(self, entity_id: str) -> dict[str, Any] | None:
+        """Any STIX core object (observable, indicator, incident...) by id, files included."""
+        return self._guard(
+            "read an entity", self.api.stix_core_object.read, id=entity_id, withFiles=True
+        )
+
     def held_artifact(self, sha256: str) -> dict[str, Any] | None:
         """The Artifact OpenCTI holds for this sample (that hash AND its file), or None.
 

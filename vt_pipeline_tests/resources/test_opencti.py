@@ -76,4 +76,21 @@ def test_registration_and_a_work_round_trip(opencti: OpenCTIEmulator) -> None:
         cti.close_work(work_id, "nothing to send")
         assert cti.wait_for_work(work_id)["status"] == "complete"
         assert cti.held_artifact("0" * 64) is None
+        opencti.ingest(
+            {
+                "type": "bundle",
+                "id": "bundle--0f4b5c5e-1d2a-4a57-9a3c-7f0f2b1d9e11",
+                "objects": [
+                    {
+                        "type": "domain-name",
+                        "spec_version": "2.1",
+                        "value": "example.org",
+                        "id": "domain-name--3c10e5a6-9b94-5b3e-8b7a-2b9f4f8c1e11",
+                    }
+                ],
+            }
+        )
+        held = cti.read_entity("domain-name--3c10e5a6-9b94-5b3e-8b7a-2b9f4f8c1e11")
+        assert held is not None and held["entity_type"] == "Domain-Name"
+        assert cti.read_entity("domain-name--00000000-0000-5000-8000-000000000000") is None
     assert resource.connector_id in opencti.connectors

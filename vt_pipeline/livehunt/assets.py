@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import dagster as dg
 import pandas as pd
 
-from vt_pipeline.livehunt import notifications as n
 from vt_pipeline.livehunt.filters import filter_notifications
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
 from vt_pipeline.livehunt.settings import LivehuntSettings
@@ -138,7 +137,6 @@ def livehunt_files(
 @dg.asset(kinds={"virustotal", "yara"}, **_COMMON, **_VT)
 def livehunt_rulesets(
     context: dg.AssetExecutionContext,
-    livehunt_notifications: Partitioned[list[dict[str, Any]]],
     livehunt_files: Partitioned[pd.DataFrame],
     virustotal: VirusTotalResource,
     livehunt_settings: LivehuntSettings,
@@ -148,17 +146,18 @@ def livehunt_rulesets(
     Only kept notifications count: a dropped file costs no ruleset fetch. A ruleset VirusTotal
     no longer has (404) is left out; the bundle then counts the YARA rule as missing.
     """
-    wanted: dict[str, list[str]] = {}  # partition -> ruleset id per kept notification
-    if livehunt_settings.create_yara_rule:
-        for key, items in livehunt_notifications.items():
-            wanted[key] = [
-                source["id"]
-                for item in _kept(items, livehunt_files[key])
-                for source in n.hunting_sources(item)
-                if n.is_valid_ruleset_id(source["id"])
-            ]
-    else:
-        wanted = {key: [] for key in livehunt_notifications}
+    # partition -> ruleset id per kept notification (the frame lists the valid ones)
+    wanted: dict[str, list[str]] = {
+        key: [
+            ruleset_id
+            for ids in frame.loc[frame["kept"], "ruleset_ids"].dropna()
+            for ruleset_id in str(ids).split(",")
+            if ruleset_id
+        ]
+        if livehunt_settings.create_yara_rule
+        else []
+        for key, frame in livehunt_files.items()
+    }
 
     cache: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
 

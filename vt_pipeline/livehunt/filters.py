@@ -118,7 +118,11 @@ def _row(item: dict[str, Any], options: LivehuntOptions, seen: set[str]) -> dict
         "object_type": str(item.get("type") or "")[:64],
         "subject": subject,
         "rule_name": n.rule_name(item),
-        "ruleset_ids": ",".join(source["id"] for source in n.hunting_sources(item)),
+        "ruleset_ids": ",".join(
+            source["id"]
+            for source in n.hunting_sources(item)
+            if n.is_valid_ruleset_id(source["id"])
+        ),
         "type_extension": str(attrs["type_extension"])[:64]
         if attrs.get("type_extension")
         else None,

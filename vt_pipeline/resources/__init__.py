@@ -14,7 +14,11 @@ from vt_pipeline.resources.storage import (
     StorageResource,
     default_storage_dir,
 )
-from vt_pipeline.resources.virustotal import DEFAULT_API_URL, VirusTotalResource
+from vt_pipeline.resources.virustotal import (
+    DEFAULT_API_URL,
+    DEFAULT_CONCURRENCY,
+    VirusTotalResource,
+)
 
 # Upstream's two names for the key: the enrichment connector's, then the Livehunt connector's.
 API_KEY_ENV_NAMES = ("VIRUSTOTAL_TOKEN", "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY")
@@ -34,7 +38,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
         "virustotal": VirusTotalResource(
             api_key=dg.EnvVar(api_key_env_name(env)),
             api_url=env.get("VIRUSTOTAL_API_URL") or DEFAULT_API_URL,
-            max_concurrency=int(env.get("VIRUSTOTAL_MAX_CONCURRENCY") or 16),
+            max_concurrency=int(env.get("VIRUSTOTAL_MAX_CONCURRENCY") or DEFAULT_CONCURRENCY),
         ),
         "livehunt_settings": LivehuntSettings.from_env(env),
         "opencti": build_opencti(env),

@@ -41,6 +41,7 @@ T = TypeVar("T")
 
 DEFAULT_API_URL = "https://www.virustotal.com"
 IOC_STREAM_PAGE_SIZE = 40  # the API's maximum
+DEFAULT_CONCURRENCY = 32
 RETRYABLE_CODES = frozenset(
     {
         "QuotaExceededError",
@@ -118,7 +119,12 @@ class VirusTotalResource(dg.ConfigurableResource):
     )
     api_url: str = Field(default=DEFAULT_API_URL, description="Base URL, without /api/v3.")
     timeout_seconds: float = Field(default=120.0, description="Per request, body included.")
-    max_concurrency: int = Field(default=16, description="Requests in flight at once per run.")
+    max_concurrency: int = Field(
+        default=DEFAULT_CONCURRENCY,
+        description="Requests in flight at once per run. VT limits premium keys by quota, not "
+        "by concurrency; each download is two round trips (API, then a redirect to storage), "
+        "so latency, not bandwidth, bounds a window's downloads.",
+    )
     max_attempts: int = Field(default=8, description="Attempts per call before failing.")
     backoff_base_seconds: float = Field(default=1.0, description="First retry delay (doubles).")
     backoff_max_seconds: float = Field(default=60.0, description="Longest retry delay.")

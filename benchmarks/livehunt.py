@@ -1,0 +1,702 @@
+"""Livehunt end-to-end benchmark: the pipeline as built against a sequential baseline.
+
+For each corpus size it measures, against the VirusTotal emulator with a fixed latency per
+request, notifications per second end to end, VirusTotal calls per notification and peak memory,
+for two variants of the same code in the same run:
+
+- pipeline: as built (VirusTotalResource's default max_concurrency, rulesets cached per run);
+- baseline: max_concurrency=1 and cache_rulesets=False (one ruleset fetch per notification).
+
+Both download the kept samples (upload_artifact=True): downloads are most of the VT calls.
+A further measurement processes the same corpus size spread over 4 days (96 hourly partitions)
+as 4 successive runs of 24 partitions, the way a 4-day backfill runs with the assets'
+BackfillPolicy.multi_run(24). Memory must not grow with the partitions processed: the verdict
+compares the peak RSS after the last run with the one after run 2 (run 1 warms up the
+process: lazy imports, caches, allocator arenas) and also prints the ratio to run 1 and what
+tracemalloc sees still allocated after each run (flat = nothing accumulates).
+
+Every measurement runs in a fresh subprocess (its own peak RSS, temporary storage and
+`dg.instance_for_test()`) against a freshly started emulator process (VirusTotal is remote in
+reality; in-process the emulator would share the GIL with the pipeline). The Dagster instance's
+SQLite files live on tmpfs (/dev/shm) when there is one: a window run stores ~300 events, and
+on this machine's disk each SQLite commit costs ~18 ms of fsync, a constant of both variants
+that says nothing about the pipeline (a PostgreSQL instance commits far faster). With the
+instance on disk the 1,000-notification speedup measured ~8x instead of ~11x.
+
+    .venv/bin/python benchmarks/livehunt.py            # sizes 1,000 and 10,000 (~20 minutes)
+    .venv/bin/python benchmarks/livehunt.py --quick    # 1,000 only (~2 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import resource
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CORPUS_START = datetime(2026, 11, 1, tzinfo=UTC)
+HOURS_PER_RUN = 24  # the assets' BackfillPolicy.multi_run(max_partitions_per_run=24)
+MEMORY_RUNS = 4  # days of the memory measurement: 96 hourly partitions
+API_KEY = "demo"
+TARGET_SPEEDUP = 10.0  # at TARGET_SIZE notifications
+TARGET_SIZE = 1000
+MEMORY_GROWTH_LIMIT = 1.10  # peak RSS after the last run / after run 2 (run 1 warms up)
+TMPFS = Path("/dev/shm")
+EMULATOR_START_TIMEOUT = 180.0
+RESULT_PREFIX = "BENCHMARK-RESULT "
+# Requests per notification of the baseline at 50 ms and the seconds a run costs besides VT,
+# measured on a 2-core machine; only used for the duration estimates printed along the way.
+EST_SEQUENTIAL_REQUESTS = 1.35
+EST_RUN_OVERHEAD_S = 5.0
+EST_CPU_PER_NOTIFICATION_S = 0.001
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the same pipeline code."""
+
+    name: str
+    max_concurrency: int | None  # None: VirusTotalResource's default
+    cache_rulesets: bool
+
+
+PIPELINE = Variant("pipeline", None, True)
+BASELINE = Variant("baseline", 1, False)
+
+
+# -- the measuring subprocess ------------------------------------------------------------------
+
+
+def _quiet_dagster(log_level: str) -> None:
+    """No Dagster console logs below `log_level` (Python loggers too), no Beta/Preview warnings."""
+    import logging
+    import warnings
+
+    import dagster as dg
+
+    for category in (dg.BetaWarning, dg.PreviewWarning, dg.SupersessionWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("dagster").setLevel(log_level)
+
+
+def _tmpfs() -> Path | None:
+    """Where the Dagster instance goes: tmpfs when the machine has one (see the docstring)."""
+    return TMPFS if TMPFS.is_dir() and os.access(TMPFS, os.W_OK) else None
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _partition_key(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d-%H:%M")
+
+
+def _step_seconds(result: Any) -> dict[str, float]:
+    """Duration of every successful step of a run, from its STEP_SUCCESS events."""
+    steps: dict[str, float] = {}
+    for event in result.all_events:
+        if event.event_type_value == "STEP_SUCCESS":
+            duration_ms = getattr(event.event_specific_data, "duration_ms", None) or 0.0
+            steps[event.step_key] = round(duration_ms / 1000, 3)
+    return steps
+
+
+def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """One measurement: `runs` successive materializations of 24 partitions each."""
+    import tracemalloc
+
+    _quiet_dagster(spec["log_level"])
+
+    import dagster as dg
+
+    from vt_pipeline.livehunt.settings import LivehuntSettings
+    from vt_pipeline.livehunt.summary import livehunt_totals, materialize_windows
+    from vt_pipeline.resources.opencti import OpenCTIResource
+    from vt_pipeline.resources.storage import PartitionedFileIOManager, StorageResource
+    from vt_pipeline.resources.virustotal import VirusTotalResource
+
+    variant = Variant(**spec["variant"])
+    vt_options: dict[str, Any] = {"api_key": API_KEY, "api_url": spec["url"]}
+    if variant.max_concurrency is not None:
+        vt_options["max_concurrency"] = variant.max_concurrency
+    virustotal = VirusTotalResource(**vt_options)
+    runs: list[dict[str, Any]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="livehunt-bench-") as base,
+        tempfile.TemporaryDirectory(prefix="livehunt-bench-instance-", dir=_tmpfs()) as home,
+        dg.instance_for_test(temp_dir=home) as instance,
+    ):
+        resources = {
+            "virustotal": virustotal,
+            "livehunt_settings": LivehuntSettings(
+                upload_artifact=True, cache_rulesets=variant.cache_rulesets
+            ),
+            "opencti": OpenCTIResource(),  # not configured: ingestion up to the STIX bundles
+            "storage": StorageResource(base_dir=base),
+            "io_manager": PartitionedFileIOManager(base_dir=base),
+        }
+        setup_rss = _peak_rss_mib()
+        if spec["tracemalloc"]:
+            tracemalloc.start()
+        for index in range(spec["runs"]):
+            first = CORPUS_START + timedelta(hours=HOURS_PER_RUN * index)
+            last = first + timedelta(hours=HOURS_PER_RUN - 1)
+            if spec["tracemalloc"]:
+                tracemalloc.reset_peak()
+            started = time.perf_counter()
+            result = materialize_windows(
+                instance,
+                _partition_key(first),
+                _partition_key(last),
+                resources,
+                log_level=spec["log_level"],
+            )
+            seconds = time.perf_counter() - started
+            totals = livehunt_totals(result)
+            run: dict[str, Any] = {
+                "first_partition": _partition_key(first),
+                "last_partition": _partition_key(last),
+                "success": result.success,
+                "seconds": round(seconds, 3),
+                "partitions": len(totals["windows"]),
+                "notifications": totals["notifications"],
+                "kept": totals["kept"],
+                "artifacts": totals["artifacts"],
+                "artifact_bytes": totals["artifact_bytes"],
+                "stix_objects": sum(totals["stix_objects_by_type"].values()),
+                "vt_calls_by_endpoint": dict(sorted(totals["vt_calls_by_endpoint"].items())),
+                "steps": _step_seconds(result),
+            }
+            del result, totals  # a backfill keeps nothing of a finished run either
+            if spec["tracemalloc"]:
+                peak = tracemalloc.get_traced_memory()[1]
+                gc.collect()  # what the run left behind, not its garbage awaiting collection
+                current = tracemalloc.get_traced_memory()[0]
+                run["traced_peak_mib"] = round(peak / (1 << 20), 1)
+                run["traced_current_mib"] = round(current / (1 << 20), 1)
+            run["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+            runs.append(run)
+            print(
+                f"run {index + 1}/{spec['runs']} done in {seconds:.1f} s, "
+                f"peak RSS {run['peak_rss_mib']} MiB",
+                flush=True,
+            )
+    return {
+        "max_concurrency": virustotal.max_concurrency,
+        "cache_rulesets": variant.cache_rulesets,
+        "setup_peak_rss_mib": round(setup_rss, 1),
+        "runs": runs,
+    }
+
+
+# -- the emulator process ----------------------------------------------------------------------
+
+
+class BenchmarkError(RuntimeError):
+    """A measurement could not be made (emulator or measuring process failed)."""
+
+
+class EmulatorError(BenchmarkError):
+    """The VirusTotal emulator did not start."""
+
+
+@contextmanager
+def emulator(
+    notifications: int, hours: int, latency_ms: float, seed: int, log_dir: Path
+) -> Iterator[str]:
+    """A VirusTotal emulator process serving `notifications` over `hours` hours; yields its URL."""
+    end = CORPUS_START + timedelta(hours=hours)
+    command = [
+        sys.executable,
+        "-m",
+        "vt_pipeline.cli",
+        "emulate",
+        "virustotal",
+        "--port",
+        "0",
+        "--seed",
+        str(seed),
+        "--notifications",
+        str(notifications),
+        "--start",
+        CORPUS_START.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "--end",
+        end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "--latency-ms",
+        str(latency_ms),
+        "--api-key",
+        API_KEY,
+    ]
+    stderr_path = log_dir / "emulator.stderr"
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO_ROOT
+        )
+    try:
+        url = _wait_for_url(process, stderr_path)
+        threading.Thread(target=process.stdout.read, daemon=True).start()  # type: ignore[union-attr]
+        yield url
+    finally:
+        _stop(process)
+
+
+def _wait_for_url(process: subprocess.Popen[str], stderr_path: Path) -> str:
+    """Read the emulator's stdout until it says where it listens."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + EMULATOR_START_TIMEOUT
+    marker = "listening on "
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise EmulatorError(
+                f"the VirusTotal emulator did not start within {EMULATOR_START_TIMEOUT:.0f} s"
+                f"{_tail(stderr_path)}"
+            )
+        ready, _, _ = select.select([process.stdout], [], [], min(remaining, 1.0))
+        if ready:
+            line = process.stdout.readline()
+            if marker in line:
+                return line.split(marker, 1)[1].strip()
+            if line:
+                continue
+        if process.poll() is not None:
+            raise EmulatorError(
+                f"the VirusTotal emulator exited with status {process.returncode} before "
+                f"listening{_tail(stderr_path)}"
+            )
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return ("\n  " + "\n  ".join(text[-lines:])) if text else ""
+
+
+def emulator_requests(url: str) -> dict[str, dict[str, int]]:
+    """Requests the emulator served, per endpoint and HTTP status (GET /_emulator/stats)."""
+    with urllib.request.urlopen(f"{url}/_emulator/stats", timeout=30) as response:
+        return json.load(response)["requests"]
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+
+class Clock:
+    """Elapsed time since the benchmark started, for progress lines."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def say(self, text: str) -> None:
+        elapsed = int(time.monotonic() - self.start)
+        print(f"[{elapsed // 60:3d}:{elapsed % 60:02d}] {text}", flush=True)
+
+
+def estimate_seconds(size: int, latency_ms: float, concurrency: int) -> float:
+    """A rough duration of one run, for the progress lines only."""
+    waiting = size * EST_SEQUENTIAL_REQUESTS * (latency_ms + 5) / 1000 / concurrency
+    return EST_RUN_OVERHEAD_S + waiting + size * EST_CPU_PER_NOTIFICATION_S
+
+
+def measure(
+    clock: Clock,
+    args: argparse.Namespace,
+    label: str,
+    variant: Variant,
+    size: int,
+    runs: int,
+    tracemalloc: bool,
+    estimate: float,
+) -> dict[str, Any]:
+    """Start an emulator and a measuring subprocess; return the child's result and VT counts."""
+    spec = {
+        "variant": dataclasses.asdict(variant),
+        "runs": runs,
+        "tracemalloc": tracemalloc,
+        "log_level": args.dagster_log_level,
+    }
+    with tempfile.TemporaryDirectory(prefix="livehunt-bench-logs-") as logs:
+        log_dir = Path(logs)
+        hours = runs * HOURS_PER_RUN
+        clock.say(f"{label}: starting the emulator ({size:,} notifications over {hours} h)")
+        with emulator(size, hours, args.latency_ms, args.seed, log_dir) as url:
+            spec["url"] = url
+            clock.say(f"{label}: measuring (estimate ~{_duration(estimate)})")
+            child = _run_child(clock, label, spec, log_dir, args.progress_seconds)
+            requests = emulator_requests(url)
+    child["emulator_requests"] = requests
+    return child
+
+
+def _run_child(
+    clock: Clock, label: str, spec: dict[str, Any], log_dir: Path, progress_seconds: float
+) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    stdout_path, stderr_path = log_dir / "child.stdout", log_dir / "child.stderr"
+    show_logs = spec["log_level"] not in {"WARNING", "ERROR", "CRITICAL"}
+    with open(stdout_path, "w") as stdout, open(stderr_path, "w") as stderr:
+        process = subprocess.Popen(
+            command, stdout=stdout, stderr=None if show_logs else stderr, cwd=REPO_ROOT
+        )
+        started = time.monotonic()
+        reported = 0
+        try:
+            while process.poll() is None:
+                try:
+                    process.wait(timeout=progress_seconds)
+                except subprocess.TimeoutExpired:
+                    lines = stdout_path.read_text().splitlines()
+                    runs_done = [line for line in lines if line.startswith("run ")]
+                    news = runs_done[reported:]
+                    reported = len(runs_done)
+                    note = f"; {news[-1]}" if news else ""
+                    clock.say(f"{label}: still running, {time.monotonic() - started:.0f} s{note}")
+        finally:
+            _stop(process)
+    output = stdout_path.read_text()
+    results = [line for line in output.splitlines() if line.startswith(RESULT_PREFIX)]
+    if process.returncode != 0 or not results:
+        raise BenchmarkError(
+            f"{label}: the measuring process failed (status {process.returncode})"
+            f"{_tail(stdout_path)}{_tail(stderr_path, 40)}"
+        )
+    return json.loads(results[-1][len(RESULT_PREFIX) :])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def summarize(size: int, variant: Variant, child: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one throughput measurement (a single run of 24 partitions)."""
+    run = child["runs"][0]
+    requests = child["emulator_requests"]
+    http_total = sum(sum(codes.values()) for codes in requests.values())
+    http_errors = sum(
+        count
+        for codes in requests.values()
+        for status, count in codes.items()
+        if not 200 <= int(status) < 400
+    )
+    api_calls = sum(run["vt_calls_by_endpoint"].values())
+    steps = run["steps"]
+    return {
+        "size": size,
+        "variant": variant.name,
+        "max_concurrency": child["max_concurrency"],
+        "cache_rulesets": child["cache_rulesets"],
+        "success": run["success"],
+        "seconds": run["seconds"],
+        "notifications_per_second": round(size / run["seconds"], 2),
+        "notifications_seen": run["notifications"],
+        "kept": run["kept"],
+        "artifacts": run["artifacts"],
+        "artifact_bytes": run["artifact_bytes"],
+        "stix_objects": run["stix_objects"],
+        "vt_api_calls": api_calls,
+        "vt_api_calls_by_endpoint": run["vt_calls_by_endpoint"],
+        "vt_api_calls_per_notification": round(api_calls / size, 4),
+        "http_requests": http_total,
+        "http_requests_by_endpoint": requests,
+        "http_requests_per_notification": round(http_total / size, 4),
+        "http_errors": http_errors,
+        "peak_rss_mib": run["peak_rss_mib"],
+        "setup_peak_rss_mib": child["setup_peak_rss_mib"],
+        "steps_seconds": steps,
+        "run_overhead_seconds": round(run["seconds"] - sum(steps.values()), 3),
+    }
+
+
+def summarize_memory(
+    size: int, child: dict[str, Any], traced: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The figures of the memory measurement (MEMORY_RUNS successive runs).
+
+    `child` ran without tracemalloc (its RSS is the verdict's), `traced` the same runs with it.
+    """
+    runs = child["runs"]
+    traced_runs = traced["runs"] if traced else [{} for _ in runs]
+    first, last = runs[0]["peak_rss_mib"], runs[-1]["peak_rss_mib"]
+    warm = runs[1]["peak_rss_mib"] if len(runs) > 1 else first
+    ratio = last / warm
+    return {
+        "size": size,
+        "partitions": sum(run["partitions"] for run in runs),
+        "runs": len(runs),
+        "notifications_seen": sum(run["notifications"] for run in runs),
+        "success": all(run["success"] for run in runs),
+        "setup_peak_rss_mib": child["setup_peak_rss_mib"],
+        "peak_rss_mib_after_run": [run["peak_rss_mib"] for run in runs],
+        "seconds_per_run": [run["seconds"] for run in runs],
+        "traced_peak_mib_per_run": [run.get("traced_peak_mib") for run in traced_runs],
+        "traced_current_mib_after_run": [run.get("traced_current_mib") for run in traced_runs],
+        "traced_seconds_per_run": [run.get("seconds") for run in traced_runs],
+        "growth_ratio": round(ratio, 3),
+        "growth_ratio_from_run_1": round(last / first, 3),
+        "passed": ratio <= MEMORY_GROWTH_LIMIT,
+    }
+
+
+def _short_step(step_key: str) -> str:
+    if step_key.endswith("_is_valid"):
+        return "check"
+    return step_key.removeprefix("livehunt_")
+
+
+def report(
+    size: int, latency_ms: float, rows: dict[str, dict[str, Any]], memory: dict[str, Any] | None
+) -> tuple[bool, str]:
+    """Print one size's table and verdicts; whether its targets are met, and a one-line summary."""
+    print()
+    print(
+        f"== {size:,} notifications, {HOURS_PER_RUN} hourly partitions in one run, "
+        f"latency {latency_ms:g} ms per request =="
+    )
+    header = (
+        f"{'variant':<9} {'max_conc':>8} {'rs_cache':>8} {'seconds':>8} {'notif/s':>8} "
+        f"{'API calls/notif':>15} {'HTTP req/notif':>14} {'peak RSS MiB':>12} {'setup RSS':>9}"
+    )
+    print(header)
+    for row in rows.values():
+        print(
+            f"{row['variant']:<9} {row['max_concurrency']:>8} "
+            f"{'yes' if row['cache_rulesets'] else 'no':>8} {row['seconds']:>8.1f} "
+            f"{row['notifications_per_second']:>8.1f} "
+            f"{row['vt_api_calls_per_notification']:>15.3f} "
+            f"{row['http_requests_per_notification']:>14.3f} {row['peak_rss_mib']:>12.1f} "
+            f"{row['setup_peak_rss_mib']:>9.1f}"
+        )
+    pipeline, baseline = rows["pipeline"], rows["baseline"]
+    speedup = pipeline["notifications_per_second"] / baseline["notifications_per_second"]
+    ok = True
+    summary = f"{size:,}: speedup {speedup:.2f}x"
+    if size == TARGET_SIZE:
+        met = speedup >= TARGET_SPEEDUP
+        ok = ok and met
+        verdict = f"{'PASS' if met else 'FAIL'} (target >= {TARGET_SPEEDUP:g}x)"
+        summary += f" {verdict}"
+    else:
+        verdict = f"(the {TARGET_SPEEDUP:g}x target is set at {TARGET_SIZE:,})"
+    print(f"speedup, notifications/s pipeline / baseline: {speedup:.2f}x  {verdict}")
+    print(
+        "VT API calls, pipeline / baseline: "
+        f"{pipeline['vt_api_calls'] / baseline['vt_api_calls']:.2f}   "
+        f"peak RSS, pipeline / baseline: {pipeline['peak_rss_mib'] / baseline['peak_rss_mib']:.2f}"
+    )
+    for row in rows.values():
+        calls = ", ".join(f"{k} {v}" for k, v in row["vt_api_calls_by_endpoint"].items())
+        steps = ", ".join(f"{_short_step(k)} {v:.1f}" for k, v in row["steps_seconds"].items())
+        print(
+            f"  {row['variant']}: API calls {row['vt_api_calls']} ({calls}); "
+            f"HTTP requests {row['http_requests']} ({row['http_errors']} errors)"
+        )
+        overhead = row["run_overhead_seconds"]
+        print(f"  {row['variant']}: step seconds: {steps}; run overhead {overhead:.1f}")
+    same = all(
+        pipeline[key] == baseline[key]
+        for key in ("notifications_seen", "kept", "artifacts", "artifact_bytes", "stix_objects")
+    )
+    ok = ok and same and pipeline["success"] and baseline["success"]
+    print(
+        f"same output in both variants: {'yes' if same else 'NO'} "
+        f"({pipeline['notifications_seen']:,} notifications, {pipeline['kept']:,} kept, "
+        f"{pipeline['artifacts']:,} samples = {pipeline['artifact_bytes'] / (1 << 20):.1f} MiB, "
+        f"{pipeline['stix_objects']:,} STIX objects)"
+    )
+    if memory is not None:
+        ok = ok and memory["passed"] and memory["success"]
+        after = ", ".join(f"{value:.1f}" for value in memory["peak_rss_mib_after_run"])
+        print(
+            f"memory, pipeline, {memory['notifications_seen']:,} notifications over "
+            f"{memory['partitions']} partitions in {memory['runs']} runs of {HOURS_PER_RUN}: "
+            f"peak RSS MiB after each run {after} (setup {memory['setup_peak_rss_mib']:.1f})"
+        )
+        traced = memory["traced_peak_mib_per_run"]
+        if traced[0] is not None:
+            retained = ", ".join(f"{v:.1f}" for v in memory["traced_current_mib_after_run"])
+            peaks = ", ".join(f"{v:.1f}" for v in traced)
+            print(
+                f"  tracemalloc (same runs, separate process), MiB: peak per run {peaks}; "
+                f"still allocated after each run {retained}"
+            )
+        print(
+            f"  peak RSS after run {memory['runs']} / after run 2: {memory['growth_ratio']:.3f}  "
+            f"{'PASS' if memory['passed'] else 'FAIL'} (target <= {MEMORY_GROWTH_LIMIT:.2f}; "
+            f"/ after run 1, warm-up included: {memory['growth_ratio_from_run_1']:.3f})"
+        )
+        summary += (
+            f", memory growth over {memory['runs']} runs {memory['growth_ratio']:.3f} "
+            f"{'PASS' if memory['passed'] else 'FAIL'}"
+        )
+    if not same:
+        summary += ", OUTPUTS DIFFER"
+    return ok, summary
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--sizes", default="1000,10000", help="corpus sizes, comma separated")
+    parser.add_argument("--quick", action="store_true", help=f"size {TARGET_SIZE} only")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="emulator delay/request")
+    parser.add_argument("--seed", type=int, default=2026, help="corpus seed")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the 4-run memory measurement"
+    )
+    parser.add_argument(
+        "--no-tracemalloc",
+        action="store_true",
+        help="skip the memory measurement's second pass under tracemalloc (Python heap per "
+        "run; a separate process, as tracemalloc slows Python down and inflates RSS)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        help="max_concurrency of the pipeline variant (default: VirusTotalResource's, as built)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--dagster-log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="Dagster console logs of the measuring processes (below WARNING: shown on stderr)",
+    )
+    parser.add_argument("--progress-seconds", type=float, default=30.0, help="progress interval")
+    parser.add_argument(
+        "--check", action="store_true", help="exit with status 1 when a target is missed"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        print(RESULT_PREFIX + json.dumps(run_child(json.loads(args.child))), flush=True)
+        return 0
+    sizes = [TARGET_SIZE] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups on SIGTERM too
+
+    clock = Clock()
+    pipeline = dataclasses.replace(PIPELINE, max_concurrency=args.concurrency)
+    memory_runs = 0 if args.no_memory else MEMORY_RUNS
+    concurrency = args.concurrency or 16  # VirusTotalResource's default when this was written
+    estimates = {
+        size: {
+            "pipeline": estimate_seconds(size, args.latency_ms, concurrency),
+            "baseline": estimate_seconds(size, args.latency_ms, 1),
+            "memory": memory_runs
+            * estimate_seconds(size // max(1, memory_runs), args.latency_ms, concurrency),
+        }
+        for size in sizes
+    }
+    traced_factor = 0 if args.no_tracemalloc else 2.5  # tracemalloc slows Python ~2.5x
+    total = sum(
+        e["pipeline"] + e["baseline"] + e["memory"] * (1 + traced_factor)
+        for e in estimates.values()
+    )
+    print(
+        f"Livehunt benchmark: sizes {', '.join(f'{s:,}' for s in sizes)}; emulator latency "
+        f"{args.latency_ms:g} ms per request; seed {args.seed}; corpus from "
+        f"{CORPUS_START:%Y-%m-%dT%H:%MZ}"
+    )
+    print(
+        f"machine: {os.cpu_count()} cores, {_memory_gib():.0f} GiB, Python "
+        f"{platform.python_version()}, {platform.platform()}"
+    )
+    instance_home = f"SQLite on tmpfs ({TMPFS})" if _tmpfs() else "SQLite in the temp dir"
+    print(f"Dagster instance: {instance_home}; VT concurrency of the pipeline: its default")
+    print(f"estimated duration: ~{_duration(total)} (the sequential baseline is most of it)")
+
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "latency_ms": args.latency_ms,
+        "seed": args.seed,
+        "sizes": {},
+    }
+    ok, summaries = True, []
+    for size in sizes:
+        rows: dict[str, dict[str, Any]] = {}
+        for variant in (pipeline, BASELINE):
+            label = f"{size:,} {variant.name}"
+            child = measure(
+                clock, args, label, variant, size, 1, False, estimates[size][variant.name]
+            )
+            rows[variant.name] = summarize(size, variant, child)
+            row = rows[variant.name]
+            clock.say(
+                f"{label}: {row['seconds']:.1f} s, {row['notifications_per_second']:.1f} "
+                f"notifications/s, peak RSS {row['peak_rss_mib']:.0f} MiB"
+            )
+        memory = None
+        if memory_runs:
+            label, estimate = f"{size:,} memory", estimates[size]["memory"]
+            child = measure(clock, args, label, pipeline, size, memory_runs, False, estimate)
+            traced = None
+            if not args.no_tracemalloc:
+                label, estimate = f"{size:,} memory+tracemalloc", estimate * traced_factor
+                traced = measure(clock, args, label, pipeline, size, memory_runs, True, estimate)
+            memory = summarize_memory(size, child, traced)
+        size_ok, summary = report(size, args.latency_ms, rows, memory)
+        ok, summaries = ok and size_ok, [*summaries, summary]
+        results["sizes"][str(size)] = {**rows, "memory": memory}
+        print(flush=True)
+    clock.say(f"done: {'all targets met' if ok else 'TARGET MISSED'}; {'; '.join(summaries)}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 1 if args.check and not ok else 0
+
+
+def _memory_gib() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    except (ValueError, OSError):
+        return 0.0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchmarkError as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -86,11 +87,23 @@ class AMQPConnectionInfo:
         )
 
 
+# Below Linux's ephemeral range (32768-60999): ports the OS hands to `bind(0)` callers (the
+# emulators, clients) cannot be picked here, which makes a clash before the broker binds rare.
+_PORT_RANGE = (20000, 32000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS says is free now (tiny race until the broker binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port free now, outside the ephemeral range (a race remains until the broker binds
+    it: `RabbitMQ.start` retries with new ports when that race is lost)."""
+    for _ in range(200):
+        port = random.randint(*_PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RabbitMQError(f"no free port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} on {host}")
 
 
 def find_rabbitmq_server() -> str:
@@ -149,10 +162,23 @@ class RabbitMQ:
     def running(self) -> bool:
         return self._server is not None and self._server.poll() is None
 
-    def start(self) -> RabbitMQ:
-        """Boot the node and return once it accepts an AMQP login (typically 3-8 s)."""
+    def start(self, attempts: int = 3) -> RabbitMQ:
+        """Boot the node and return once it accepts an AMQP login (typically 3-8 s).
+
+        A port taken between choosing it and binding it (`eaddrinuse`) means new ports and
+        another boot, up to `attempts` times.
+        """
         if self._server is not None:
             raise RabbitMQError("already started")
+        for _ in range(attempts - 1):
+            try:
+                return self._boot()
+            except RabbitMQError as exc:
+                if "eaddrinuse" not in str(exc):
+                    raise
+        return self._boot()
+
+    def _boot(self) -> RabbitMQ:
         server = find_rabbitmq_server()
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
         started = time.monotonic()

@@ -13,6 +13,9 @@ import os
 import dagster as dg
 
 START_ENV = "VT_PIPELINE_LIVEHUNT_START"
+# Run tags that make one run cover a range of windows (what a single-run backfill sets).
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 DEFAULT_START = "2026-01-01-00:00"
 
 livehunt_partitions = dg.HourlyPartitionsDefinition(

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from vt_pipeline.livehunt.partitions import livehunt_partitions
+from vt_pipeline.livehunt.partitions import RANGE_END_TAG, RANGE_START_TAG, livehunt_partitions
 
 _ISO_DURATION = re.compile(
     r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
@@ -70,7 +70,7 @@ def livehunt_fresh_windows(context: dg.ScheduleEvaluationContext) -> dg.RunReque
     return dg.RunRequest(
         run_key=None,
         tags={
-            "dagster/asset_partition_range_start": previous,
-            "dagster/asset_partition_range_end": current,
+            RANGE_START_TAG: previous,
+            RANGE_END_TAG: current,
         },
     )

@@ -11,9 +11,7 @@ import dagster as dg
 from vt_pipeline.livehunt.assets import livehunt_assets
 from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
 from vt_pipeline.livehunt.delivery import livehunt_opencti_delivery
-
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
+from vt_pipeline.livehunt.partitions import RANGE_END_TAG, RANGE_START_TAG
 
 
 def materialize_windows(

@@ -132,7 +132,10 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
         print(opencti_summary(opencti))
     print()
     print(
-        "Open the Dagster UI on the same emulator:  .venv/bin/vt-pipeline ui   (then http://127.0.0.1:3000)"
+        print(
+            "See these runs in the Dagster UI (same Dagster home, emulators started again with the "
+            "same seed):  .venv/bin/vt-pipeline ui   then open http://127.0.0.1:3000"
+        )
     )
     return 0 if result.success else 1
 

@@ -36,7 +36,8 @@ T = TypeVar("T")
 AVAILABLE = frozenset({"downloaded", "already_stored", "in_opencti"})
 Partitioned = dict[str, T]
 
-_COMMON: dict[str, Any] = {
+# What every Livehunt asset shares: the hourly windows, the group, a day of windows per run.
+LIVEHUNT_ASSET: dict[str, Any] = {
     "partitions_def": livehunt_partitions,
     "group_name": "livehunt",
     "backfill_policy": dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
@@ -77,7 +78,7 @@ def _calls(session: VirusTotalSession, key: str) -> dict[str, Any]:
     return session.log_for(key).as_metadata()
 
 
-@dg.asset(kinds={"virustotal", "json"}, **_COMMON, **_VT)
+@dg.asset(kinds={"virustotal", "json"}, **LIVEHUNT_ASSET, **_VT)
 def livehunt_notifications(
     context: dg.AssetExecutionContext,
     virustotal: VirusTotalResource,
@@ -108,7 +109,7 @@ def livehunt_notifications(
     return {key: items for key, (items, _) in fetched.items()}
 
 
-@dg.asset(kinds={"pandas", "parquet"}, **_COMMON)
+@dg.asset(kinds={"pandas", "parquet"}, **LIVEHUNT_ASSET)
 def livehunt_files(
     context: dg.AssetExecutionContext,
     livehunt_notifications: Partitioned[list[dict[str, Any]]],
@@ -134,7 +135,7 @@ def livehunt_files(
     return frames
 
 
-@dg.asset(kinds={"virustotal", "yara"}, **_COMMON, **_VT)
+@dg.asset(kinds={"virustotal", "yara"}, **LIVEHUNT_ASSET, **_VT)
 def livehunt_rulesets(
     context: dg.AssetExecutionContext,
     livehunt_files: Partitioned[pd.DataFrame],
@@ -196,7 +197,7 @@ def livehunt_rulesets(
     return rulesets
 
 
-@dg.asset(kinds={"virustotal", "filesystem"}, **_COMMON, **_VT)
+@dg.asset(kinds={"virustotal", "filesystem"}, **LIVEHUNT_ASSET, **_VT)
 def livehunt_artifacts(
     context: dg.AssetExecutionContext,
     livehunt_files: Partitioned[pd.DataFrame],
@@ -213,7 +214,6 @@ def livehunt_artifacts(
     """
     options = livehunt_settings.to_options()
     store = storage.artifact_store()
-    in_opencti = _held_by_opencti(context, opencti, livehunt_files, options.upload_artifact)
     targets: dict[str, list[tuple[str, int | None]]] = {}
     for key, frame in livehunt_files.items():
         kept = frame[frame["kept"] & (frame["object_type"] == "file")]
@@ -226,6 +226,9 @@ def livehunt_artifacts(
             if options.upload_artifact
             else []
         )
+    in_opencti = _held_by_opencti(
+        context, opencti, {sha256 for wanted in targets.values() for sha256, _ in wanted}
+    )
 
     async def fetch_one(
         session: VirusTotalSession, sha256: str, size: int | None
@@ -263,7 +266,7 @@ def livehunt_artifacts(
     return artifacts
 
 
-@dg.asset(kinds={"stix", "json"}, **_COMMON)
+@dg.asset(kinds={"stix", "json"}, **LIVEHUNT_ASSET)
 def livehunt_stix_bundles(
     context: dg.AssetExecutionContext,
     livehunt_notifications: Partitioned[list[dict[str, Any]]],
@@ -295,21 +298,13 @@ def livehunt_stix_bundles(
 
 
 def _held_by_opencti(
-    context: dg.AssetExecutionContext,
-    opencti: OpenCTIResource,
-    files: Partitioned[pd.DataFrame],
-    enabled: bool,
+    context: dg.AssetExecutionContext, opencti: OpenCTIResource, wanted: set[str]
 ) -> dict[str, str | None]:
-    """Kept samples OpenCTI already holds, with the MIME type it has for them. Best effort: if
-    OpenCTI cannot be asked, the samples are downloaded (quota spent, nothing lost) and the
-    delivery checks again before uploading."""
-    if not enabled or not opencti.configured:
+    """Which of the wanted samples OpenCTI already holds, with the MIME type it has for them.
+    Best effort: if OpenCTI cannot be asked, the samples are downloaded (quota spent, nothing
+    lost) and the delivery checks again before uploading."""
+    if not wanted or not opencti.configured:
         return {}
-    wanted = {
-        str(sha)
-        for frame in files.values()
-        for sha in frame[frame["kept"] & (frame["object_type"] == "file")]["subject"]
-    }
     try:
         lookups = opencti.lookups()
         held = {sha256: lookups.held_artifact(sha256) for sha256 in sorted(wanted)}

@@ -20,8 +20,13 @@ from typing import Any
 import dagster as dg
 
 from vt_pipeline.livehunt import notifications as n
-from vt_pipeline.livehunt.assets import AVAILABLE, Partitioned, for_each_partition, run_vt
-from vt_pipeline.livehunt.partitions import livehunt_partitions
+from vt_pipeline.livehunt.assets import (
+    AVAILABLE,
+    LIVEHUNT_ASSET,
+    Partitioned,
+    for_each_partition,
+    run_vt,
+)
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.resources.opencti import OpenCTIConnector, OpenCTIResource, display_name
 from vt_pipeline.resources.storage import StorageResource
@@ -30,13 +35,7 @@ from vt_pipeline.resources.virustotal import VirusTotalResource, VirusTotalSessi
 ARTIFACT_DESCRIPTION = "Sample downloaded from VirusTotal Livehunt by vt_pipeline."
 
 
-@dg.asset(
-    partitions_def=livehunt_partitions,
-    group_name="livehunt",
-    kinds={"opencti"},
-    pool="opencti",
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
-)
+@dg.asset(kinds={"opencti"}, pool="opencti", **LIVEHUNT_ASSET)
 def livehunt_opencti_delivery(
     context: dg.AssetExecutionContext,
     livehunt_notifications: Partitioned[list[dict[str, Any]]],

@@ -134,9 +134,9 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     from vt_pipeline.livehunt.settings import LivehuntSettings
     from vt_pipeline.livehunt.summary import livehunt_totals, materialize_windows
-    from vt_pipeline.resources.opencti import OpenCTIResource
-    from vt_pipeline.resources.storage import PartitionedFileIOManager, StorageResource
-    from vt_pipeline.resources.virustotal import VirusTotalResource
+    from vt_pipeline.opencti.resource import OpenCTIResource
+    from vt_pipeline.storage.store import PartitionedFileIOManager, StorageResource
+    from vt_pipeline.virustotal.resource import VirusTotalResource
 
     variant = Variant(**spec["variant"])
     vt_options: dict[str, Any] = {"api_key": API_KEY, "api_url": spec["url"]}

@@ -34,8 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     emulate = commands.add_parser("emulate", help="serve an emulator of an external system")
     systems = emulate.add_subparsers(dest="system", required=True)
-    from vt_pipeline.emulators import opencti as opencti_emulator
-    from vt_pipeline.emulators import virustotal as vt_emulator
+    from vt_pipeline.emulators.opencti import server as opencti_emulator
+    from vt_pipeline.emulators.virustotal import server as vt_emulator
 
     vt_emulator.add_arguments(systems.add_parser("virustotal", help="VirusTotal API v3"))
     opencti_emulator.add_arguments(systems.add_parser("opencti", help="OpenCTI GraphQL API"))
@@ -72,8 +72,8 @@ def demo_home() -> Path:
 
 def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> str:
     """Start the VT emulator with the last 24 hours of synthetic notifications; return its URL."""
-    from vt_pipeline.emulators.corpus import generate_corpus
-    from vt_pipeline.emulators.virustotal import VirusTotalEmulator
+    from vt_pipeline.emulators.virustotal.corpus import generate_corpus
+    from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 
     end = datetime.now(UTC)
     corpus = generate_corpus(
@@ -87,7 +87,7 @@ def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> str:
 
 def demo_opencti(stack: ExitStack) -> Any:
     """Start a real RabbitMQ and the OpenCTI emulator on it; point OPENCTI_* at them."""
-    from vt_pipeline.emulators.opencti import OpenCTIEmulator
+    from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
     from vt_pipeline.emulators.rabbitmq import RabbitMQ
 
     broker = stack.enter_context(RabbitMQ())
@@ -118,6 +118,7 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
         opencti = demo_opencti(stack)
         from vt_pipeline.livehunt.partitions import livehunt_partitions
         from vt_pipeline.livehunt.summary import livehunt_summary, materialize_windows
+        from vt_pipeline.resources import build_resources
 
         now = datetime.now(UTC).timestamp()
         last = livehunt_partitions.get_partition_key_for_timestamp(now)
@@ -126,16 +127,20 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
         print(f"Materializing Livehunt windows {first} .. {last} into {home}")
         with dg.DagsterInstance.get() as instance:
             result = materialize_windows(
-                instance, first, last, log_level="WARNING", deliver=True, raise_on_error=False
+                instance,
+                first,
+                last,
+                build_resources(),
+                log_level="WARNING",
+                deliver=True,
+                raise_on_error=False,
             )
             print(livehunt_summary(result))
         print(opencti_summary(opencti))
     print()
     print(
-        print(
-            "See these runs in the Dagster UI (same Dagster home, emulators started again with the "
-            "same seed):  .venv/bin/vt-pipeline ui   then open http://127.0.0.1:3000"
-        )
+        "See these runs in the Dagster UI (same Dagster home, emulators started again with the "
+        "same seed):  .venv/bin/vt-pipeline ui   then open http://127.0.0.1:3000"
     )
     return 0 if result.success else 1
 

@@ -14,14 +14,14 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from vt_pipeline.emulators.corpus import Corpus, generate_corpus
-from vt_pipeline.emulators.opencti import OpenCTIEmulator
+from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.rabbitmq import RabbitMQ
-from vt_pipeline.emulators.virustotal import VirusTotalEmulator
+from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
+from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.livehunt.settings import LivehuntSettings
-from vt_pipeline.resources.opencti import OpenCTIResource
-from vt_pipeline.resources.storage import PartitionedFileIOManager, StorageResource
-from vt_pipeline.resources.virustotal import VirusTotalResource
+from vt_pipeline.opencti.resource import OpenCTIResource
+from vt_pipeline.storage.store import PartitionedFileIOManager, StorageResource
+from vt_pipeline.virustotal.resource import VirusTotalResource
 
 LIVEHUNT_START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 CORPUS_HOURS = 6

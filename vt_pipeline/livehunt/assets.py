@@ -21,15 +21,15 @@ import pandas as pd
 from vt_pipeline.livehunt.filters import filter_notifications
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
 from vt_pipeline.livehunt.settings import LivehuntSettings
-from vt_pipeline.resources.opencti import OpenCTIError, OpenCTIResource
-from vt_pipeline.resources.storage import StorageResource, sniff_mime_type
-from vt_pipeline.resources.virustotal import (
+from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
+from vt_pipeline.stix.livehunt import build_livehunt_bundle
+from vt_pipeline.storage.store import StorageResource, sniff_mime_type
+from vt_pipeline.virustotal.resource import (
     VirusTotalError,
     VirusTotalResource,
     VirusTotalSession,
     call_scope,
 )
-from vt_pipeline.stix.livehunt import build_livehunt_bundle
 
 T = TypeVar("T")
 # Artifact statuses whose sample exists (locally or in OpenCTI) and so appears in the bundle.

@@ -19,7 +19,6 @@ from typing import Any
 
 import dagster as dg
 
-from vt_pipeline.livehunt import notifications as n
 from vt_pipeline.livehunt.assets import (
     AVAILABLE,
     LIVEHUNT_ASSET,
@@ -28,9 +27,10 @@ from vt_pipeline.livehunt.assets import (
     run_vt,
 )
 from vt_pipeline.livehunt.settings import LivehuntSettings
-from vt_pipeline.resources.opencti import OpenCTIConnector, OpenCTIResource, display_name
-from vt_pipeline.resources.storage import StorageResource
-from vt_pipeline.resources.virustotal import VirusTotalResource, VirusTotalSession
+from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIResource, display_name
+from vt_pipeline.storage.store import StorageResource
+from vt_pipeline.virustotal import objects as n
+from vt_pipeline.virustotal.resource import VirusTotalResource, VirusTotalSession
 
 ARTIFACT_DESCRIPTION = "Sample downloaded from VirusTotal Livehunt by vt_pipeline."
 

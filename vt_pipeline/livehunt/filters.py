@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from vt_pipeline.livehunt import notifications as n
 from vt_pipeline.livehunt.options import LivehuntOptions
+from vt_pipeline.virustotal import objects as n
 
 SECONDS_PER_DAY = 86_400
 

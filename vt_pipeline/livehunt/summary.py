@@ -18,7 +18,7 @@ def materialize_windows(
     instance: dg.DagsterInstance,
     first: str,
     last: str,
-    resources: Mapping[str, Any] | None = None,
+    resources: Mapping[str, Any],
     raise_on_error: bool = True,
     log_level: str = "DEBUG",
     deliver: bool = False,
@@ -28,10 +28,6 @@ def materialize_windows(
 
     `log_level` is the console's; the run's events are stored in the instance either way.
     """
-    if resources is None:
-        from vt_pipeline.resources import build_resources
-
-        resources = build_resources()
     single = first == last
     return dg.materialize(
         [*livehunt_assets, livehunt_stix_bundle_is_valid]

@@ -20,15 +20,14 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pycti import Incident
 
-from vt_pipeline.livehunt import notifications as vt
-from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.stix import common
 from vt_pipeline.stix.common import StixObject
 from vt_pipeline.stix.yara import YaraParseError, YaraRule, find_rule
+from vt_pipeline.virustotal import objects as vt
 
 AUTHOR_NAME = "VirusTotal Livehunt Notifications"
 INCIDENT_SOURCE = "hunting_notification"
@@ -69,6 +68,32 @@ _NAME_KEY = {"file": "file", "url": "url", "domain": "domain", "ipv4": "ip", "ip
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
 
 
+TlpLevel = Literal["clear", "white", "green", "amber", "amber+strict", "red"]
+
+
+@dataclass(frozen=True)
+class LivehuntMappingOptions:
+    """What the mapping creates, as plain values (upstream's Livehunt options and defaults)."""
+
+    tlp_level: TlpLevel = "clear"
+    create_alert: bool = True
+    alert_prefix: str = "VT "
+    create_file: bool = True
+    create_yara_rule: bool = True
+    create_file_indicators: bool = False
+    get_malware_config: bool = False
+    create_domain_name_indicators: bool = False
+    create_ip_indicators: bool = False
+    create_url_indicators: bool = False
+    av_list: tuple[str, ...] = ()
+    livehunt_tag_prefix: str = ""
+    yara_label_prefix: str = "vt:yara:"
+    livehunt_label_prefix: str = "vt:lh:"
+    enable_label_enrichment: bool = True
+    # The server-side tag filter: not repeated as an Incident label.
+    filter_with_tag: str = ""
+
+
 @dataclass(frozen=True)
 class LivehuntBundle:
     """The bundle of one batch of notifications, and counters of what was skipped and why."""
@@ -81,7 +106,7 @@ def build_livehunt_bundle(
     notifications: Iterable[dict[str, Any]],
     rulesets: Mapping[str, dict[str, Any]],
     artifacts: Mapping[str, Mapping[str, Any]],
-    options: LivehuntOptions,
+    options: LivehuntMappingOptions,
 ) -> LivehuntBundle:
     """The STIX bundle of kept notifications (any order), with their rulesets (`{id: raw data
     object}`, possibly incomplete) and locally stored samples (`{sha256: {sha256, size,
@@ -142,7 +167,7 @@ class _Builder:
         self,
         rulesets: Mapping[str, dict[str, Any]],
         artifacts: Mapping[str, Mapping[str, Any]],
-        options: LivehuntOptions,
+        options: LivehuntMappingOptions,
     ) -> None:
         self.rulesets = rulesets
         self.artifacts = artifacts

@@ -20,7 +20,7 @@ from typing import Any
 import plyara
 import plyara.utils
 
-from vt_pipeline.livehunt.notifications import parse_timestamp
+from vt_pipeline.virustotal.objects import parse_timestamp
 
 # plyara logs every parse problem at WARNING on its own; we report them as YaraParseError.
 logging.getLogger("plyara").setLevel(logging.ERROR)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vt_pipeline.emulators.opencti import OpenCTIEmulator
+from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 
 
 def stop_helper(helper: Any) -> None:

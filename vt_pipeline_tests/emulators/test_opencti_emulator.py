@@ -25,8 +25,8 @@ from pycti import (
 )
 from pycti import __version__ as pycti_version
 
-from vt_pipeline.emulators import opencti as opencti_module
-from vt_pipeline.emulators.opencti import OpenCTIEmulator
+from vt_pipeline.emulators.opencti import server as opencti_module
+from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.rabbitmq import RabbitMQ
 
 pytestmark = pytest.mark.integration

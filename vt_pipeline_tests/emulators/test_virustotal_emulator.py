@@ -18,8 +18,8 @@ import plyara
 import pytest
 import vt
 
-from vt_pipeline.emulators.corpus import Corpus, generate_corpus
-from vt_pipeline.emulators.virustotal import VirusTotalEmulator
+from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
+from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 START = END - timedelta(hours=24)

@@ -12,9 +12,9 @@ from pathlib import Path
 import plyara
 import pytest
 
-from vt_pipeline.emulators.corpus import Corpus, generate_corpus
-from vt_pipeline.emulators.fixtures import dump_fixtures, load_fixtures
-from vt_pipeline.emulators.vtobjects import HOSTILE_NAMES
+from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
+from vt_pipeline.emulators.virustotal.fixtures import dump_fixtures, load_fixtures
+from vt_pipeline.emulators.virustotal.objects import HOSTILE_NAMES
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 START = END - timedelta(hours=24)

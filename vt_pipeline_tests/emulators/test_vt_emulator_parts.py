@@ -10,14 +10,19 @@ from datetime import UTC, datetime
 import pytest
 import vt
 
-from vt_pipeline.emulators.faults import BODY_FAULTS, STATUS_FAULTS, FaultInjector, parse_fault_spec
-from vt_pipeline.emulators.ioc_stream import (
+from vt_pipeline.emulators.virustotal.faults import (
+    BODY_FAULTS,
+    STATUS_FAULTS,
+    FaultInjector,
+    parse_fault_spec,
+)
+from vt_pipeline.emulators.virustotal.ioc_stream import (
     StreamQueryError,
     decode_cursor,
     parse_filter,
     parse_limit,
 )
-from vt_pipeline.emulators.quotas import UNLIMITED, QuotaTracker
+from vt_pipeline.emulators.virustotal.quotas import UNLIMITED, QuotaTracker
 
 
 def test_fault_spec_rules() -> None:
@@ -90,7 +95,10 @@ def test_quota_windows_and_report() -> None:
     assert unlimited.report("k")["api_requests_monthly"]["user"]["allowed"] == UNLIMITED
 
 
-CLI = "import sys; from vt_pipeline.emulators.virustotal import main; sys.exit(main(sys.argv[1:]))"
+CLI = (
+    "import sys; from vt_pipeline.emulators.virustotal.server import main; "
+    "sys.exit(main(sys.argv[1:]))"
+)
 
 
 def test_command_line_serves_until_interrupted() -> None:

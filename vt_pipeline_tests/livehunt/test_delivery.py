@@ -8,10 +8,10 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from vt_pipeline.emulators.corpus import Corpus
-from vt_pipeline.emulators.opencti import OpenCTIEmulator
-from vt_pipeline.emulators.virustotal import VirusTotalEmulator
-from vt_pipeline.resources.opencti import OpenCTIResource
+from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
+from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline_tests.conftest import ResourcesFactory, materialize_hours, stored, window
 
 pytestmark = pytest.mark.integration

@@ -10,15 +10,15 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from vt_pipeline.emulators.corpus import Corpus
-from vt_pipeline.emulators.virustotal import VirusTotalEmulator
+from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.livehunt.assets import livehunt_assets, livehunt_stix_bundles
 from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
 from vt_pipeline.livehunt.filters import filter_notifications
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.livehunt.summary import livehunt_totals
-from vt_pipeline.resources.storage import PartitionedFileIOManager
 from vt_pipeline.stix.validation import validate_bundle
+from vt_pipeline.storage.store import PartitionedFileIOManager
 from vt_pipeline_tests.conftest import (
     PUBLIC_KEY,
     ResourcesFactory,

@@ -3,7 +3,7 @@
 A real HTTP server (aiohttp) answering, at `/graphql`, the GraphQL operations pycti 7 sends for
 this project (connector registration and pings, works, bundle push, artifact upload, entity
 reads, enrichment requests), serving uploaded files at `/storage/get/{id}`, and standing in for
-OpenCTI's workers on a real RabbitMQ (see `opencti_platform`). Operations it does not know are
+OpenCTI's workers on a real RabbitMQ (see `platform`). Operations it does not know are
 GraphQL errors naming them. Tests, the demo and the benchmarks inspect it through Python
 accessors or `GET /_emulator/state`, and simulate an outage with `set_outage` or
 `POST /_emulator/outage`.
@@ -11,8 +11,8 @@ accessors or `GET /_emulator/state`, and simulate an outage with `set_outage` or
     with RabbitMQ() as mq, OpenCTIEmulator(amqp=mq) as opencti:
         OpenCTIApiClient(opencti.url, opencti.token)
 
-Modules: `opencti_graphql` (schema-less executor), `opencti_store` (STIX upsert store),
-`opencti_views` (GraphQL shapes), `opencti_platform` (connectors, works, queues, resolvers).
+Modules: `graphql` (schema-less executor), `store` (STIX upsert store),
+`views` (GraphQL shapes), `platform` (connectors, works, queues, resolvers).
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ from typing import Any
 
 from aiohttp import web
 
-from vt_pipeline.emulators.opencti_graphql import (
+from vt_pipeline.emulators.opencti.graphql import (
     EMULATOR,
     GraphQLFault,
     execute,
     parse_request,
 )
-from vt_pipeline.emulators.opencti_platform import Platform, UploadedFile, Work
-from vt_pipeline.emulators.opencti_store import Record, Store, StoredFile
+from vt_pipeline.emulators.opencti.platform import Platform, UploadedFile, Work
+from vt_pipeline.emulators.opencti.store import Record, Store, StoredFile
 from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo, RabbitMQ
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from vt_pipeline.emulators.corpus import COLLECTIONS, Corpus, StreamEntry
-from vt_pipeline.emulators.samples import MIB
+from vt_pipeline.emulators.virustotal.corpus import COLLECTIONS, Corpus, StreamEntry
+from vt_pipeline.emulators.virustotal.samples import MIB
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _OBJECT_DIRS = ("files", "urls", "domains", "ip_addresses", "hunting_rulesets", "yara_rulesets")

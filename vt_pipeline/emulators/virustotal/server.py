@@ -24,10 +24,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from vt_pipeline.emulators.corpus import Corpus, generate_corpus
-from vt_pipeline.emulators.faults import parse_fault_spec
-from vt_pipeline.emulators.fixtures import load_fixtures
-from vt_pipeline.emulators.vt_api import VirusTotalAPI
+from vt_pipeline.emulators.virustotal.api import VirusTotalAPI
+from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
+from vt_pipeline.emulators.virustotal.faults import parse_fault_spec
+from vt_pipeline.emulators.virustotal.fixtures import load_fixtures
 
 _SHUTDOWN_TIMEOUT = 0.25  # seconds given to in-flight requests (e.g. a held timeout fault)
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from vt_pipeline.emulators.filetypes import BASE_NAMES, FileType
-from vt_pipeline.emulators.samples import Hashes
+from vt_pipeline.emulators.virustotal.filetypes import BASE_NAMES, FileType
+from vt_pipeline.emulators.virustotal.samples import Hashes
 
 API_ROOT = "https://www.virustotal.com/api/v3"
 MINUTE, HOUR, DAY = 60, 3600, 86400

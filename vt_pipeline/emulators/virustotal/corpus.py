@@ -19,16 +19,16 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, overload
 from urllib.parse import urlsplit
 
-from vt_pipeline.emulators import vtobjects
-from vt_pipeline.emulators.filetypes import FILE_TYPES, FileType
-from vt_pipeline.emulators.rulesets import (
+from vt_pipeline.emulators.virustotal import objects as vtobjects
+from vt_pipeline.emulators.virustotal.filetypes import FILE_TYPES, FileType
+from vt_pipeline.emulators.virustotal.objects import C2, FileSpec
+from vt_pipeline.emulators.virustotal.rulesets import (
     HuntingRuleset,
     crowdsourced_rulesets,
     hunting_ruleset_object,
     hunting_rulesets,
 )
-from vt_pipeline.emulators.samples import MIB, Hashes, SampleLayout, SyntheticSamples
-from vt_pipeline.emulators.vtobjects import C2, FileSpec
+from vt_pipeline.emulators.virustotal.samples import MIB, Hashes, SampleLayout, SyntheticSamples
 
 COLLECTIONS = {"file": "files", "url": "urls", "domain": "domains", "ip_address": "ip_addresses"}
 T = TypeVar("T")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vt_pipeline.resources.storage import (
+from vt_pipeline.storage.store import (
     ArtifactHashMismatch,
     ArtifactStore,
     ArtifactTooLarge,

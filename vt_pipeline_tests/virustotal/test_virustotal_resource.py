@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from vt_pipeline.emulators.corpus import Corpus
-from vt_pipeline.emulators.virustotal import VirusTotalEmulator
-from vt_pipeline.resources.storage import ArtifactStore
-from vt_pipeline.resources.virustotal import (
+from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+from vt_pipeline.storage.store import ArtifactStore
+from vt_pipeline.virustotal.resource import (
     VirusTotalError,
     VirusTotalResource,
     VirusTotalSession,

@@ -23,7 +23,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from vt_pipeline.emulators.opencti_amqp import (
+from vt_pipeline.emulators.opencti.amqp import (
     CONNECTOR_EXCHANGE,
     WORKER_EXCHANGE,
     PushWorker,
@@ -33,8 +33,8 @@ from vt_pipeline.emulators.opencti_amqp import (
     push_queue,
     push_routing,
 )
-from vt_pipeline.emulators.opencti_graphql import GraphQLFault, Resolver
-from vt_pipeline.emulators.opencti_store import (
+from vt_pipeline.emulators.opencti.graphql import GraphQLFault, Resolver
+from vt_pipeline.emulators.opencti.store import (
     IngestResult,
     Node,
     Record,
@@ -42,7 +42,7 @@ from vt_pipeline.emulators.opencti_store import (
     file_hashes,
     now_iso,
 )
-from vt_pipeline.emulators.opencti_views import Views
+from vt_pipeline.emulators.opencti.views import Views
 from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo
 
 log = logging.getLogger(__name__)
@@ -526,7 +526,7 @@ class Platform:
     def resolvers(self) -> dict[str, Resolver]:
         """The GraphQL root fields this platform answers (built once)."""
         if self._resolvers is None:
-            from vt_pipeline.emulators.opencti_resolvers import build_resolvers
+            from vt_pipeline.emulators.opencti.resolvers import build_resolvers
 
             self._resolvers = build_resolvers(self)
         return self._resolvers

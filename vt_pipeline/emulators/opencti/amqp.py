@@ -20,7 +20,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from vt_pipeline.emulators.opencti_graphql import GraphQLFault
+from vt_pipeline.emulators.opencti.graphql import GraphQLFault
 from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo
 
 log = logging.getLogger(__name__)

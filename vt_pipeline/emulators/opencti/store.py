@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from vt_pipeline.emulators.opencti_graphql import GraphQLFault
+from vt_pipeline.emulators.opencti.graphql import GraphQLFault
 
 Node = dict[str, Any]
 OPENCTI_EXTENSION = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba"

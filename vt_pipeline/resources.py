@@ -1,4 +1,8 @@
-"""One resource per external system, plus local storage."""
+"""The deployment's resources from the environment: one per external system, settings, storage.
+
+This is assembly, not a layer: it knows every domain's settings, and only `definitions.py`, the
+CLI and the benchmarks import it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,13 @@ from collections.abc import Mapping
 import dagster as dg
 
 from vt_pipeline.livehunt.settings import LivehuntSettings
-from vt_pipeline.resources.opencti import LIVEHUNT_CONNECTOR_ID, LIVEHUNT_SCOPE, OpenCTIResource
-from vt_pipeline.resources.storage import (
+from vt_pipeline.opencti.resource import LIVEHUNT_CONNECTOR_ID, LIVEHUNT_SCOPE, OpenCTIResource
+from vt_pipeline.storage.store import (
     PartitionedFileIOManager,
     StorageResource,
     default_storage_dir,
 )
-from vt_pipeline.resources.virustotal import (
+from vt_pipeline.virustotal.resource import (
     DEFAULT_API_URL,
     DEFAULT_CONCURRENCY,
     VirusTotalResource,

@@ -34,8 +34,8 @@ import dagster as dg
 import vt
 from pydantic import Field
 
-from vt_pipeline.livehunt import notifications as n
-from vt_pipeline.resources.storage import ArtifactHashMismatch, ArtifactStore, ArtifactTooLarge
+from vt_pipeline.storage.store import ArtifactHashMismatch, ArtifactStore, ArtifactTooLarge
+from vt_pipeline.virustotal import objects as n
 
 T = TypeVar("T")
 

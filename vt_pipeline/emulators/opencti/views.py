@@ -1,6 +1,6 @@
 """Stored records seen through OpenCTI's GraphQL schema (the fields pycti's readers select).
 
-Each node is a dict for `opencti_graphql.project`: plain values for properties, callables for
+Each node is a dict for `graphql.project`: plain values for properties, callables for
 fields that take arguments or cost something to resolve (authors, markings, files, related
 objects), computed only when a query selects them.
 """
@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from vt_pipeline.emulators.opencti_store import (
+from vt_pipeline.emulators.opencti.store import (
     EXTENSION_FIELDS,
     OPENCTI_EXTENSION,
     RENAMED_FIELDS,

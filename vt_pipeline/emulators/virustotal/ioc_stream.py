@@ -14,7 +14,7 @@ from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from vt_pipeline.emulators.corpus import StreamEntry
+from vt_pipeline.emulators.virustotal.corpus import StreamEntry
 
 MAX_LIMIT = 40
 DEFAULT_LIMIT = 10

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 from aiohttp import BodyPartReader, web
 
-from vt_pipeline.emulators.corpus import Corpus, StreamEntry
-from vt_pipeline.emulators.faults import BODY_FAULTS, STATUS_FAULTS, FaultInjector
-from vt_pipeline.emulators.filetypes import sniff
-from vt_pipeline.emulators.ioc_stream import (
+from vt_pipeline.emulators.virustotal.corpus import Corpus, StreamEntry
+from vt_pipeline.emulators.virustotal.faults import BODY_FAULTS, STATUS_FAULTS, FaultInjector
+from vt_pipeline.emulators.virustotal.filetypes import sniff
+from vt_pipeline.emulators.virustotal.ioc_stream import (
     StreamIndex,
     StreamQueryError,
     decode_cursor,
@@ -37,9 +37,9 @@ from vt_pipeline.emulators.ioc_stream import (
     parse_filter,
     parse_limit,
 )
-from vt_pipeline.emulators.quotas import QuotaTracker
-from vt_pipeline.emulators.samples import MIB, Hashes
-from vt_pipeline.emulators.vtobjects import API_ROOT, submitted_file, url_id, url_object
+from vt_pipeline.emulators.virustotal.objects import API_ROOT, submitted_file, url_id, url_object
+from vt_pipeline.emulators.virustotal.quotas import QuotaTracker
+from vt_pipeline.emulators.virustotal.samples import MIB, Hashes
 
 Access = Literal["open", "key", "premium"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -2,9 +2,9 @@
 
 import pytest
 
-from vt_pipeline.emulators.opencti import OpenCTIEmulator
+from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
+from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource, display_name
 from vt_pipeline.resources import build_opencti
-from vt_pipeline.resources.opencti import OpenCTIError, OpenCTIResource, display_name
 
 
 @pytest.mark.parametrize(

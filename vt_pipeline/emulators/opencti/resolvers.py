@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from pycti import __version__ as pycti_version
 
-from vt_pipeline.emulators.opencti_graphql import GraphQLFault, Resolver
-from vt_pipeline.emulators.opencti_store import Node, Record, Store, connection, now_iso
+from vt_pipeline.emulators.opencti.graphql import GraphQLFault, Resolver
+from vt_pipeline.emulators.opencti.store import Node, Record, Store, connection, now_iso
 
 if TYPE_CHECKING:
-    from vt_pipeline.emulators.opencti_platform import Platform, Work
+    from vt_pipeline.emulators.opencti.platform import Platform, Work
 
 # Single read / listing field names and the OpenCTI type they return.
 _TYPED_FIELDS = (
@@ -46,7 +46,7 @@ _TYPED_FIELDS = (
 
 
 def build_resolvers(platform: Platform) -> dict[str, Resolver]:
-    """Root field name -> resolver, for `opencti_graphql.execute`."""
+    """Root field name -> resolver, for `graphql.execute`."""
     r = _Resolvers(platform)
     resolvers: dict[str, Resolver] = {
         # platform
@@ -253,7 +253,7 @@ class _Resolvers:
         objectLabel: list[str] | None = None,
         **_: Any,
     ) -> Node | None:
-        from vt_pipeline.emulators.opencti_platform import UploadedFile
+        from vt_pipeline.emulators.opencti.platform import UploadedFile
 
         if not isinstance(file, UploadedFile):
             raise GraphQLFault(

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from vt_pipeline.emulators.vtobjects import DAY, object_envelope
+from vt_pipeline.emulators.virustotal.objects import DAY, object_envelope
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,1 @@
+"""The OpenCTI platform emulator: see `server` (the entry point) and `platform`."""

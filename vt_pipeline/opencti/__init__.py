@@ -1,0 +1,1 @@
+"""The OpenCTI layer both domains use: the pycti resource (connector, works, entities)."""

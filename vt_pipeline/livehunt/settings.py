@@ -9,13 +9,12 @@ the launchpad (e.g. a backfill with `min_positives: 5`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
+from vt_pipeline.config import fields_from_env
 from vt_pipeline.livehunt.options import LivehuntOptions
 
 ENV_PREFIX = "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_"
@@ -66,14 +65,7 @@ class LivehuntSettings(dg.ConfigurableResource):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LivehuntSettings:
         """Settings from the upstream variable names; unset variables keep upstream defaults."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw is None or (raw.strip() == "" and field.annotation is not str):
-                continue
-            values[name] = _parse(name, raw, field.annotation)
-        return cls(**values)
+        return cls(**fields_from_env(cls, ENV_PREFIX, env))
 
     def to_options(self) -> LivehuntOptions:
         level = self.tlp_level.strip().lower().replace("tlp:", "").replace("_", "+")
@@ -106,24 +98,3 @@ class LivehuntSettings(dg.ConfigurableResource):
             max_age_days=max(0, self.max_age_days),
             artifact_max_bytes=max(0, self.artifact_max_bytes),
         )
-
-
-def _parse(name: str, raw: str, annotation: Any) -> Any:
-    text = raw.strip()
-    if annotation is bool:
-        lowered = text.lower()
-        if lowered in {"true", "1", "yes", "y", "on"}:
-            return True
-        if lowered in {"false", "0", "no", "n", "off"}:
-            return False
-        raise ValueError(f"{ENV_PREFIX}{name.upper()} must be true or false, not {raw!r}")
-    if annotation is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(
-                f"{ENV_PREFIX}{name.upper()} must be an integer, not {raw!r}"
-            ) from None
-    if annotation == list[str]:
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return raw  # strings keep their spaces: "VT " is upstream's default alert prefix

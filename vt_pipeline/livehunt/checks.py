@@ -1,32 +1,66 @@
 """Asset checks on the Livehunt bundles: what OpenCTI would reject is caught here first."""
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from vt_pipeline.livehunt.assets import livehunt_stix_bundles
 from vt_pipeline.livehunt.partitions import livehunt_partitions
 from vt_pipeline.stix.validation import validate_bundle
 
+CHECK_NAME = "livehunt_stix_bundle_is_valid"
+BUNDLES_KEY = livehunt_stix_bundles.key
+
 
 @dg.asset_check(asset=livehunt_stix_bundles, partitions_def=livehunt_partitions, blocking=True)
 def livehunt_stix_bundle_is_valid(
+    context: dg.AssetCheckExecutionContext,
     livehunt_stix_bundles: dict[str, dict[str, Any]],
-) -> dg.AssetCheckResult:
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
     """Each bundle parses with stix2 and every `*_ref` / `*_refs` resolves inside the bundle.
 
-    Blocking: an invalid bundle stops the run before anything downstream (delivery) uses it.
+    One result per window, even when a run covers many (a backfill): an `AssetCheckResult`
+    can only name the step's single partition, so a multi-window run would leave every planned
+    window "Skipped". The evaluations are emitted per partition instead, each tied to that
+    window's materialization. Blocking: an invalid bundle stops the run before anything
+    downstream (delivery) uses it.
     """
-    problems = {
-        key: found
-        for key, bundle in sorted(livehunt_stix_bundles.items())
-        if (found := validate_bundle(bundle))
-    }
-    return dg.AssetCheckResult(
-        passed=not problems,
-        metadata={
-            "bundles": len(livehunt_stix_bundles),
-            "invalid_bundles": len(problems),
-            "problems": dg.MetadataValue.json({k: v[:20] for k, v in problems.items()}),
-        },
+    asset_key = BUNDLES_KEY
+    for key, bundle in sorted(livehunt_stix_bundles.items()):
+        problems = validate_bundle(bundle)
+        yield dg.AssetCheckEvaluation(
+            asset_key=asset_key,
+            check_name=CHECK_NAME,
+            passed=not problems,
+            partition=key,
+            blocking=True,
+            metadata={
+                "stix_objects": len(bundle.get("objects") or []),
+                "problem_count": len(problems),
+                "problems": dg.MetadataValue.json(problems[:20]),
+            },
+            target_materialization_data=_materialization(context.instance, asset_key, key),
+        )
+    # The check's own output: what the blocking dependency of delivery waits for.
+    yield dg.Output(None, output_name=context.op_execution_context.op_def.output_defs[0].name)
+
+
+def _materialization(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The window's materialization the result belongs to (what Dagster links it to)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    record = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        run_id=record.event_log_entry.run_id,
+        storage_id=record.storage_id,
+        timestamp=record.timestamp,
     )

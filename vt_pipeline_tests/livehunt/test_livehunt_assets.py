@@ -248,7 +248,8 @@ def test_asset_check_fails_on_a_broken_bundle(
     )
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 1 and not evaluations[0].passed
-    problems = evaluations[0].metadata["problems"].value[partition_key(HOUR)]
+    assert evaluations[0].partition == partition_key(HOUR)
+    problems = evaluations[0].metadata["problems"].value
     assert any("identity--" in problem for problem in problems)
     assert not result.success  # the check blocks what would consume the bundle
 

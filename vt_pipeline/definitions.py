@@ -1,8 +1,39 @@
-"""The vt_pipeline code location: every domain's definitions merged, with shared resources."""
+"""The vt_pipeline code location: every domain's definitions merged, with shared resources.
+
+Runs execute their steps in the run's own process (`in_process` executor) by default: the steps
+wait on VirusTotal and OpenCTI, not on the CPU, and a step process of its own costs seconds of
+start-up each (Python, Dagster, pycti, pandas imports) - most of a 7-step run's wall time with
+the multiprocess executor. Memory stays bounded per run because steps hand their outputs over
+through the storage IO manager, not in memory. `VT_PIPELINE_EXECUTOR=multiprocess` brings back
+one process per step (isolation at the price of start-up); the pools (`virustotal`, `opencti`)
+bound concurrency with either.
+"""
+
+import os
+from collections.abc import Mapping
 
 import dagster as dg
 
+from vt_pipeline.config import invalid
 from vt_pipeline.livehunt import definitions as livehunt
 from vt_pipeline.resources import build_resources
 
-defs = dg.Definitions.merge(livehunt.defs, dg.Definitions(resources=build_resources()))
+EXECUTOR_ENV = "VT_PIPELINE_EXECUTOR"
+EXECUTORS: dict[str, dg.ExecutorDefinition] = {
+    "in_process": dg.in_process_executor,
+    "multiprocess": dg.multiprocess_executor,
+}
+
+
+def run_executor(env: Mapping[str, str] | None = None) -> dg.ExecutorDefinition:
+    """The executor named by `VT_PIPELINE_EXECUTOR` (default `in_process`)."""
+    env = os.environ if env is None else env
+    choice = (env.get(EXECUTOR_ENV) or "in_process").strip().lower()
+    if choice not in EXECUTORS:
+        raise invalid(EXECUTOR_ENV, choice, " or ".join(EXECUTORS))
+    return EXECUTORS[choice]
+
+
+defs = dg.Definitions.merge(
+    livehunt.defs, dg.Definitions(resources=build_resources(), executor=run_executor())
+)

@@ -22,6 +22,10 @@ EXECUTOR_ENV = "VT_PIPELINE_EXECUTOR"
 EXECUTORS: dict[str, dg.ExecutorDefinition] = {
     "in_process": dg.in_process_executor,
     "multiprocess": dg.multiprocess_executor,
+    # One process per step, forked from a server that has already imported the code location.
+    "forkserver": dg.multiprocess_executor.configured(
+        {"start_method": {"forkserver": {}}}, name="forkserver_executor"
+    ),
 }
 
 

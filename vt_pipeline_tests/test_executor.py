@@ -30,3 +30,10 @@ def test_an_unknown_executor_fails_at_load_naming_the_variable() -> None:
         text=True,
     )
     assert loaded.returncode != 0 and "VT_PIPELINE_EXECUTOR='threads'" in loaded.stderr
+
+
+def test_the_forkserver_executor_forks_steps_from_a_preloaded_server() -> None:
+    executor = run_executor({EXECUTOR_ENV: "forkserver"})
+    assert executor.name == "forkserver_executor"
+    resolved = executor.apply_config_mapping({}).value["config"]
+    assert resolved["start_method"] == {"forkserver": {}}

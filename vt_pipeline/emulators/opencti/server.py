@@ -11,8 +11,21 @@ accessors or `GET /_emulator/state`, and simulate an outage with `set_outage` or
     with RabbitMQ() as mq, OpenCTIEmulator(amqp=mq) as opencti:
         OpenCTIApiClient(opencti.url, opencti.token)
 
+Enrichment tests set the platform up and read the outcome from Python:
+
+    file_id = opencti.create_observable("StixFile", hashes={"SHA-256": sha}, markings=["TLP:AMBER"])
+    work_id = opencti.ask_enrichment(file_id, connector_id)        # an analyst's click
+    execution_id = opencti.ask_playbook_enrichment(file_id, connector_id)   # a playbook step
+    opencti.publish_raw(connector_id, b"not json")                 # a malformed request
+    opencti.work(work_id).in_error, opencti.score_of(file_id), opencti.notes_about(file_id)
+    opencti.indicators_based_on(file_id), opencti.playbook_results(execution_id)
+
+Requests carry OpenCTI's `internal.mode`: `manual` (click / API) or `auto` (auto-enrichment of
+a new entity, `internal.trigger` = `create`); playbook requests carry `internal.playbook`.
+
 Modules: `graphql` (schema-less executor), `store` (STIX upsert store),
-`views` (GraphQL shapes), `platform` (connectors, works, queues, resolvers).
+`views` (GraphQL shapes), `platform` (connectors, works, queues, resolvers),
+`entities` (STIX builders for the test set-up).
 """
 
 from __future__ import annotations
@@ -293,6 +306,7 @@ class OpenCTIEmulator:
                     for c in self.platform.connectors.values()
                 ],
                 "works": [w.summary() for w in self.platform.works.values()],
+                "playbook_steps": len(self.platform.playbook_steps),
                 "operations": dict(self.platform.operations),
                 "outage": self._outage.to_json() if self._outage else {"enabled": False},
             }

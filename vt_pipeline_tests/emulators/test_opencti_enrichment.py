@@ -14,6 +14,7 @@ from typing import Any
 
 import pika
 import pytest
+import requests
 from pycti import Note, StixCoreRelationship
 
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
@@ -406,3 +407,37 @@ def test_an_indicator_on_several_observables_reads_every_value(opencti: OpenCTIE
     ]
     assert entity["x_opencti_main_observable_type"] == "StixFile"
     assert stix_indicator["pattern"] == pattern
+
+
+def test_another_process_sets_up_and_reads_over_http(
+    opencti: OpenCTIEmulator, enricher: Any, rabbitmq: RabbitMQ
+) -> None:
+    """The demo and `ui` run the emulator in another process: the same set-up over HTTP."""
+    base = opencti.url + "/_emulator"
+    created = requests.post(
+        f"{base}/entities",
+        json={"entity_type": "Hostname", "value": "cdn.example.net", "markings": ["TLP:GREEN"]},
+        timeout=10,
+    )
+    assert created.status_code == 200
+    host_id = created.json()["id"]
+    artifact = requests.post(
+        f"{base}/entities",
+        json={"entity_type": "Artifact", "data_base64": base64.b64encode(SAMPLE).decode()},
+        timeout=10,
+    ).json()["id"]
+    assert opencti.artifacts()[0].data == SAMPLE and opencti.get(artifact) is not None
+    request = {"entity_id": host_id, "connector_id": enricher.connect_id}
+    asked = requests.post(f"{base}/enrich", json=request, timeout=10).json()
+    played = requests.post(f"{base}/enrich", json={**request, "playbook": True}, timeout=10).json()
+    first, second = (json.loads(b) for b in take(rabbitmq, enricher.connector_config["listen"]))
+    assert first["internal"]["work_id"] == asked["work_id"]
+    assert second["internal"]["playbook"]["execution_id"] == played["execution_id"]
+
+    summary = requests.get(f"{base}/entities/{host_id}", timeout=10).json()
+    assert (summary["entity_type"], summary["observable_value"]) == ("Hostname", "cdn.example.net")
+    assert (summary["markings"], summary["notes"], summary["score"]) == (["TLP:GREEN"], [], None)
+    bad = requests.post(f"{base}/entities", json={"entity_type": "Nope", "value": "x"}, timeout=10)
+    assert bad.status_code == 400 and "unknown observable type" in bad.json()["message"]
+    unknown = requests.get(f"{base}/entities/url--00000000-0000-5000-8000-000000000000", timeout=10)
+    assert unknown.status_code == 404

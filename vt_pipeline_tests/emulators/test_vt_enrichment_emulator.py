@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
+import requests
 import vt
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
@@ -218,3 +219,18 @@ def test_upload_urls_are_single_use_and_direct_uploads_capped(corpus: Corpus) ->
         response = client.post("/files", data=over)
         assert response.status == 413
         assert response.json()["error"]["code"] == "RequestEntityTooLargeError"
+
+
+def test_http_controls_for_analysis_time_and_targets(corpus: Corpus) -> None:
+    emulator = VirusTotalEmulator(corpus, api_keys={KEY: True})
+    with emulator.serve() as served, vt.Client(KEY, host=served) as client:
+        targets = requests.get(f"{served}/_emulator/targets", timeout=10).json()
+        expected = corpus.targets()
+        assert targets["malicious_file"] == expected.malicious_file
+        assert base64.b64decode(targets["unknown_file_content"]) == expected.unknown_file_content
+        answer = requests.post(f"{served}/_emulator/analysis", json={"polls": 0}, timeout=10)
+        assert answer.json() == {"polls": 0, "seconds": 0.0}
+        analysis = client.scan_url("http://controlled.vt-pipeline.invalid/")
+        assert client.get_object(f"/analyses/{analysis.id}").status == "completed"
+        bad = requests.post(f"{served}/_emulator/analysis", json={"polls": -3}, timeout=10)
+        assert bad.status_code == 400

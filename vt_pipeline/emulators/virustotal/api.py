@@ -5,6 +5,12 @@ privilege (403), injected status fault (429/500/503/timeout), quota (429, a refu
 not count), the handler, then an injected body fault (truncated/malformed) on a 200. The
 emulator's own state (deleted notifications, uploads, analyses, statistics) lives here; the
 corpus is never modified.
+
+For enrichment: file, URL, domain and IP lookups add `gti_assessment` only when the request
+carries VirusTotal's `x-tool` header (see `gti`); an unknown file or URL is a 404 until it is
+uploaded (`POST /files` <= 32 MiB, else `GET /files/upload_url`, single use, <= 650 MB) or
+submitted (`POST /urls`) and its analysis has completed (`set_analysis_time`: polls and seconds,
+default the third poll); `GET /_emulator/targets` gives another process `Corpus.targets()`.
 """
 
 from __future__ import annotations
@@ -269,6 +275,8 @@ class VirusTotalAPI:
         app.router.add_delete("/_emulator/stats", self._delete_stats)
         app.router.add_post("/_emulator/faults", self._post_faults)
         app.router.add_post("/_emulator/latency", self._post_latency)
+        app.router.add_post("/_emulator/analysis", self._post_analysis)
+        app.router.add_get("/_emulator/targets", self._get_targets)
         return app
 
     def _gate(self, endpoint: str, access: Access, handler: Handler) -> Handler:
@@ -596,6 +604,24 @@ class VirusTotalAPI:
         except (ValueError, AttributeError) as err:
             return api_error(400, "InvalidArgumentError", str(err))
         return json_ok({"spec": self.faults})
+
+    async def _post_analysis(self, request: web.Request) -> web.Response:
+        """`{"polls": 2, "seconds": 0}`: how long uploads and URL submissions take."""
+        try:
+            payload = await request.json()
+            self.set_analysis_time(int(payload.get("polls", 2)), float(payload.get("seconds", 0)))
+        except (ValueError, TypeError, AttributeError) as err:
+            return api_error(400, "InvalidArgumentError", f"invalid analysis time: {err}")
+        return json_ok({"polls": self._analysis_polls, "seconds": self._analysis_seconds})
+
+    async def _get_targets(self, request: web.Request) -> web.Response:
+        """The corpus's enrichment targets (`Corpus.targets()`), for another process."""
+        try:
+            targets = self.corpus.targets().as_dict()
+        except LookupError as err:
+            return api_error(404, "NotFoundError", str(err))
+        targets["unknown_file_content"] = base64.b64encode(targets["unknown_file_content"]).decode()
+        return json_ok(targets)
 
     async def _post_latency(self, request: web.Request) -> web.Response:
         try:

@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -67,7 +67,7 @@ def _json_text(value: Any, ensure_ascii: bool) -> str:
 
 
 def partition_path(
-    base_dir: str | os.PathLike[str], asset_path: list[str], key: str, ext: str
+    base_dir: str | os.PathLike[str], asset_path: Sequence[str], key: str, ext: str
 ) -> Path:
     """Where a partition of an asset is stored: `{base}/{asset}/{key}{ext}` (key made safe)."""
     return Path(base_dir, *asset_path) / f"{_SAFE_COMPONENT.sub('_', key)}{ext}"
@@ -168,13 +168,13 @@ class StorageResource(dg.ConfigurableResource):
     def artifact_store(self) -> ArtifactStore:
         return ArtifactStore(self.base_dir)
 
-    def stored_json(self, asset_name: str, partition_key: str) -> Any | None:
+    def stored_json(self, asset_path: Sequence[str], partition_key: str) -> Any | None:
         """What the IO manager (same `base_dir`) stored for a JSON partition, None if nothing.
 
         Lets an asset merge a re-read with its earlier stored record instead of replacing it.
         An unreadable file raises: overwriting it could lose the only copy.
         """
-        path = partition_path(self.base_dir, [asset_name], partition_key, ".json")
+        path = partition_path(self.base_dir, asset_path, partition_key, ".json")
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -183,8 +183,8 @@ class StorageResource(dg.ConfigurableResource):
             return json.loads(data)
         except ValueError as exc:
             raise ValueError(
-                f"stored {asset_name} partition {partition_key} ({path}) is not valid JSON "
-                f"({exc}); move it aside to re-read the window from scratch"
+                f"stored {'/'.join(asset_path)} partition {partition_key} ({path}) is not "
+                f"valid JSON ({exc}); move it aside to re-read the window from scratch"
             ) from exc
 
 

@@ -733,7 +733,14 @@ def test_hostile_values_survive_and_the_bundle_stays_valid() -> None:
     assert decoded == json.loads(json.dumps(result.bundle))
     file = one(result, "file")
     assert file["name"] == HOSTILE[0]
-    assert file["x_opencti_additional_names"] == HOSTILE[1:]
+    # names are VT-supplied: controls and bidi overrides out, line breaks as spaces, capped
+    assert file["x_opencti_additional_names"] == [
+        "a|b;rm -rf /",
+        "line1 line2",
+        "evilexe.txt",
+        "q'uote\"dq\\bs",
+        "x" * 255,
+    ]
     incident = one(result, "incident")
     assert set(HOSTILE) <= set(incident["labels"])
     assert HOSTILE[4] in incident["description"]

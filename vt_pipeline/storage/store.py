@@ -32,11 +32,12 @@ import pandas as pd
 STORAGE_DIR_ENV = "VT_PIPELINE_STORAGE_DIR"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_COMPONENT = re.compile(r"[^A-Za-z0-9_.:=-]")
-# A temporary file older than this belongs to no live writer. The longest writer is a sample
-# download: at most `max_attempts` (8) attempts of `timeout_seconds` (120 s) each, with backoff
-# up to 60 s between them, about 25 minutes; an atomic JSON/Parquet write takes seconds. Six
-# hours is far beyond both (a slow link or a raised timeout included) and still frees the disk
-# on the next run of the day.
+# A temporary file not written to for this long belongs to no live writer. Age is the time since
+# the last write (mtime), and a live writer keeps writing: a download streams its body into a
+# fresh `.part-` file per attempt, and an attempt is cut after the resource's `timeout_seconds`
+# (default 120 s, body included), so no live part file goes unwritten for longer than that; an
+# atomic JSON/Parquet write lasts seconds. Six hours is far beyond both (raised timeouts
+# included) and still frees the disk on the next run of the day.
 STALE_TEMPORARY_SECONDS = 6 * 3600
 _TEMPORARY_PREFIXES = (".part-", ".tmp-")
 
@@ -77,7 +78,8 @@ def sweep_stale_temporaries(
     directory: Path, max_age_seconds: float = STALE_TEMPORARY_SECONDS, now: float | None = None
 ) -> list[Path]:
     """Delete the `.part-*` / `.tmp-*` files under `directory` last written more than
-    `max_age_seconds` ago (see STALE_TEMPORARY_SECONDS); returns what was removed.
+    `max_age_seconds` ago; returns what was removed. The default, six hours, is far longer than
+    a live writer goes without writing (see STALE_TEMPORARY_SECONDS for why).
 
     A killed download or write leaves its temporary file forever otherwise (211 MB seen). A
     file that vanishes meanwhile (its writer finished) is simply skipped.

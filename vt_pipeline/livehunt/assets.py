@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 import dagster as dg
 import pandas as pd
 
-from vt_pipeline.livehunt.filters import filter_notifications
+from vt_pipeline.livehunt.filters import MALFORMED, filter_notifications
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
 from vt_pipeline.stix.livehunt import build_livehunt_bundle
-from vt_pipeline.storage.store import StorageResource, sniff_mime_type
+from vt_pipeline.storage.store import StorageResource, dumps_json, sniff_mime_type
+from vt_pipeline.virustotal import objects as n
 from vt_pipeline.virustotal.resource import (
     VirusTotalError,
     VirusTotalResource,
@@ -83,8 +84,15 @@ def livehunt_notifications(
     context: dg.AssetExecutionContext,
     virustotal: VirusTotalResource,
     livehunt_settings: LivehuntSettings,
+    storage: StorageResource,
 ) -> Partitioned[list[dict[str, Any]]]:
-    """Every Livehunt notification dated in the window, raw as VirusTotal returned it."""
+    """Every Livehunt notification dated in the window, raw as VirusTotal returned it.
+
+    A window's record only grows: what an earlier read stored is kept as it was, and a re-read
+    only adds notifications not seen before (by notification id). With DELETE_NOTIFICATION on,
+    VT no longer lists a delivered window's notifications, and every schedule tick re-reads
+    the previous hour: replacing the record would empty it, and its files table and bundle.
+    """
     windows = partition_windows(context)
     tag, limit = livehunt_settings.filter_with_tag.strip(), max(0, livehunt_settings.limit)
 
@@ -93,20 +101,49 @@ def livehunt_notifications(
         return await session.livehunt_notifications(window.start, window.end, tag, limit)
 
     fetched, session = run_vt(virustotal, for_each_partition(list(windows), fetch))
+    merged: dict[str, list[dict[str, Any]]] = {}
     for key, (items, truncated) in fetched.items():
         if truncated:
             context.log.warning(f"{key}: stopped at limit={limit}; later notifications not read")
-        types = Counter(str(item.get("type")) for item in items)
+        known = storage.stored_json(context.asset_key.path, key) or []
+        merged[key], new = merge_notifications(known, items)
+        types = Counter(n.safe_text(item.get("type"), 64) for item in merged[key])
         context.add_asset_metadata(
             {
-                "notifications": len(items),
+                "notifications": len(merged[key]),
+                "notifications_read": len(items),
+                "notifications_already_known": len(merged[key]) - new,
+                "notifications_new": new,
                 "notifications_by_type": dg.MetadataValue.json(dict(sorted(types.items()))),
                 "limit_reached": truncated,
                 **_calls(session, key),
             },
             partition_key=key,
         )
-    return {key: items for key, (items, _) in fetched.items()}
+    return merged
+
+
+def merge_notifications(
+    known: list[Any], fetched: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], int]:
+    """The stored items, unchanged and in order, then the fetched ones they lack; and how many
+    were added. Identity is the notification id (the canonical JSON for an item without one,
+    as the VT session deduplicates), so an earlier stored item is never replaced by a re-read."""
+    merged = list(known)
+    seen = {_identity(item) for item in known}
+    for item in fetched:
+        identity = _identity(item)
+        if identity not in seen:
+            seen.add(identity)
+            merged.append(item)
+    return merged, len(merged) - len(known)
+
+
+def _identity(item: Any) -> str:
+    try:
+        return "id:" + n.notification_id(item)
+    except (n.InvalidNotification, AttributeError, TypeError):
+        return "json:" + dumps_json(item).decode()
 
 
 @dg.asset(kinds={"pandas", "parquet"}, **LIVEHUNT_ASSET)
@@ -122,12 +159,21 @@ def livehunt_files(
         frame = filter_notifications(items, options)
         frames[key] = frame
         reasons = frame["drop_reason"].dropna().value_counts().sort_index()
+        malformed = frame[frame["drop_reason"] == MALFORMED]
+        for row in malformed.itertuples():
+            context.log.warning(
+                f"{key}: notification {row.notification_id or '(no id)'} dropped as "
+                f"{MALFORMED}: {row.drop_detail}"
+            )
         context.add_asset_metadata(
             {
                 "notifications": len(frame),
                 "kept": int(frame["kept"].sum()),
                 "dropped": int((~frame["kept"]).sum()),
                 "dropped_by_reason": dg.MetadataValue.json({k: int(v) for k, v in reasons.items()}),
+                "malformed_notification_ids": dg.MetadataValue.json(
+                    [str(i) for i in malformed["notification_id"].fillna("(no id)")]
+                ),
                 "vt_calls": 0,
             },
             partition_key=key,

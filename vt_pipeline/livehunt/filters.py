@@ -11,7 +11,10 @@ with its bugs fixed:
 - the file-only filters (extension, sizes, age) do not apply to notifications about URLs,
   domains and IPs (network rules); the positives filter applies to every subject;
 - a notification whose subject cannot be made a safe observable is dropped with reason
-  `invalid_subject`, and a duplicate notification id with reason `duplicate`.
+  `invalid_subject`, and a duplicate notification id with reason `duplicate`;
+- a notification that is not VT's format (a list where an object belongs, a number no 64-bit
+  integer holds, `Infinity`, a lone surrogate) is dropped with reason `malformed`, the why in
+  `drop_detail`: one hostile item never fails its window.
 """
 
 from __future__ import annotations
@@ -39,12 +42,16 @@ FILE_COLUMNS: dict[str, str] = {
     "first_submission_date": "Int64",
     "age_days": "float64",
     "drop_reason": "string",
+    "drop_detail": "string",
     "kept": "bool",
 }
+MALFORMED = "malformed"
 
 
 def drop_reason(item: dict[str, Any], options: LivehuntOptions) -> str | None:
     """Why a notification is dropped, or None to keep it. First failing filter wins."""
+    if n.malformed_reason(item) is not None:
+        return MALFORMED
     try:
         subject = n.observable(item)
         n.notification_timestamp(item)
@@ -99,6 +106,30 @@ def filter_notifications(
 
 
 def _row(item: dict[str, Any], options: LivehuntOptions, seen: set[str]) -> dict[str, Any]:
+    detail = n.malformed_reason(item)
+    if detail is None:
+        try:
+            return _filtered_row(item, options, seen)
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:  # a reader missed it
+            detail = f"unreadable: {type(exc).__name__}: {exc}"
+    return _malformed_row(item, detail)
+
+
+def _malformed_row(item: Any, detail: str) -> dict[str, Any]:
+    """The row of an item that is not VT's format: only what is safe to store about it."""
+    ctx = n.context(item)
+    notification_id = ctx.get("notification_id")
+    return {
+        **dict.fromkeys(FILE_COLUMNS),
+        "notification_id": n.safe_text(notification_id) if notification_id else None,
+        "object_type": n.safe_text(item.get("type") or "", 64) if isinstance(item, dict) else "",
+        "drop_reason": MALFORMED,
+        "drop_detail": n.safe_text(detail, 500),
+        "kept": False,
+    }
+
+
+def _filtered_row(item: dict[str, Any], options: LivehuntOptions, seen: set[str]) -> dict[str, Any]:
     attrs = n.attributes(item)
     ctx = n.context(item)
     reason = drop_reason(item, options)
@@ -131,6 +162,7 @@ def _row(item: dict[str, Any], options: LivehuntOptions, seen: set[str]) -> dict
         "first_submission_date": n.parse_timestamp(attrs.get("first_submission_date")),
         "age_days": age_days(item),
         "drop_reason": reason,
+        "drop_detail": None,
         "kept": reason is None,
     }
 
@@ -139,6 +171,7 @@ def _int_or_none(value: Any) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if n.INT64_MIN <= number <= n.INT64_MAX else None

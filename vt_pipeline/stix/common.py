@@ -66,6 +66,24 @@ def human_timestamp(seconds: int | float) -> str:
     return stix_timestamp(seconds).replace(".000Z", "Z")
 
 
+# Characters a VT-supplied name must not carry into STIX: C0/C1 controls (NUL, newlines, ESC),
+# bidi embeddings/overrides/isolates and marks (they make `exe.pdf` display as `fdp.exe`),
+# and lone surrogates (not encodable as UTF-8).
+_UNSAFE_NAME_CHARS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+NAME_MAX_LENGTH = 255  # what file systems and OpenCTI's name fields hold
+
+
+def clean_name(value: Any, max_length: int = NAME_MAX_LENGTH) -> str:
+    """A VT-supplied name made safe for STIX: unsafe characters out (line breaks and tabs become
+    spaces), whitespace collapsed, at most `max_length` characters. "" when nothing is left."""
+    if not isinstance(value, str):
+        return ""
+    text = _UNSAFE_NAME_CHARS.sub(lambda m: " " if m.group() in "\t\n\r" else "", value)
+    return " ".join(text.split())[:max_length].strip()
+
+
 def normalize_label(label: str) -> str:
     """Upstream's label normalization: lowercase, anything but `[a-z0-9]` becomes `_`."""
     return re.sub("[^a-z0-9]", "_", label.lower())

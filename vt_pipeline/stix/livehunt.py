@@ -258,7 +258,7 @@ class _Builder:
 
     def add_incident(self, notification: _Notification, created: str) -> str:
         item, subject = notification.item, notification.subject
-        rule = vt.rule_name(item) or "unknown rule"
+        rule = common.clean_name(vt.rule_name(item)) or "unknown rule"
         prefix = self.options.alert_prefix.rstrip()
         name = f"{rule} {_NAME_KEY[subject.kind]}={subject.value}"
         name = f"{prefix} {name}" if prefix else name
@@ -645,10 +645,11 @@ def classify_host(host: Any) -> tuple[str, str] | None:
 
 
 def _file_names(attrs: dict[str, Any]) -> tuple[str | None, list[str]]:
-    """The file's name (meaningful_name, else its first name) and its other names."""
-    names = _strings(attrs.get("names"))
-    meaningful = _strings([attrs.get("meaningful_name")])
-    name = (meaningful or names or [None])[0]
+    """The file's name (meaningful_name, else its first name) and its other names, each made
+    safe (`common.clean_name`: VT-supplied, so no controls, no bidi tricks, capped)."""
+    names = [common.clean_name(name) for name in _strings(attrs.get("names"))]
+    meaningful = [common.clean_name(name) for name in _strings([attrs.get("meaningful_name")])]
+    name = next((candidate for candidate in [*meaningful, *names] if candidate), None)
     return name, [other for other in common.unique(names) if other != name]
 
 

@@ -7,6 +7,9 @@
 - `ArtifactStore` keeps downloaded samples content-addressed at
   `{base}/artifacts/sha256/ab/<sha256>` with owner-only permissions and no execute bit. A path
   is only ever built from a validated SHA-256, never from a name VirusTotal supplies.
+- Temporary files that a killed process left behind are swept: `.part-*` of downloads when an
+  `ArtifactStore` opens, `.tmp-*` of atomic writes when the IO manager writes that asset
+  (`sweep_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,6 +32,14 @@ import pandas as pd
 STORAGE_DIR_ENV = "VT_PIPELINE_STORAGE_DIR"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_COMPONENT = re.compile(r"[^A-Za-z0-9_.:=-]")
+# A temporary file not written to for this long belongs to no live writer. Age is the time since
+# the last write (mtime), and a live writer keeps writing: a download streams its body into a
+# fresh `.part-` file per attempt, and an attempt is cut after the resource's `timeout_seconds`
+# (default 120 s, body included), so no live part file goes unwritten for longer than that; an
+# atomic JSON/Parquet write lasts seconds. Six hours is far beyond both (raised timeouts
+# included) and still frees the disk on the next run of the day.
+STALE_TEMPORARY_SECONDS = 6 * 3600
+_TEMPORARY_PREFIXES = (".part-", ".tmp-")
 
 
 def default_storage_dir() -> str:
@@ -41,9 +53,48 @@ def default_storage_dir() -> str:
 def dumps_json(value: Any) -> bytes:
     """The one JSON encoding used for stored values: sorted keys, compact, UTF-8.
 
-    Same value, same bytes: this is what makes a re-materialized bundle byte-identical.
+    Same value, same bytes: this is what makes a re-materialized bundle byte-identical. Text
+    that UTF-8 cannot carry (a lone surrogate VT sent as `\\udc80`) is written as a `\\u`
+    escape instead, so the raw value is still stored and reads back exactly.
     """
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return _json_text(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return _json_text(value, ensure_ascii=True).encode()
+
+
+def _json_text(value: Any, ensure_ascii: bool) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=ensure_ascii, separators=(",", ":"))
+
+
+def partition_path(
+    base_dir: str | os.PathLike[str], asset_path: Sequence[str], key: str, ext: str
+) -> Path:
+    """Where a partition of an asset is stored: `{base}/{asset}/{key}{ext}` (key made safe)."""
+    return Path(base_dir, *asset_path) / f"{_SAFE_COMPONENT.sub('_', key)}{ext}"
+
+
+def sweep_stale_temporaries(
+    directory: Path, max_age_seconds: float = STALE_TEMPORARY_SECONDS, now: float | None = None
+) -> list[Path]:
+    """Delete the `.part-*` / `.tmp-*` files under `directory` last written more than
+    `max_age_seconds` ago; returns what was removed. The default, six hours, is far longer than
+    a live writer goes without writing (see STALE_TEMPORARY_SECONDS for why).
+
+    A killed download or write leaves its temporary file forever otherwise (211 MB seen). A
+    file that vanishes meanwhile (its writer finished) is simply skipped.
+    """
+    if not directory.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - max_age_seconds
+    removed = []
+    for prefix in _TEMPORARY_PREFIXES:
+        for path in directory.rglob(f"{prefix}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+    return sorted(removed)
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -68,8 +119,7 @@ class PartitionedFileIOManager(dg.ConfigurableIOManager):
     def _path(
         self, context: dg.InputContext | dg.OutputContext, partition_key: str, ext: str
     ) -> Path:
-        asset_dir = Path(self.base_dir, *context.asset_key.path)
-        return asset_dir / f"{_SAFE_COMPONENT.sub('_', partition_key)}{ext}"
+        return partition_path(self.base_dir, context.asset_key.path, partition_key, ext)
 
     def handle_output(self, context: dg.OutputContext, obj: dict[str, Any]) -> None:
         keys = context.asset_partition_keys if context.has_asset_partitions else ["all"]
@@ -78,6 +128,7 @@ class PartitionedFileIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} must return a dict keyed by its partition "
                 f"keys {sorted(keys)[:3]}..., got {type(obj).__name__}"
             )
+        sweep_stale_temporaries(Path(self.base_dir, *context.asset_key.path))
         for key in keys:
             value = obj[key]
             if isinstance(value, pd.DataFrame):
@@ -119,6 +170,25 @@ class StorageResource(dg.ConfigurableResource):
     def artifact_store(self) -> ArtifactStore:
         return ArtifactStore(self.base_dir)
 
+    def stored_json(self, asset_path: Sequence[str], partition_key: str) -> Any | None:
+        """What the IO manager (same `base_dir`) stored for a JSON partition, None if nothing.
+
+        Lets an asset merge a re-read with its earlier stored record instead of replacing it.
+        An unreadable file raises: overwriting it could lose the only copy.
+        """
+        path = partition_path(self.base_dir, asset_path, partition_key, ".json")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise ValueError(
+                f"stored {'/'.join(asset_path)} partition {partition_key} ({path}) is not "
+                f"valid JSON ({exc}); move it aside to re-read the window from scratch"
+            ) from exc
+
 
 class ArtifactTooLarge(Exception):
     """The sample grew past the size cap while it was being written; nothing was kept."""
@@ -133,6 +203,7 @@ class ArtifactStore:
 
     def __init__(self, base_dir: str | os.PathLike[str]) -> None:
         self.root = Path(base_dir, "artifacts", "sha256")
+        self.swept = sweep_stale_temporaries(self.root)
 
     def path_for(self, sha256: str) -> Path:
         if not _SHA256.match(sha256):

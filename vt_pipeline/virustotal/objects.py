@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,12 @@ _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 # A DNS name: labels of letters (any script), digits, '-' or '_', joined by dots.
 _DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_][\w-]{0,62}$")
+# What a number from VT can be: a 64-bit integer (what the files table and OpenCTI hold).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Unix seconds of 0001-01-01 and 9999-12-31T23:59:59: a date outside is no date.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+# Parts of a notification that must be JSON objects when present (readers call .get on them).
+_OBJECT_PARTS = ("attributes", "context_attributes")
 
 
 class InvalidNotification(ValueError):
@@ -37,11 +44,75 @@ class Observable:
 
 
 def attributes(item: dict[str, Any]) -> dict[str, Any]:
-    return item.get("attributes") or {}
+    """The object's attributes; {} when missing or not an object (hostile shapes read as empty)."""
+    return _mapping(item.get("attributes")) if isinstance(item, dict) else {}
 
 
 def context(item: dict[str, Any]) -> dict[str, Any]:
-    return item.get("context_attributes") or {}
+    """The notification's context_attributes; {} when missing or not an object."""
+    return _mapping(item.get("context_attributes")) if isinstance(item, dict) else {}
+
+
+def malformed_reason(item: Any) -> str | None:
+    """Why a notification is not VT's format, or None. Such an item is dropped (`malformed`).
+
+    VT sends JSON objects where the readers expect them, finite 64-bit numbers and valid Unicode.
+    Anything else (a list for `attributes`, `size` 2**64, `Infinity`, a lone surrogate) cannot be
+    stored as Parquet, sent to OpenCTI or even encoded as UTF-8, so one such item would otherwise
+    fail its whole window. The whole item is checked, iteratively (no recursion limit to hit).
+    """
+    if not isinstance(item, dict):
+        return f"a notification is a JSON object, not {type(item).__name__}"
+    for part in _OBJECT_PARTS:
+        if item.get(part) is not None and not isinstance(item[part], dict):
+            return f"{part} is a {type(item[part]).__name__}, not an object"
+    for part in ("hunting_info",):
+        value = context(item).get(part)
+        if value is not None and not isinstance(value, dict):
+            return f"context_attributes.{part} is a {type(value).__name__}, not an object"
+    stats = attributes(item).get("last_analysis_stats")
+    if stats is not None and not isinstance(stats, dict):
+        return f"last_analysis_stats is a {type(stats).__name__}, not an object"
+    pending: list[tuple[str, Any]] = [("", item)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend((f"{path}.{key}", inner) for key, inner in value.items())
+            pending.extend((f"{path} (key)", key) for key in value)
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{index}]", inner) for index, inner in enumerate(value))
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            return f"{safe_text(path)} is an integer outside 64 bits"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{safe_text(path)} is {value}"
+        elif isinstance(value, str) and not is_encodable(value):
+            return f"{safe_text(path)} is not valid Unicode (lone surrogate)"
+    return None
+
+
+def is_encodable(text: str) -> bool:
+    """True when the text can be written as UTF-8 (no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def safe_text(value: Any, limit: int = 200) -> str:
+    """A VT-supplied value as text fit for logs and metadata: valid UTF-8, one line, clipped."""
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return re.sub(r"[\x00-\x1f\x7f]", "?", text)[:limit]
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def notification_id(item: dict[str, Any]) -> str:
@@ -66,31 +137,37 @@ def parse_timestamp(value: Any) -> int | None:
     """VT dates are unix seconds; tolerate ISO strings and numeric strings, reject the rest."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str) and value.strip():
+    seconds: int | None = None
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, float):
+        seconds = int(value) if math.isfinite(value) else None
+    elif isinstance(value, str) and value.strip():
         text = value.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return int(parsed.timestamp())
-    return None
+        if text.lstrip("-").isdigit() and len(text) <= 20:
+            seconds = int(text)
+        else:
+            try:
+                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            seconds = int(parsed.timestamp())
+    if seconds is None or not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+        return None  # a date no calendar can spell (10**30) is no date
+    return seconds
 
 
 def rule_name(item: dict[str, Any]) -> str | None:
-    hunting = context(item).get("hunting_info") or {}
+    hunting = _mapping(context(item).get("hunting_info"))
     name = hunting.get("rule_name") or context(item).get("rule_name")
     return str(name) if name else None
 
 
 def hunting_snippet(item: dict[str, Any]) -> str | None:
     """The matched bytes VT shows (hex dump); `notification_snippet` in the older API."""
-    hunting = context(item).get("hunting_info") or {}
+    hunting = _mapping(context(item).get("hunting_info"))
     snippet = hunting.get("snippet") or context(item).get("notification_snippet")
     return str(snippet) if snippet else None
 
@@ -103,7 +180,7 @@ def hunting_sources(item: dict[str, Any]) -> list[dict[str, str]]:
     """
     ctx = context(item)
     found: list[dict[str, str]] = []
-    for source in ctx.get("sources") or []:
+    for source in _list(ctx.get("sources")):
         if (
             not isinstance(source, dict)
             or source.get("type", "hunting_ruleset") != "hunting_ruleset"
@@ -121,7 +198,7 @@ def notification_tags(item: dict[str, Any]) -> list[str]:
     tags = ctx.get("tags")
     if tags is None:
         tags = ctx.get("notification_tags")
-    return [str(tag) for tag in tags or [] if tag not in (None, "")]
+    return [str(tag) for tag in _list(tags) if tag not in (None, "")]
 
 
 def is_valid_ruleset_id(value: str) -> bool:
@@ -185,7 +262,7 @@ def observable(item: dict[str, Any]) -> Observable:
 
 
 def is_valid_url(value: Any) -> bool:
-    if not isinstance(value, str) or not value or len(value) > 8192:
+    if not isinstance(value, str) or not value or len(value) > 8192 or not is_encodable(value):
         return False
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
         return False
@@ -201,10 +278,18 @@ def is_valid_domain(value: Any) -> bool:
 
 
 def analysis_stats(item: dict[str, Any]) -> dict[str, int]:
+    """Engine counts by category; values that are not finite 64-bit numbers are left out."""
     stats = attributes(item).get("last_analysis_stats")
     if not isinstance(stats, dict):
         return {}
-    return {str(k): int(v) for k, v in stats.items() if isinstance(v, int | float)}
+    return {
+        str(k): int(v)
+        for k, v in stats.items()
+        if isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and INT64_MIN <= v <= INT64_MAX
+    }
 
 
 def malicious_count(item: dict[str, Any]) -> int | None:

@@ -229,13 +229,18 @@ class VirusTotalSession:
     ) -> DownloadResult:
         """Stream a sample into the content-addressed store, SHA-256 verified, size capped.
 
-        Truncated or corrupt bodies are retried; 404 means VT cannot serve the sample and is
-        reported as `not_available` rather than failing the whole partition.
+        Truncated or corrupt bodies are retried; 404 means VT cannot serve the sample, and bytes
+        that still do not hash to `sha256` after every attempt mean VT serves a wrong sample:
+        both are reported as `not_available` (with the reason) rather than failing the window.
+        Other failures that survive the retries (outage, quota) still fail: a later run can fix
+        them, and a sample skipped for them would be lost silently.
         """
         if store.has(sha256):
             return DownloadResult(sha256, "already_stored", store.size(sha256))
+        mismatch: list[str] = []  # the last attempt's hash mismatch, if it was one
 
         async def attempt() -> DownloadResult:
+            mismatch.clear()
             response = await self._client.get_async("/files/{}/download", sha256)
             try:
                 error = await self._client.get_error_async(response)
@@ -246,6 +251,7 @@ class VirusTotalSession:
                         while chunk := await response.content.read_async(1 << 20):
                             sink.write(chunk)
                 except ArtifactHashMismatch as exc:
+                    mismatch.append(str(exc))
                     raise _Retryable(str(exc)) from exc
                 return DownloadResult(sha256, "downloaded", store.size(sha256))
             finally:
@@ -258,6 +264,14 @@ class VirusTotalSession:
         except VirusTotalError as exc:
             if exc.code == "NotFoundError":
                 return DownloadResult(sha256, "not_available", None, str(exc))
+            if exc.code == "RetriesExhausted" and mismatch:
+                return DownloadResult(
+                    sha256,
+                    "not_available",
+                    None,
+                    f"bytes never matched the SHA-256 in {self._config.max_attempts} attempts: "
+                    f"{mismatch[-1]}",
+                )
             raise
 
     async def delete_notification(self, notification_id: str) -> bool:

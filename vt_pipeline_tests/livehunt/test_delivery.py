@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
@@ -152,3 +153,37 @@ def test_unconfigured_opencti_fails_delivery_clearly_but_not_ingestion(
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert [e.step_key for e in failures] == ["livehunt_opencti_delivery"]
     assert "OPENCTI_URL" in failures[0].step_failure_data.error.to_string()
+
+
+def test_re_reading_a_delivered_and_deleted_window_keeps_what_was_stored(
+    dagster_instance: dg.DagsterInstance,
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    resources = livehunt_resources(opencti=cti(opencti), delete_notification=True)
+    deliver(dagster_instance, resources)
+    assert vt_emulator.deleted_notifications == window_ids(vt_corpus)  # VT lists none of them now
+    base = tmp_path / "storage"
+    notifications = stored(base, "livehunt_notifications", HOUR).read_bytes()
+    files = pd.read_parquet(stored(base, "livehunt_files", HOUR, ".parquet"))
+    bundle = stored(base, "livehunt_stix_bundles", HOUR).read_bytes()
+    held = opencti.counts()
+
+    result = deliver(dagster_instance, resources)  # the next schedule tick re-reads the window
+    assert stored(base, "livehunt_notifications", HOUR).read_bytes() == notifications
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(stored(base, "livehunt_files", HOUR, ".parquet")), files
+    )
+    assert stored(base, "livehunt_stix_bundles", HOUR).read_bytes() == bundle
+    meta = next(
+        {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("livehunt_notifications")
+    )
+    assert meta["notifications_read"] == 0
+    assert meta["notifications_already_known"] == len(window_ids(vt_corpus))
+    assert meta["notifications_new"] == 0
+    assert opencti.counts() == held  # re-delivered the same bundle: nothing new, nothing lost

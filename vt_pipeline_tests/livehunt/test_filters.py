@@ -1,7 +1,9 @@
 """The Livehunt filters: upstream's order and meaning, without upstream's bugs."""
 
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from vt_pipeline.livehunt.filters import drop_reason, filter_notifications
@@ -14,6 +16,7 @@ from vt_pipeline_tests.factories import (
     ip_notification,
     url_notification,
 )
+from vt_pipeline_tests.livehunt.hostile import hostile_notifications
 
 DEFAULT = LivehuntOptions()
 
@@ -155,3 +158,38 @@ def test_empty_window_gives_an_empty_typed_frame() -> None:
     frame = filter_notifications([], DEFAULT)
     assert len(frame) == 0
     assert str(frame["kept"].dtype) == "bool"
+
+
+def test_each_hostile_item_is_dropped_as_malformed_beside_good_ones(tmp_path: Path) -> None:
+    hostile = hostile_notifications()
+    good = [
+        file_notification("good-1", notification_id="g1"),
+        url_notification(notification_id="g2"),
+    ]
+    items = [good[0], *hostile.values(), good[1]]
+    frame = filter_notifications(items, LivehuntOptions(min_positives=1, max_age_days=30))
+    by_id = frame.set_index("notification_id")
+    assert list(by_id.loc[["g1", "g2"], "kept"]) == [True, True]
+    for item in hostile.values():
+        row = by_id.loc[item["context_attributes"]["notification_id"]]
+        assert row["drop_reason"] == "malformed" and not row["kept"]
+        assert row["drop_detail"]
+    # the table stores: Parquet takes every row, hostile ones included
+    frame.to_parquet(tmp_path / "files.parquet", index=False)
+    assert len(pd.read_parquet(tmp_path / "files.parquet")) == len(items)
+
+
+def test_a_malformed_item_without_a_usable_id_gets_a_storable_row(tmp_path: Path) -> None:
+    items: list[Any] = [
+        {
+            "type": "file\udc80",
+            "attributes": [],
+            "context_attributes": {"notification_id": "x\udc80"},
+        },
+        ["not", "an", "object"],
+    ]
+    frame = filter_notifications(items, DEFAULT)
+    assert list(frame["drop_reason"]) == ["malformed", "malformed"]
+    assert frame.loc[0, "notification_id"] == "x\\udc80"
+    assert pd.isna(frame.loc[1, "notification_id"])
+    frame.to_parquet(tmp_path / "files.parquet", index=False)

@@ -8,17 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
-from vt_pipeline.livehunt.assets import livehunt_assets, livehunt_stix_bundles
+from vt_pipeline.livehunt.assets import livehunt_assets, livehunt_stix_bundles, run_vt
 from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
 from vt_pipeline.livehunt.filters import filter_notifications
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.livehunt.summary import livehunt_totals
 from vt_pipeline.stix.validation import validate_bundle
-from vt_pipeline.storage.store import PartitionedFileIOManager
+from vt_pipeline.storage.store import PartitionedFileIOManager, dumps_json
+from vt_pipeline.virustotal.resource import VirusTotalSession
 from vt_pipeline_tests.conftest import (
     PUBLIC_KEY,
     ResourcesFactory,
@@ -347,3 +349,82 @@ def test_options_without_downloads_or_yara_spend_no_quota_on_them(
     types = {obj["type"] for obj in bundle["objects"]}
     assert "artifact" not in types
     assert not any(obj.get("pattern_type") == "yara" for obj in bundle["objects"])
+
+
+def materialization_metadata(
+    result: dg.ExecuteInProcessResult, asset: str, hour: int = HOUR
+) -> dict[str, Any]:
+    event = next(
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(asset) and e.partition == partition_key(hour)
+    )
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def stored_record(base: Path, hour: int = HOUR) -> tuple[bytes, pd.DataFrame, bytes]:
+    """A window's stored notifications, files table and bundle."""
+    return (
+        stored(base, "livehunt_notifications", hour).read_bytes(),
+        pd.read_parquet(stored(base, "livehunt_files", hour, ".parquet")),
+        stored(base, "livehunt_stix_bundles", hour).read_bytes(),
+    )
+
+
+def delete_on_vt(resources: dict[str, Any], ids: list[str]) -> None:
+    """Delete notifications through the VT API, as a delivery cut short by a crash had done."""
+
+    async def delete(session: VirusTotalSession) -> None:
+        for notification_id in ids:
+            assert await session.delete_notification(notification_id)
+
+    run_vt(resources["virustotal"], delete)
+
+
+def test_a_re_read_after_part_of_the_window_was_deleted_keeps_all(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    resources = livehunt_resources()
+    run(dagster_instance, resources, HOUR)
+    before = stored_record(tmp_path / "storage")
+    ids = [n["context_attributes"]["notification_id"] for n in in_window(vt_corpus, HOUR)]
+    delete_on_vt(resources, ids[: len(ids) // 2])  # a crash part-way through the deletes
+
+    result = run(dagster_instance, resources, HOUR)
+    after = stored_record(tmp_path / "storage")
+    assert after[0] == before[0]
+    pd.testing.assert_frame_equal(after[1], before[1])
+    assert after[2] == before[2]
+    meta = materialization_metadata(result, "livehunt_notifications")
+    assert meta["notifications_read"] == len(ids) - len(ids) // 2
+    assert meta["notifications_already_known"] == len(ids) == meta["notifications"]
+    assert meta["notifications_new"] == 0
+    assert materialization_metadata(result, "livehunt_files")["notifications"] == len(ids)
+
+
+def test_a_re_read_only_adds_what_is_new_and_never_replaces_a_stored_item(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    run(dagster_instance, livehunt_resources(limit=3), HOUR)
+    path = stored(tmp_path / "storage", "livehunt_notifications", HOUR)
+    first = json.loads(path.read_bytes())
+    first[0]["attributes"]["meaningful_name"] = "as-first-read.exe"  # VT's data changed since
+    path.write_bytes(dumps_json(first))
+
+    result = run(dagster_instance, livehunt_resources(), HOUR)
+    merged = json.loads(path.read_bytes())
+    expected = in_window(vt_corpus, HOUR)
+    assert merged[:3] == first  # stored items stay, as they were first read, in order
+    assert len(merged) == len(expected)
+    assert sorted(n["context_attributes"]["notification_id"] for n in merged) == sorted(
+        n["context_attributes"]["notification_id"] for n in expected
+    )
+    meta = materialization_metadata(result, "livehunt_notifications")
+    assert meta["notifications_already_known"] == 3
+    assert meta["notifications_new"] == len(expected) - 3

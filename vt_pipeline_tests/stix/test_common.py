@@ -206,3 +206,29 @@ def test_bundle_id_depends_on_the_set_of_ids_only() -> None:
         "id": common.bundle_id([]),
         "objects": [],
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("invoice.exe", "invoice.exe"),
+        ("a\x00b", "ab"),
+        ("line1\r\nline2\tend", "line1 line2 end"),
+        ("evil\u202eexe.pdf", "evilexe.pdf"),
+        ("\u2066iso\u2069 \u200fmark", "iso mark"),
+        ("esc\x1b[31m\x9bred", "esc[31mred"),
+        ("lone\udc80surrogate", "lonesurrogate"),
+        ("  padded  ", "padded"),
+        ("\x00\n", ""),
+        (None, ""),
+        (42, ""),
+        ("x" * 100_000, "x" * 255),
+        ("日本語のファイル.exe", "日本語のファイル.exe"),
+    ],
+)
+def test_clean_name(value: object, expected: str) -> None:
+    assert common.clean_name(value) == expected
+
+
+def test_clean_name_caps_at_the_given_length() -> None:
+    assert common.clean_name("abcdef", max_length=3) == "abc"

@@ -18,6 +18,7 @@ from vt_pipeline.stix import build_livehunt_bundle, common, serialize_bundle, va
 from vt_pipeline.stix.livehunt import AUTHOR_NAME, STAT_KEYS, LivehuntBundle
 from vt_pipeline.stix.yara import find_rule
 from vt_pipeline_tests import factories
+from vt_pipeline_tests.livehunt.hostile import hostile_notifications
 
 DATE = factories.NOTIFICATION_DATE
 CREATED = "2025-11-20T10:00:00.000Z"
@@ -733,9 +734,36 @@ def test_hostile_values_survive_and_the_bundle_stays_valid() -> None:
     assert decoded == json.loads(json.dumps(result.bundle))
     file = one(result, "file")
     assert file["name"] == HOSTILE[0]
-    assert file["x_opencti_additional_names"] == HOSTILE[1:]
+    # names are VT-supplied: controls and bidi overrides out, line breaks as spaces, capped
+    assert file["x_opencti_additional_names"] == [
+        "a|b;rm -rf /",
+        "line1 line2",
+        "evilexe.txt",
+        "q'uote\"dq\\bs",
+        "x" * 255,
+    ]
     incident = one(result, "incident")
     assert set(HOSTILE) <= set(incident["labels"])
     assert HOSTILE[4] in incident["description"]
     assert HOSTILE[3] in incident["description"]
     assert validate_bundle(decoded) == []
+
+
+@pytest.mark.parametrize("label", list(hostile_notifications()))
+def test_the_mapping_survives_items_the_filters_call_malformed(label: str) -> None:
+    """Defence in depth: the filters drop these, but the pure mapping must not raise on them."""
+    item = hostile_notifications()[label]
+    result = build(
+        [item, factories.file_notification()], create_file_indicators=True, get_malware_config=True
+    )
+    data = serialize_bundle(result.bundle)  # UTF-8 encodable: no lone surrogate got through
+    assert validate_bundle(json.loads(data)) == []
+    names = [o.get("name", "") for o in result.bundle["objects"] if o["type"] == "file"]
+    assert all("\udc80" not in name for name in names)
+
+
+def test_a_file_name_of_100000_characters_with_nul_is_capped_and_cleaned() -> None:
+    item = factories.file_notification(meaningful_name="\x00" + "a" * 100_000, names=["b\nc"])
+    file = one(build([item]), "file")
+    assert file["name"] == "a" * common.NAME_MAX_LENGTH
+    assert file["x_opencti_additional_names"] == ["b c"]

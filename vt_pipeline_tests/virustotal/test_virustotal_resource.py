@@ -170,3 +170,29 @@ def test_unsafe_ruleset_ids_never_reach_the_network(vt_emulator: VirusTotalEmula
         vt_emulator.stats() == {}
         or sum(sum(codes.values()) for codes in vt_emulator.stats().values()) == 0
     )
+
+
+def test_a_sample_whose_bytes_never_match_is_not_available_after_its_retries(
+    vt_emulator: VirusTotalEmulator, vt_corpus: Corpus, tmp_path: Path
+) -> None:
+    sha256 = next(s for s in vt_corpus.files if 1000 < (vt_corpus.sample_size(s) or 0) < 10**6)
+    vt_emulator.set_faults("sample:malformed:1.0")  # every download's bytes are corrupted
+    store = ArtifactStore(tmp_path)
+    result = call(vt(vt_emulator, max_attempts=3), lambda s: s.download_sample(sha256, store))
+    assert result.status == "not_available" and not store.has(sha256)
+    assert result.reason is not None
+    assert "never matched the SHA-256 in 3 attempts" in result.reason and sha256 in result.reason
+    assert vt_emulator.count("file_download") == 3
+    assert list(store.path_for(sha256).parent.iterdir()) == []  # no partial file left
+
+
+def test_a_persistent_outage_of_downloads_still_fails(
+    vt_emulator: VirusTotalEmulator, vt_corpus: Corpus, tmp_path: Path
+) -> None:
+    sha256 = next(s for s in vt_corpus.files if (vt_corpus.sample_size(s) or 0) > 1000)
+    vt_emulator.set_faults("file_download:503:1.0")
+    with pytest.raises(VirusTotalError, match="after 3 attempts"):
+        call(
+            vt(vt_emulator, max_attempts=3),
+            lambda s: s.download_sample(sha256, ArtifactStore(tmp_path)),
+        )

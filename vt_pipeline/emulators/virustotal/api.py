@@ -92,7 +92,12 @@ def api_error(status: int, code: str, message: str) -> web.Response:
 
 
 def json_ok(payload: Any) -> web.Response:
-    return web.Response(body=json.dumps(payload, ensure_ascii=False).encode(), content_type=JSON)
+    """A JSON body; text UTF-8 cannot carry (a lone surrogate) goes as a `\\u` escape, as VT's."""
+    try:
+        body = json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        body = json.dumps(payload).encode()
+    return web.Response(body=body, content_type=JSON)
 
 
 async def send_stream(

@@ -15,6 +15,11 @@ Layout (every part optional)::
 File names are object ids percent-encoded (``urllib.parse.quote(id, safe="")``), so IPv6
 addresses and hostile ids stay valid names; the id itself is read from the JSON. The object of
 a notification is also served by its lookup endpoint unless a file of its own overrides it.
+
+A folder the emulator cannot serve raises `FixtureError`, naming the file, the item and what is
+wrong. Only what the emulator itself needs is checked (ids, types, the stream's dates, tags and
+sources); attributes are served as they are, hostile values included, since replaying what VT
+really sent is the point.
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ from vt_pipeline.emulators.virustotal.corpus import COLLECTIONS, Corpus, StreamE
 from vt_pipeline.emulators.virustotal.samples import MIB
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class FixtureError(ValueError):
+    """A fixture folder the emulator cannot serve; the message names the file and the problem."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+
+
 _OBJECT_DIRS = ("files", "urls", "domains", "ip_addresses", "hunting_rulesets", "yara_rulesets")
 
 
@@ -59,16 +74,80 @@ class DirectorySamples:
                 yield chunk
 
 
-def _read_objects(directory: Path) -> dict[str, Any]:
-    """``{id: data}`` of every ``*.json`` file in ``directory`` (empty when it is missing)."""
+def _read_json(path: Path) -> Any:
+    """A fixture file's JSON, or FixtureError saying why it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise FixtureError(path, f"cannot be read ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise FixtureError(path, f"is not UTF-8 text (byte {err.start})") from err
+    except json.JSONDecodeError as err:
+        raise FixtureError(
+            path, f"is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        ) from err
+
+
+def _read_objects(directory: Path, listed: bool = False) -> dict[str, Any]:
+    """``{id: data}`` of every ``*.json`` file in ``directory`` (empty when it is missing).
+
+    Each file is ``{"data": object with an "id"}``, or with `listed` ``{"data": [...]}`` keyed
+    by the file name (resolutions).
+    """
     if not directory.is_dir():
         return {}
     objects = {}
     for path in sorted(directory.glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
-        key = data["id"] if isinstance(data, dict) else _unquoted_stem(path)
-        objects[key] = data
+        document = _read_json(path)
+        if not isinstance(document, dict) or "data" not in document:
+            raise FixtureError(path, 'must be a JSON object with a "data" member')
+        data = document["data"]
+        if listed:
+            if not isinstance(data, list):
+                raise FixtureError(path, f'"data" must be a list, not {_kind(data)}')
+            objects[_unquoted_stem(path)] = data
+            continue
+        if not isinstance(data, dict):
+            raise FixtureError(path, f'"data" must be an object, not {_kind(data)}')
+        if not isinstance(data.get("id"), str) or not data["id"]:
+            raise FixtureError(path, '"data" has no "id" (a non-empty string)')
+        objects[data["id"]] = data
     return objects
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _stream_entry(path: Path, index: int, item: Any) -> StreamEntry:
+    """One notification of notifications.json as a stream entry, or FixtureError naming it."""
+
+    def fail(problem: str) -> FixtureError:
+        return FixtureError(path, f"notification #{index}: {problem}")
+
+    if not isinstance(item, dict):
+        raise fail(f"must be an object, not {_kind(item)}")
+    if item.get("type") not in COLLECTIONS:
+        raise fail(f'"type" must be one of {sorted(COLLECTIONS)}, not {item.get("type")!r}')
+    if not isinstance(item.get("id"), str) or not item["id"]:
+        raise fail('has no "id" (a non-empty string)')
+    ctx = item.get("context_attributes")
+    if not isinstance(ctx, dict):
+        raise fail(f'"context_attributes" must be an object, not {_kind(ctx)}')
+    if ctx.get("notification_id") in (None, ""):
+        raise fail('"context_attributes" has no "notification_id"')
+    date = ctx.get("notification_date")
+    if isinstance(date, bool) or not isinstance(date, int):
+        raise fail(
+            f'"context_attributes.notification_date" must be an integer (unix seconds), '
+            f"not {date!r}"
+        )
+    for name in ("tags", "sources"):
+        if ctx.get(name) is not None and not isinstance(ctx[name], list):
+            raise fail(f'"context_attributes.{name}" must be a list, not {_kind(ctx[name])}')
+    if not all(isinstance(source, dict) for source in ctx.get("sources") or []):
+        raise fail('"context_attributes.sources" must hold objects')
+    return StreamEntry(item["type"], item["id"], ctx)
 
 
 def _unquoted_stem(path: Path) -> str:
@@ -78,23 +157,36 @@ def _unquoted_stem(path: Path) -> str:
 def load_fixtures(directory: str | Path) -> Corpus:
     """A corpus read from a fixture folder (layout in the module docstring)."""
     root = Path(directory)
+    if not root.is_dir():
+        raise FixtureError(root, "is not a directory")
     collections = {name: _read_objects(root / name) for name in _OBJECT_DIRS}
     notifications_path = root / "notifications.json"
-    items = []
+    items: Any = []
     if notifications_path.exists():
-        items = json.loads(notifications_path.read_text(encoding="utf-8"))
+        items = _read_json(notifications_path)
+        if not isinstance(items, list):
+            raise FixtureError(notifications_path, f"must be a JSON list, not {_kind(items)}")
     stream = []
-    for item in items:
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        entry = _stream_entry(notifications_path, index, item)
+        if entry.notification_id in seen:
+            raise FixtureError(
+                notifications_path,
+                f"notification #{index}: notification_id {entry.notification_id!r} is already "
+                f"used by notification #{seen[entry.notification_id]}",
+            )
+        seen[entry.notification_id] = index
         subject = {key: value for key, value in item.items() if key != "context_attributes"}
-        collections[COLLECTIONS[item["type"]]].setdefault(item["id"], subject)
-        stream.append(StreamEntry(item["type"], item["id"], item["context_attributes"]))
+        collections[COLLECTIONS[entry.object_type]].setdefault(entry.object_id, subject)
+        stream.append(entry)
     return Corpus(
         stream=stream,
         files=collections["files"],
         urls=collections["urls"],
         domains=collections["domains"],
         ip_addresses=collections["ip_addresses"],
-        resolutions=_read_objects(root / "resolutions"),
+        resolutions=_read_objects(root / "resolutions", listed=True),
         hunting_rulesets=collections["hunting_rulesets"],
         yara_rulesets=collections["yara_rulesets"],
         samples=DirectorySamples(root / "samples"),

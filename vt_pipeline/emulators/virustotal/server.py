@@ -27,7 +27,7 @@ from aiohttp import web
 from vt_pipeline.emulators.virustotal.api import VirusTotalAPI
 from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
 from vt_pipeline.emulators.virustotal.faults import parse_fault_spec
-from vt_pipeline.emulators.virustotal.fixtures import load_fixtures
+from vt_pipeline.emulators.virustotal.fixtures import FixtureError, load_fixtures
 
 _SHUTDOWN_TIMEOUT = 0.25  # seconds given to in-flight requests (e.g. a held timeout fault)
 
@@ -263,7 +263,11 @@ async def _serve_until_signalled(emulator: VirusTotalEmulator) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM."""
-    asyncio.run(_serve_until_signalled(build_emulator(args)))
+    try:
+        emulator = build_emulator(args)
+    except FixtureError as err:  # a bad fixture folder: say which file and why, no traceback
+        raise SystemExit(f"vt-pipeline emulate virustotal: bad fixtures: {err}") from None
+    asyncio.run(_serve_until_signalled(emulator))
     return 0
 
 

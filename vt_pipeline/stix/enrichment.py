@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from pycti import STIX_EXT_OCTI, STIX_EXT_OCTI_SCO, Location, OpenCTIStix2
+from pycti import STIX_EXT_OCTI, STIX_EXT_OCTI_SCO, Location
 
 from vt_pipeline.stix import common, notes
 from vt_pipeline.stix.common import StixObject
@@ -452,8 +452,8 @@ class _Builder:
         if lower and not self.options.replace_with_lower_score:
             self.stats["score_kept"] += 1
             return _ScoreDecision(None, existing, existing)
-        OpenCTIStix2.put_attribute_in_extension(entity, extension, "score", vt_score)
-        entity["x_opencti_score"] = vt_score
+        _extension(entity, extension)["score"] = vt_score  # where OpenCTI's export puts it
+        entity["x_opencti_score"] = vt_score  # what pycti reads first
         return _ScoreDecision(vt_score, vt_score)
 
     # -- the entity's own properties ---------------------------------------------------------
@@ -974,6 +974,18 @@ def _plus_minutes(stamp: str, minutes: Any) -> str | None:
     return _timestamp(seconds + minutes * 60)
 
 
+def _extension(entity: dict[str, Any], extension: str) -> dict[str, Any]:
+    """The entity's OpenCTI extension dict (created, or replaced when it is not a dict), where
+    pycti's `put_attribute_in_extension` writes."""
+    extensions = entity.get("extensions")
+    if not isinstance(extensions, dict):
+        extensions = entity["extensions"] = {}
+    values = extensions.get(extension)
+    if not isinstance(values, dict):
+        values = extensions[extension] = {}
+    return values
+
+
 def _extend(
     entity: dict[str, Any],
     extension: str,
@@ -981,23 +993,17 @@ def _extend(
     values: Sequence[Any],
     top_keys: Sequence[str],
 ) -> None:
-    """Add values to a list attribute of the entity, as pycti's `put_attribute_in_extension`
-    (multiple) writes it, and also to the top-level lists the entity already has: pycti reads
-    a top-level list first, so the union must be everywhere it may look."""
+    """Add values to a list attribute of the entity in its extension (as pycti's
+    `put_attribute_in_extension(..., multiple=True)` does) and in the top-level lists the entity
+    already has: pycti reads some top-level lists before the extension, some after, so the union
+    goes everywhere it may look."""
+    ext = _extension(entity, extension)
     existing: list[Any] = []
-    extensions = entity.get("extensions")
-    ext = extensions.get(extension) if isinstance(extensions, dict) else None
-    sources = [entity.get(top) for top in top_keys]
-    sources.append(ext.get(key) if isinstance(ext, dict) else None)
-    for source in sources:
+    for source in [*(entity.get(top) for top in top_keys), ext.get(key)]:
         if isinstance(source, list):
             existing += source
     union = _unique_values([*existing, *values])
-    if isinstance(ext, dict) and key in ext:
-        ext[key] = list(union)
-    else:
-        for value in union:
-            OpenCTIStix2.put_attribute_in_extension(entity, extension, key, value, True)
+    ext[key] = union
     for top in top_keys:
         if top in entity:
             entity[top] = list(union)

@@ -69,6 +69,8 @@ def parse_timestamp(value: Any) -> int | None:
     """VT dates are unix seconds; tolerate ISO strings and numeric strings, reject the rest."""
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN / Infinity: JSON VT never sends, hostile data might
     if isinstance(value, int | float):
         return int(value)
     if isinstance(value, str) and value.strip():

@@ -11,7 +11,10 @@ bugs fixed:
   escaped (stix/notes.py).
 - Countries are named Locations (upstream: no name); relationships of an Indicator's values start
   at the observable, not the Indicator, and the Indicator gets one score (the highest).
-- New objects carry the entity's markings: knowledge derived from a TLP:AMBER entity is AMBER.
+- Knowledge about the entity (its Indicator, notes, relationships) carries the entity's markings:
+  what is derived from a TLP:AMBER entity is AMBER. Shared reference objects (Country, Autonomous
+  System, resolved IPv4 addresses, public crowdsourced YARA rules) carry none: OpenCTI adds a
+  re-sent marking to the existing object, which would restrict it for everyone else.
 
 What VT sends is untrusted: a part that cannot be used (absurd counts, non-objects, control
 characters, unknown country, bad DNS record...) is dropped and counted in `stats`, never raised.
@@ -636,7 +639,7 @@ class _Builder:
             description="\n".join(lines),
             valid_from=valid_from,
             created_by_ref=self.author_id,
-            object_marking_refs=self.markings,
+            object_marking_refs=(),
             main_observable_type="StixFile",
         )
 
@@ -661,7 +664,7 @@ class _Builder:
                 if value:
                     system[key] = value[0]
             common.add_observable_extras(
-                system, created_by_ref=self.author_id, object_marking_refs=self.markings
+                system, created_by_ref=self.author_id, object_marking_refs=()
             )
             if system["id"] not in self.objects:
                 self.stats["observables"] += 1
@@ -699,7 +702,7 @@ class _Builder:
                 "ipv4-addr",
                 address,
                 created_by_ref=self.author_id,
-                object_marking_refs=self.markings,
+                object_marking_refs=(),
             )
             if observable["id"] not in self.objects:
                 self.stats["observables"] += 1

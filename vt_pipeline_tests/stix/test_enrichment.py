@@ -187,9 +187,31 @@ def test_entity_gets_score_reference_and_author(entity_type: str) -> None:
     assert author["identity_class"] == "organization"
     assert author["id"] == Identity.generate_id("VirusTotal", "organization")
     for obj in result.objects:
-        if obj["id"] not in (entity["id"], author["id"]) and obj["type"] != "location":
-            assert obj.get("created_by_ref", obj.get("x_opencti_created_by_ref")) == author["id"]
+        if obj["id"] in (entity["id"], author["id"]):
+            continue
+        assert obj.get("created_by_ref", obj.get("x_opencti_created_by_ref")) == author["id"]
+        if obj["type"] in ("indicator", "note", "relationship"):  # knowledge about the entity
             assert obj["object_marking_refs"] == [ef.TLP_AMBER]  # the entity's markings
+        else:  # shared reference objects (resolved IPs, AS, Country)
+            assert "object_marking_refs" not in obj
+
+
+def test_shared_reference_objects_are_not_marked() -> None:
+    """Re-sending a marking on an existing object adds it there: a TLP:AMBER entity must not make
+    its Country, its AS, its resolutions or a public YARA rule AMBER for everyone."""
+    result = enrich(ip(None), "IPv4-Addr", ef.vt_ip())
+    assert "object_marking_refs" not in one(result, "location")
+    assert "object_marking_refs" not in one(result, "autonomous-system")
+    domain = ef.opencti_value_observable("Domain-Name", "evil.example.com")
+    result = enrich(domain, "Domain-Name", ef.vt_domain())
+    assert [a.get("object_marking_refs") for a in of_type(result, "ipv4-addr")] == [None, None]
+    vt_object = ef.vt_file(yara=[(RULESET_ID, "Test_Rule")])
+    result = enrich(
+        ef.opencti_file(), "StixFile", vt_object, options(file_import_yara=True), RULESETS
+    )
+    yara = next(i for i in of_type(result, "indicator") if i["pattern_type"] == "yara")
+    assert "object_marking_refs" not in yara
+    assert one(result, "note")["object_marking_refs"] == [ef.TLP_AMBER]
 
 
 def test_reference_joins_the_top_level_list_when_the_entity_has_one() -> None:

@@ -997,9 +997,10 @@ def _extend(
     top_keys: Sequence[str],
 ) -> None:
     """Add values to a list attribute of the entity in its extension (as pycti's
-    `put_attribute_in_extension(..., multiple=True)` does) and in the top-level lists the entity
-    already has: pycti reads some top-level lists before the extension, some after, so the union
-    goes everywhere it may look."""
+    `put_attribute_in_extension(..., multiple=True)` does, upstream's way), in its first top-level
+    key (`x_opencti_labels`, `external_references`...: what OpenCTI exports and every reader
+    knows) and in the other top-level keys it already has. pycti reads some top-level lists
+    before the extension and some after: the same union everywhere gives one answer."""
     ext = _extension(entity, extension)
     existing: list[Any] = []
     for source in [*(entity.get(top) for top in top_keys), ext.get(key)]:
@@ -1007,8 +1008,8 @@ def _extend(
             existing += source
     union = _unique_values([*existing, *values])
     ext[key] = union
-    for top in top_keys:
-        if top in entity:
+    for position, top in enumerate(top_keys):
+        if position == 0 or top in entity:
             entity[top] = list(union)
 
 

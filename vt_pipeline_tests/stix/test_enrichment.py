@@ -179,6 +179,7 @@ def test_entity_gets_score_reference_and_author(entity_type: str) -> None:
     kind = CASES[entity_type][4]
     references = out["extensions"][STIX_EXT_OCTI_SCO]["external_references"]
     assert len(references) == 1 and references[0]["source_name"] == "VirusTotal"
+    assert out["external_references"] == references  # where pycti looks first
     gui = references[0]["url"]
     assert gui.startswith(f"https://www.virustotal.com/gui/{kind}/")
     assert gui.endswith(vt_object["id"])
@@ -237,6 +238,7 @@ def test_file_gets_hashes_size_names_and_labels() -> None:
     assert out["name"] == "invoice.exe"
     extension = out["extensions"][STIX_EXT_OCTI_SCO]
     assert extension["additional_names"] == ["payload.bin"]
+    assert out["x_opencti_additional_names"] == ["payload.bin"]
     # pycti reads the extension's labels before x_opencti_labels: the union is in both.
     assert extension["labels"] == ["analyst-label", "peexe", "long-sleeps"]
     assert out["x_opencti_labels"] == extension["labels"]
@@ -266,6 +268,7 @@ def test_artifact_gets_names_and_labels_but_no_file_only_properties() -> None:
         "payload.bin",
     ]
     assert out["extensions"][STIX_EXT_OCTI_SCO]["labels"] == ["peexe", "long-sleeps"]
+    assert out["x_opencti_labels"] == ["peexe", "long-sleeps"]
 
 
 def test_unsupported_type_or_entity_without_id_is_a_caller_error() -> None:
@@ -694,7 +697,7 @@ def test_indicator_enrichment_builds_observables_and_relates_from_them() -> None
         assert indicator["id"] in note["object_refs"] and len(note["object_refs"]) == 2
     out = edited(result, indicator)
     references = out["extensions"][STIX_EXT_OCTI]["external_references"]
-    assert len(references) == 3
+    assert len(references) == 3 and out["external_references"] == references
 
 
 def test_indicator_score_is_the_highest_of_its_values_decided_once() -> None:

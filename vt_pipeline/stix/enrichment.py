@@ -75,10 +75,12 @@ _OPTION_PREFIX = {
 _HASH_LENGTHS = {32: "MD5", 40: "SHA-1", 64: "SHA-256"}
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 # Labels and names: no control, zero-width or bidi characters (a `\u202e` name spoofs its
-# extension), bounded length.
+# extension), no lone surrogate, bounded length.
 _UNSAFE_TEXT = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2069\ufeff]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2069\ufeff"
+    "\ud800-\udfff]"  # lone surrogates (JSON may carry them) cannot be written as UTF-8
 )
+_UNSAFE_SOURCE = re.compile("[\ud800-\udfff]")
 LABEL_LIMIT = 100
 NAME_LIMIT = 1024
 MAX_NAMES = 100
@@ -433,8 +435,6 @@ class _Builder:
         kind = _GUI_KIND[entity_type]
         if kind == "url":
             return f"{GUI_ROOT}/url/{vt.url_object_id(subject, vt_object)}"
-        if kind == "file":
-            return f"{GUI_ROOT}/file/{subject}"
         return f"{GUI_ROOT}/{kind}/{_quote_path(subject)}"
 
     def count_bad_stats(self, vt_object: dict) -> None:
@@ -613,6 +613,9 @@ class _Builder:
             return None
         if rule is None:
             self.stats["yara_rule_missing"] += 1
+            return None
+        if _UNSAFE_SOURCE.search(rule.source):
+            self.stats["invalid_values"] += 1  # not writable as UTF-8 (lone surrogate)
             return None
         valid_from = (
             _timestamp(rule.date)
@@ -1039,4 +1042,4 @@ def _text(value: Any) -> str | None:
 
 def _quote_path(value: str) -> str:
     """A domain or IP as one URL path segment (they never need it; hostile values might)."""
-    return quote(value, safe="")
+    return quote(value, safe="", errors="replace")

@@ -797,6 +797,7 @@ HOSTILE_VALUES: list[Any] = [
     "",
     3.5,
     "NaN",
+    "lone \ud800 surrogate",
 ]
 
 

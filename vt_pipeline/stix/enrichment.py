@@ -195,6 +195,8 @@ def build_indicator_enrichment(
         if observable is None:
             builder.stats["invalid_observable_values"] += 1
             continue
+        if observable["id"] in builder.objects:  # the same value twice: enriched once
+            continue
         builder.add(observable)
         builder.stats["observables"] += 1
         if vt_object is None:

@@ -19,9 +19,19 @@ pytestmark = pytest.mark.integration
 HOUR = 2
 
 
-def cti(emulator: OpenCTIEmulator, protocol: str = "amqp") -> OpenCTIResource:
+def cti(emulator: OpenCTIEmulator, protocol: str = "amqp", **options: Any) -> OpenCTIResource:
+    """OpenCTI through the emulator; retries fast (what is tested is that they happen)."""
     return OpenCTIResource(
-        url=emulator.url, token=emulator.token, queue_protocol=protocol, work_timeout_seconds=30
+        url=emulator.url,
+        token=emulator.token,
+        queue_protocol=protocol,
+        **{
+            "work_timeout_seconds": 30,
+            "retry_attempts": 4,
+            "retry_backoff_seconds": 0.05,
+            "retry_backoff_max_seconds": 0.2,
+            **options,
+        },
     )
 
 

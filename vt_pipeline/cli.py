@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+from vt_pipeline.emulators.processes import interrupt_on_sigterm, spawn_owned, terminate_group
 
 DEMO_SEED = 7
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "emulate":
         return (vt_emulator if args.system == "virustotal" else opencti_emulator).run(args)
-    if args.command == "demo":
-        return run_demo(args.notifications, args.windows, args.seed)
-    return run_ui(args.port, args.notifications, args.seed)
+    # SIGTERM (a service manager, `kill`, a container stop) unwinds like Ctrl-C: the emulators,
+    # the broker and `dagster dev` stop with us; a SIGKILL is left to their watchdogs.
+    with interrupt_on_sigterm():
+        try:
+            if args.command == "demo":
+                return run_demo(args.notifications, args.windows, args.seed)
+            return run_ui(args.port, args.notifications, args.seed)
+        except KeyboardInterrupt:
+            return 130
 
 
 def demo_home() -> Path:
@@ -167,10 +174,15 @@ def run_ui(port: int, notifications: int, seed: int) -> int:
             "-h",
             "127.0.0.1",
         ]
+        # Its own process group, watched: it stops with us however we end (see `processes`).
+        dev, watchdog = spawn_owned(command, grace=30.0, cwd=REPO_ROOT)
         try:
-            return subprocess.call(command, cwd=REPO_ROOT)
+            return dev.wait()
         except KeyboardInterrupt:
             return 0
+        finally:
+            terminate_group(dev, grace=30.0)  # SIGTERM: dagster dev shuts down gracefully
+            watchdog.release()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from vt_pipeline.emulators.opencti.graphql import (
 )
 from vt_pipeline.emulators.opencti.platform import Platform, UploadedFile, Work
 from vt_pipeline.emulators.opencti.store import Record, Store, StoredFile
+from vt_pipeline.emulators.processes import interrupt_on_sigterm
 from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo, RabbitMQ
 
 log = logging.getLogger(__name__)
@@ -550,9 +551,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
-    """Serve until interrupted (Ctrl-C), or until `stop` is set (tests)."""
+    """Serve until interrupted (Ctrl-C, SIGTERM), or until `stop` is set (tests).
+
+    SIGTERM unwinds like Ctrl-C, so the private broker stops and its files go; if this process is
+    killed outright, the broker's watchdog stops it (see `emulators.processes`).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    with contextlib.ExitStack() as stack:
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        interrupt_on_sigterm(),
+        contextlib.ExitStack() as stack,
+    ):
         amqp: AMQPConnectionInfo | str | None = args.amqp_url
         if args.start_rabbitmq:
             mq = stack.enter_context(RabbitMQ())
@@ -566,6 +575,5 @@ def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
         )
         print(f"OpenCTI emulator listening on {emulator.url}", flush=True)
         print(f"token: {emulator.token}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            (stop or threading.Event()).wait()
+        (stop or threading.Event()).wait()
     return 0

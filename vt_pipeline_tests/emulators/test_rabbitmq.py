@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pika
@@ -91,3 +94,98 @@ def test_a_missing_install_says_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PATH", os.devnull)
     with pytest.raises(RabbitMQError, match="apt-get install rabbitmq-server"):
         RabbitMQ().start()
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every live (non-zombie) process: pid -> (parent pid, process group), read from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z":
+            found[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return found
+
+
+def _family(root: int) -> set[int]:
+    """`root`'s descendants, and the members of their process groups (forked helpers)."""
+    table = _processes()
+    family: set[int] = set()
+    frontier = {root}
+    while frontier:
+        children = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - family
+        groups = {pid for pid, (_, pgid) in table.items() if pgid in children} - family
+        family |= children | groups
+        frontier = children | groups
+    return family
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
+OWNER_ARGS = ("--start-rabbitmq", "--port", "0")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_the_opencti_emulators_broker_stops_with_its_owner(signum: signal.Signals) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "vt_pipeline.cli", "emulate", "opencti", *OWNER_ARGS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        lines = []
+        for line in owner.stdout:
+            lines.append(line)
+            if "OpenCTI emulator listening" in line:
+                break
+        assert any("RabbitMQ listening" in line for line in lines), lines
+        family = _family(owner.pid)
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in family}
+        assert {"epmd", "beam.smp"} <= names, names
+        directories = {d for pid in family if "vt-pipeline-rabbitmq-" in (d := _cwd(pid))}
+        assert len(directories) == 1, directories
+
+        owner.send_signal(signum)
+        owner.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = family & set(_processes())
+            if not left and not any(Path(d).exists() for d in directories):
+                break
+            time.sleep(0.5)
+        assert not (family & set(_processes())), f"survivors after {signum.name}"
+        assert not any(Path(d).exists() for d in directories)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+
+
+def test_a_restarted_broker_keeps_its_port_and_persistent_messages() -> None:
+    with RabbitMQ() as broker:
+        connection = pika.BlockingConnection(broker.connection_parameters())
+        channel = connection.channel()
+        channel.queue_declare("durable-one", durable=True)
+        channel.basic_publish("", "durable-one", b"kept", pika.BasicProperties(delivery_mode=2))
+        connection.close()
+        port = broker.port
+        broker.restart(down_seconds=0.5)
+        assert broker.port == port and broker.running
+        connection = pika.BlockingConnection(broker.connection_parameters())
+        try:
+            _, _, body = connection.channel().basic_get("durable-one", auto_ack=True)
+        finally:
+            connection.close()
+        assert body == b"kept"

@@ -3,6 +3,7 @@
 vt-pipeline emulate virustotal --port 8765 --seed 7 --notifications 500
 vt-pipeline demo [--notifications 300] [--windows 3]
 vt-pipeline ui [--port 3000]
+vt-pipeline sweep-runs   # end the runs whose process died, free their slots (no daemon needed)
 """
 
 from __future__ import annotations
@@ -53,7 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ui.add_argument("--notifications", type=int, default=300)
     ui.add_argument("--seed", type=int, default=DEMO_SEED)
 
+    commands.add_parser(
+        "sweep-runs",
+        help="end the runs of $DAGSTER_HOME whose process died and free their pool slots "
+        "(what the dead_run_sweeper sensor does every 30 s when the daemon runs)",
+    )
+
     args = parser.parse_args(argv)
+    if args.command == "sweep-runs":
+        return run_sweep()
     if args.command == "emulate":
         return (vt_emulator if args.system == "virustotal" else opencti_emulator).run(args)
     # SIGTERM (a service manager, `kill`, a container stop) unwinds like Ctrl-C: the emulators,
@@ -150,6 +159,17 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
         "same seed):  .venv/bin/vt-pipeline ui   then open http://127.0.0.1:3000"
     )
     return 0 if result.success else 1
+
+
+def run_sweep() -> int:
+    from vt_pipeline.run_health import end_dead_runs
+
+    with dg.DagsterInstance.get() as instance:
+        ended = end_dead_runs(instance)
+    for run in ended:
+        print(f"{run.run_id}: {run.message}")
+    print(f"{len(ended)} dead run(s) ended")
+    return 0
 
 
 def run_ui(port: int, notifications: int, seed: int) -> int:

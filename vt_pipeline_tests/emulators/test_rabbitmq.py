@@ -15,6 +15,7 @@ import pytest
 
 from vt_pipeline.emulators import rabbitmq as rabbitmq_module
 from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo, RabbitMQ, RabbitMQError
+from vt_pipeline_tests.processes import cwd_of, family, live_processes
 
 pytestmark = pytest.mark.integration
 
@@ -96,42 +97,6 @@ def test_a_missing_install_says_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -
         RabbitMQ().start()
 
 
-def _processes() -> dict[int, tuple[int, int]]:
-    """Every live (non-zombie) process: pid -> (parent pid, process group), read from /proc."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z":
-            found[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    return found
-
-
-def _family(root: int) -> set[int]:
-    """`root`'s descendants, and the members of their process groups (forked helpers)."""
-    table = _processes()
-    family: set[int] = set()
-    frontier = {root}
-    while frontier:
-        children = {pid for pid, (ppid, _) in table.items() if ppid in frontier} - family
-        groups = {pid for pid, (_, pgid) in table.items() if pgid in children} - family
-        family |= children | groups
-        frontier = children | groups
-    return family
-
-
-def _cwd(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return ""
-
-
 OWNER_ARGS = ("--start-rabbitmq", "--port", "0")
 
 
@@ -151,21 +116,21 @@ def test_the_opencti_emulators_broker_stops_with_its_owner(signum: signal.Signal
             if "OpenCTI emulator listening" in line:
                 break
         assert any("RabbitMQ listening" in line for line in lines), lines
-        family = _family(owner.pid)
-        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in family}
+        owned = family(owner.pid)
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in owned}
         assert {"epmd", "beam.smp"} <= names, names
-        directories = {d for pid in family if "vt-pipeline-rabbitmq-" in (d := _cwd(pid))}
+        directories = {d for pid in owned if "vt-pipeline-rabbitmq-" in (d := cwd_of(pid))}
         assert len(directories) == 1, directories
 
         owner.send_signal(signum)
         owner.wait(timeout=60)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            left = family & set(_processes())
+            left = owned & set(live_processes())
             if not left and not any(Path(d).exists() for d in directories):
                 break
             time.sleep(0.5)
-        assert not (family & set(_processes())), f"survivors after {signum.name}"
+        assert not (owned & set(live_processes())), f"survivors after {signum.name}"
         assert not any(Path(d).exists() for d in directories)
     finally:
         if owner.poll() is None:

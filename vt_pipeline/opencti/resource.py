@@ -134,7 +134,8 @@ class OpenCTIResource(dg.ConfigurableResource):
         from pycti import OpenCTIApiClient
 
         api = self._open(
-            "connect", lambda: OpenCTIApiClient(self.url.rstrip("/"), self.token, log_level="error")
+            "connect to",
+            lambda: OpenCTIApiClient(self.url.rstrip("/"), self.token, log_level="error"),
         )
         return OpenCTIConnector(api, self.token, self.work_timeout_seconds, backoff=self._backoff())
 

@@ -3,6 +3,7 @@
 vt-pipeline emulate virustotal --port 8765 --seed 7 --notifications 500
 vt-pipeline demo [--notifications 300] [--windows 3]
 vt-pipeline ui [--port 3000]
+vt-pipeline sweep-runs   # end the runs whose process died, free their slots (no daemon needed)
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import warnings
 from collections.abc import Sequence
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+from vt_pipeline.emulators.processes import interrupt_on_sigterm, spawn_owned, terminate_group
 
 DEMO_SEED = 7
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,12 +54,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     ui.add_argument("--notifications", type=int, default=300)
     ui.add_argument("--seed", type=int, default=DEMO_SEED)
 
+    commands.add_parser(
+        "sweep-runs",
+        help="end the runs of $DAGSTER_HOME whose process died and free their pool slots "
+        "(what the dead_run_sweeper sensor does every 30 s when the daemon runs)",
+    )
+
     args = parser.parse_args(argv)
+    if args.command == "sweep-runs":
+        return run_sweep()
     if args.command == "emulate":
         return (vt_emulator if args.system == "virustotal" else opencti_emulator).run(args)
-    if args.command == "demo":
-        return run_demo(args.notifications, args.windows, args.seed)
-    return run_ui(args.port, args.notifications, args.seed)
+    # SIGTERM (a service manager, `kill`, a container stop) unwinds like Ctrl-C: the emulators,
+    # the broker and `dagster dev` stop with us; a SIGKILL is left to their watchdogs.
+    with interrupt_on_sigterm():
+        try:
+            if args.command == "demo":
+                return run_demo(args.notifications, args.windows, args.seed)
+            return run_ui(args.port, args.notifications, args.seed)
+        except KeyboardInterrupt:
+            return 130
 
 
 def demo_home() -> Path:
@@ -145,6 +161,17 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
     return 0 if result.success else 1
 
 
+def run_sweep() -> int:
+    from vt_pipeline.run_health import end_dead_runs
+
+    with dg.DagsterInstance.get() as instance:
+        ended = end_dead_runs(instance)
+    for run in ended:
+        print(f"{run.run_id}: {run.message}")
+    print(f"{len(ended)} dead run(s) ended")
+    return 0
+
+
 def run_ui(port: int, notifications: int, seed: int) -> int:
     """Serve `dagster dev` with the VT emulator running, so runs and backfills work offline."""
     home = demo_home()
@@ -167,10 +194,15 @@ def run_ui(port: int, notifications: int, seed: int) -> int:
             "-h",
             "127.0.0.1",
         ]
+        # Its own process group, watched: it stops with us however we end (see `processes`).
+        dev, watchdog = spawn_owned(command, grace=30.0, cwd=REPO_ROOT)
         try:
-            return subprocess.call(command, cwd=REPO_ROOT)
+            return dev.wait()
         except KeyboardInterrupt:
             return 0
+        finally:
+            terminate_group(dev, grace=30.0)  # SIGTERM: dagster dev shuts down gracefully
+            watchdog.release()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import dagster as dg
 from vt_pipeline.config import invalid
 from vt_pipeline.livehunt import definitions as livehunt
 from vt_pipeline.resources import build_resources
+from vt_pipeline.run_health import dead_run_sweeper
 
 EXECUTOR_ENV = "VT_PIPELINE_EXECUTOR"
 EXECUTORS: dict[str, dg.ExecutorDefinition] = {
@@ -39,5 +40,8 @@ def run_executor(env: Mapping[str, str] | None = None) -> dg.ExecutorDefinition:
 
 
 defs = dg.Definitions.merge(
-    livehunt.defs, dg.Definitions(resources=build_resources(), executor=run_executor())
+    livehunt.defs,
+    # Ends runs whose process died and frees their pool slots (see run_health).
+    dg.Definitions(sensors=[dead_run_sweeper]),
+    dg.Definitions(resources=build_resources(), executor=run_executor()),
 )

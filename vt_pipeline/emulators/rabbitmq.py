@@ -8,6 +8,12 @@ several brokers coexist and nothing leaks into `/var/lib/rabbitmq` or a system e
 
     with RabbitMQ() as mq:
         pika.BlockingConnection(mq.connection_parameters())
+
+The broker and its epmd never outlive their owner: each runs in its own process group watched by
+a watchdog (`processes.spawn_owned`) that stops the group and removes the temporary directory if
+the owner dies without calling `stop()` (SIGKILL, a crash); `atexit` covers a normal exit.
+`restart()` stops and starts the node on the same ports and data (durable queues and persistent
+messages survive), as a broker restart in production does.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -30,6 +35,8 @@ from typing import Any
 
 import pika
 import pika.exceptions
+
+from vt_pipeline.emulators.processes import Watchdog, spawn_owned, terminate_group
 
 # Where Debian/Ubuntu put the real start script: the /usr/sbin wrapper would `su rabbitmq`
 # when run as root (and then could not write to our temporary directory).
@@ -144,6 +151,8 @@ class RabbitMQ:
         self.startup_seconds: float | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
+        self._watchdogs: dict[str, Watchdog] = {}
+        self._env: dict[str, str] = {}
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -179,36 +188,25 @@ class RabbitMQ:
         return self._boot()
 
     def _boot(self) -> RabbitMQ:
-        server = find_rabbitmq_server()
+        find_rabbitmq_server()
         epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
         started = time.monotonic()
         self.directory = Path(tempfile.mkdtemp(prefix="vt-pipeline-rabbitmq-"))
         self.port, self.dist_port, self.epmd_port = free_port(), free_port(), free_port()
         self.nodename = f"vtp-{uuid.uuid4().hex[:12]}@localhost"
-        env = self._environment()
+        env = self._env = self._environment()
         try:
             # Our own epmd, in the foreground, so we own its pid and it dies with us.
-            self._epmd = subprocess.Popen(
+            self._epmd, self._watchdogs["epmd"] = spawn_owned(
                 [epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                grace=3.0,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                start_new_session=True,
             )
             self._wait_for(lambda: _port_open(self.host, self.epmd_port), "epmd", 10.0)
-            log = (self.directory / "server.out").open("wb")
-            with log:
-                self._server = subprocess.Popen(
-                    [server],
-                    env=env,
-                    cwd=self.directory,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self._wait_for(self._accepts_amqp, "AMQP login", self.startup_timeout)
+            self._start_server()
         except BaseException:
             logs = self._tail_logs()
             self.stop(remove_directory=not self.keep_logs_on_failure)
@@ -219,15 +217,49 @@ class RabbitMQ:
         atexit.register(self.stop)  # no orphan broker if the owner forgets (or crashes in) stop
         return self
 
+    def _start_server(self) -> None:
+        """Start the node (on the ports and data of `self._env`) and wait for an AMQP login."""
+        assert self.directory is not None
+        log = (self.directory / "server.out").open("ab")
+        with log:
+            self._server, self._watchdogs["server"] = spawn_owned(
+                [find_rabbitmq_server()],
+                grace=15.0,
+                cleanup=[self.directory],
+                env=self._env,
+                cwd=self.directory,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_for(self._accepts_amqp, "AMQP login", self.startup_timeout)
+
+    def _stop_server(self) -> None:
+        if self._server is not None:
+            terminate_group(self._server, grace=15.0)
+            self._server = None
+        watchdog = self._watchdogs.pop("server", None)
+        if watchdog is not None:
+            watchdog.release()
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop the node, wait `down_seconds`, start it again on the same ports and data:
+        connections drop, durable queues and persistent messages survive."""
+        self._require_running()
+        self._stop_server()
+        time.sleep(down_seconds)
+        self._start_server()
+
     def stop(self, remove_directory: bool = True) -> None:
         """Stop the node (SIGTERM: graceful shutdown), its epmd, and remove its directory."""
         atexit.unregister(self.stop)
-        if self._server is not None:
-            _terminate_group(self._server, grace=15.0)
-            self._server = None
+        self._stop_server()
         if self._epmd is not None:
-            _terminate_group(self._epmd, grace=3.0)
+            terminate_group(self._epmd, grace=3.0)
             self._epmd = None
+        for watchdog in self._watchdogs.values():
+            watchdog.release()
+        self._watchdogs.clear()
         if remove_directory and self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
@@ -323,16 +355,3 @@ class RabbitMQ:
     def _require_running(self) -> None:
         if not self.running:
             raise RabbitMQError("RabbitMQ is not running (call start() or use `with`)")
-
-
-def _terminate_group(process: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM the process group (graceful for the Erlang VM), SIGKILL it after `grace` s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=grace)
-    # Kill what is left of the group (erl_child_setup, inet_gethost, a stuck VM).
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=5)

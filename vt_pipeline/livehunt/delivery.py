@@ -12,6 +12,11 @@ Per window, in this order, so that nothing can be lost:
 A failure at any step fails the asset with a clear message; nothing after it happens, so no
 notification is deleted for a window OpenCTI did not accept. Re-materializing re-delivers:
 ids are deterministic, so OpenCTI upserts and nothing is duplicated.
+
+No OpenCTI work is left in progress: a failed delivery closes its work in error with the reason;
+a work that could not be closed then (OpenCTI down, run killed) is closed in error by the next
+delivery of the same window, once it is older than the work timeout (so that a delivery still
+running elsewhere is left alone).
 """
 
 import asyncio
@@ -27,7 +32,12 @@ from vt_pipeline.livehunt.assets import (
     run_vt,
 )
 from vt_pipeline.livehunt.settings import LivehuntSettings
-from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIResource, display_name
+from vt_pipeline.opencti.resource import (
+    OpenCTIConnector,
+    OpenCTIError,
+    OpenCTIResource,
+    display_name,
+)
 from vt_pipeline.storage.store import StorageResource
 from vt_pipeline.virustotal import objects as n
 from vt_pipeline.virustotal.resource import VirusTotalResource, VirusTotalSession
@@ -52,7 +62,14 @@ def livehunt_opencti_delivery(
         for key, bundle in livehunt_stix_bundles.items():
             names = _file_names(livehunt_notifications[key])
             records[key] = _deliver(
-                context, cti, key, bundle, livehunt_artifacts[key], names, storage
+                context,
+                cti,
+                key,
+                bundle,
+                livehunt_artifacts[key],
+                names,
+                storage,
+                opencti.work_timeout_seconds,
             )
     deleted = {key: 0 for key in records}
     session: VirusTotalSession | None = None
@@ -75,6 +92,7 @@ def _deliver(
     artifacts: list[dict[str, Any]],
     names: dict[str, str],
     storage: StorageResource,
+    stale_after_seconds: float,
 ) -> dict[str, Any]:
     objects = bundle.get("objects") or []
     record: dict[str, Any] = {
@@ -83,18 +101,30 @@ def _deliver(
         "bundles_sent": 0,
         "artifacts_uploaded": 0,
         "artifacts_already_in_opencti": 0,
+        "stale_works_closed": 0,
     }
+    work_name = f"VirusTotal Livehunt {key} (vt_pipeline)"
+    try:
+        stale = cti.close_stale_works(work_name, stale_after_seconds)
+    except OpenCTIError as exc:  # housekeeping: never the reason a delivery fails
+        context.log.warning(f"{key}: could not look for works left in progress: {exc}")
+        stale = []
+    if stale:
+        context.log.warning(
+            f"{key}: closed in error {len(stale)} OpenCTI work(s) an earlier delivery of this "
+            f"window left in progress: {', '.join(stale)}"
+        )
+    record["stale_works_closed"] = len(stale)
     if not objects:
         return record  # nothing kept in this window: no empty work in OpenCTI
-    work_id = cti.initiate_work(f"VirusTotal Livehunt {key} (vt_pipeline)")
-    record["work_id"] = work_id
     try:
-        record["bundles_sent"] = cti.send_bundle(bundle, work_id)
-        cti.close_work(work_id, f"{len(objects)} STIX objects of window {key}")
-        cti.wait_for_work(work_id)
+        work_id, record["bundles_sent"] = cti.deliver_bundle(
+            bundle, work_name, f"{len(objects)} STIX objects of window {key}"
+        )
     except Exception as exc:
         context.log.error(f"{key}: delivery failed, nothing deleted on VirusTotal: {exc}")
         raise
+    record["work_id"] = work_id
     record["objects_sent"] = len(objects)
 
     author = next((o["id"] for o in objects if o["type"] == "identity"), None)

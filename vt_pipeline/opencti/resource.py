@@ -10,20 +10,34 @@ each failing with an `OpenCTIError` that says what went wrong and never contains
 Bundles travel as pycti sends them: split, then through RabbitMQ (`amqp`, the connector's push
 queue) or the GraphQL API (`api`, `stixBundlePush`). A delivery counts as accepted only when the
 OpenCTI work that carries it is complete without errors.
+
+Transient failures (HTTP 5xx or 429, refused, dropped or timed-out connections, a lost RabbitMQ
+connection or channel) are waited out with bounded exponential backoff (`retry_attempts`,
+`retry_backoff_seconds`, `retry_backoff_max_seconds`), then fail with what happened. A call is
+retried in place when repeating it is harmless; sending a bundle is not (pycti adds the work's
+expectations before publishing, so a resend into the same work would never complete): a failed
+send closes its work in error and starts again in a new work (`deliver_bundle`). A refused token
+is said to be one, and never retried.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+import pika.exceptions
+import requests
 from pydantic import Field
+
+log = logging.getLogger(__name__)
 
 LIVEHUNT_CONNECTOR_ID = "325cbb22-ee42-4898-9d99-302ca216671b"  # upstream's default id
 LIVEHUNT_SCOPE = "StixFile,Indicator,Incident,Artifact,Domain-Name,Url,IPv4-Addr,IPv6-Addr"
@@ -31,6 +45,32 @@ LIVEHUNT_SCOPE = "StixFile,Indicator,Incident,Artifact,Domain-Name,Url,IPv4-Addr
 
 class OpenCTIError(Exception):
     """OpenCTI unreachable, refusing a request, or failing to ingest what was sent."""
+
+
+class OpenCTIUnavailable(OpenCTIError):
+    """A transient failure (5xx, lost connection, RabbitMQ down): worth trying again later."""
+
+
+class _HTTPUnavailable(Exception):
+    """Raised by the session hook for a 5xx/429 answer, so that it is told apart from a refusal
+    (pycti turns every non-200 answer into a bare `ValueError(body)`)."""
+
+    def __init__(self, status: int, url: str) -> None:
+        super().__init__(f"HTTP {status} from {url}")
+        self.status = status
+
+
+class _Backoff:
+    """Bounded exponential backoff: `attempts` tries, delays base, 2*base, ... capped at `cap`."""
+
+    def __init__(self, attempts: int, base: float, cap: float) -> None:
+        self.attempts = max(1, attempts)
+        self.base = max(0.0, base)
+        self.cap = max(self.base, cap)
+
+    def delays(self) -> Iterator[float]:
+        for n in range(self.attempts - 1):
+            yield min(self.cap, self.base * 2**n)
 
 
 class OpenCTIResource(dg.ConfigurableResource):
@@ -49,6 +89,20 @@ class OpenCTIResource(dg.ConfigurableResource):
     work_timeout_seconds: float = Field(
         default=600.0, description="How long to wait for OpenCTI to ingest one delivery."
     )
+    retry_attempts: int = Field(
+        default=8, description="Tries of a call failing transiently (5xx, lost connection)."
+    )
+    retry_backoff_seconds: float = Field(
+        default=1.0, description="First wait before a retry; doubles each time."
+    )
+    retry_backoff_max_seconds: float = Field(
+        default=30.0, description="Longest wait between two tries."
+    )
+
+    def _backoff(self) -> _Backoff:
+        return _Backoff(
+            self.retry_attempts, self.retry_backoff_seconds, self.retry_backoff_max_seconds
+        )
 
     @property
     def configured(self) -> bool:
@@ -79,13 +133,11 @@ class OpenCTIResource(dg.ConfigurableResource):
             raise OpenCTIError("OpenCTI is not configured: set OPENCTI_URL and OPENCTI_TOKEN")
         from pycti import OpenCTIApiClient
 
-        try:
-            api = OpenCTIApiClient(self.url.rstrip("/"), self.token, log_level="error")
-        except Exception as exc:
-            raise OpenCTIError(
-                f"OpenCTI at {self.url} is not reachable: {_clip(exc, self.token)}"
-            ) from None
-        return OpenCTIConnector(api, self.token, self.work_timeout_seconds)
+        api = self._open(
+            "connect to",
+            lambda: OpenCTIApiClient(self.url.rstrip("/"), self.token, log_level="error"),
+        )
+        return OpenCTIConnector(api, self.token, self.work_timeout_seconds, backoff=self._backoff())
 
     @contextlib.contextmanager
     def connector(self) -> Iterator[OpenCTIConnector]:
@@ -94,26 +146,90 @@ class OpenCTIResource(dg.ConfigurableResource):
             raise OpenCTIError("OpenCTI is not configured: set OPENCTI_URL and OPENCTI_TOKEN")
         from pycti import OpenCTIConnectorHelper
 
-        # pycti installs a sys.excepthook that SIGTERMs the process on any uncaught exception:
-        # right for a connector container, wrong inside a Dagster run or a test session.
-        excepthook = sys.excepthook
+        config = self.helper_config()
+
+        def register() -> Any:
+            # pycti installs a sys.excepthook that SIGTERMs the process on any uncaught
+            # exception: right for a connector container, wrong in a Dagster run or a test.
+            excepthook = sys.excepthook
+            try:
+                return OpenCTIConnectorHelper(config)
+            except SystemExit as exc:  # pycti exits on some registration failures
+                raise RuntimeError(f"pycti exited ({exc})") from None
+            finally:
+                sys.excepthook = excepthook
+
+        helper = self._open("register with", register)
         try:
-            helper = OpenCTIConnectorHelper(self.helper_config())
-        except Exception as exc:  # pycti raises bare ValueError/ConnectionError/SystemExit
-            raise OpenCTIError(
-                f"cannot register with OpenCTI at {self.url}: {_clip(exc, self.token)}"
-            ) from None
-        except SystemExit as exc:
-            raise OpenCTIError(f"OpenCTI at {self.url} is not reachable ({exc})") from None
-        finally:
-            sys.excepthook = excepthook
-        try:
-            yield OpenCTIConnector(helper.api, self.token, self.work_timeout_seconds, helper)
+            yield OpenCTIConnector(
+                helper.api, self.token, self.work_timeout_seconds, helper, self._backoff()
+            )
         finally:
             ping = getattr(helper, "ping", None)
             if ping is not None:
                 with contextlib.suppress(Exception):
                     ping.stop()
+
+    def _open(self, what: str, make: Callable[[], Any]) -> Any:
+        """Build a pycti client or helper, waiting out an OpenCTI that is down or restarting.
+
+        pycti's constructors hide why they failed ("OpenCTI API is not reachable" for a refused
+        token too), so a failure is explained by a probe of our own: the token refused is said
+        and not retried, a transient failure is retried with backoff, anything else is final.
+        """
+        delays = self._backoff().delays()
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            try:
+                return make()
+            except Exception as exc:
+                problem = self._probe()
+                if problem is None:  # OpenCTI answers and takes the token: pycti's own failure
+                    raise OpenCTIError(
+                        f"cannot {what} OpenCTI at {self.url}: {_describe(exc, self.token)}"
+                    ) from None
+                if not isinstance(problem, OpenCTIUnavailable):
+                    raise problem from None
+                delay = next(delays, None)
+                if delay is None:
+                    raise OpenCTIUnavailable(
+                        f"OpenCTI at {self.url} is not reachable ({problem}); gave up after "
+                        f"{attempt} attempts over {time.monotonic() - started:.0f} s"
+                    ) from None
+                log.warning("OpenCTI at %s: %s; retrying in %.1f s", self.url, problem, delay)
+                time.sleep(delay)
+
+    def _probe(self) -> OpenCTIError | None:
+        """Ask OpenCTI who we are: None if it answers and accepts the token, else the problem
+        (an `OpenCTIUnavailable` when it is worth trying again)."""
+        url = f"{self.url.rstrip('/')}/graphql"
+        try:
+            answer = requests.post(
+                url,
+                json={"query": "query { me { id } }"},
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=30,
+            )
+        except requests.RequestException as exc:
+            return OpenCTIUnavailable(_describe(exc, self.token))
+        if answer.status_code >= 500 or answer.status_code == 429:
+            return OpenCTIUnavailable(f"HTTP {answer.status_code} from {url}")
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        if answer.status_code in (401, 403) or _auth_refused(body):
+            return OpenCTIError(
+                f"OpenCTI at {self.url} refused the token (OPENCTI_TOKEN): it must be the API "
+                "token of an OpenCTI user (Profile > API access); not retried"
+            )
+        if answer.status_code != 200 or not isinstance(body, dict):
+            return OpenCTIError(
+                f"{url} does not answer like OpenCTI (HTTP {answer.status_code}): is OPENCTI_URL "
+                "the platform's base URL?"
+            )
+        return None
 
 
 class OpenCTIConnector:
@@ -121,12 +237,19 @@ class OpenCTIConnector:
     bundles through the registered connector helper (absent for read-only lookups)."""
 
     def __init__(
-        self, api: Any, token: str, work_timeout_seconds: float, helper: Any | None = None
+        self,
+        api: Any,
+        token: str,
+        work_timeout_seconds: float,
+        helper: Any | None = None,
+        backoff: _Backoff | None = None,
     ) -> None:
         self.api = api
         self._helper = helper
         self._token = token
         self._timeout = work_timeout_seconds
+        self._backoff = backoff or _Backoff(1, 0.0, 0.0)
+        _watch_status(api)
 
     @property
     def helper(self) -> Any:
@@ -135,10 +258,37 @@ class OpenCTIConnector:
         return self._helper
 
     def _guard(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call pycti, retrying transient failures in place (for calls safe to repeat)."""
+        delays = self._backoff.delays()
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            try:
+                return self._once(what, call, *args, **kwargs)
+            except OpenCTIUnavailable as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    if attempt == 1:
+                        raise
+                    raise OpenCTIUnavailable(
+                        f"{exc}; gave up after {attempt} attempts over "
+                        f"{time.monotonic() - started:.0f} s"
+                    ) from None
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+
+    def _once(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call pycti once; failures become OpenCTIError (OpenCTIUnavailable if transient)."""
         try:
             return call(*args, **kwargs)
         except Exception as exc:
-            raise OpenCTIError(f"OpenCTI failed to {what}: {_clip(exc, self._token)}") from None
+            text = _describe(exc, self._token)
+            if _auth_refused(exc):
+                raise OpenCTIError(
+                    f"OpenCTI refused the token (OPENCTI_TOKEN) to {what}: {text}; not retried"
+                ) from None
+            kind = OpenCTIUnavailable if _transient(exc) else OpenCTIError
+            raise kind(f"OpenCTI failed to {what}: {text}") from None
 
     def initiate_work(self, name: str) -> str:
         work_id = self._guard(
@@ -149,14 +299,97 @@ class OpenCTIConnector:
         return str(work_id)
 
     def send_bundle(self, bundle: dict[str, Any], work_id: str) -> int:
-        """Send a bundle as pycti does (split, with expectations); returns the pieces sent."""
-        sent = self._guard(
+        """Send a bundle as pycti does (split, with expectations); returns the pieces sent.
+
+        Tried once: pycti adds the work's expectations before publishing, so sending again into
+        the same work would leave it expecting pieces that never come (see `deliver_bundle`).
+        """
+        sent = self._once(
             "accept a bundle", self.helper.send_stix2_bundle, json.dumps(bundle), work_id=work_id
         )
         return len(sent or [])
 
     def close_work(self, work_id: str, message: str, in_error: bool = False) -> None:
         self._guard("close a work", self.api.work.to_processed, work_id, message, in_error)
+
+    def fail_work(self, work_id: str, reason: str) -> bool:
+        """Close a work in error with the reason (one try: OpenCTI may be what failed);
+        False if it could not be closed (the next delivery of its window will)."""
+        try:
+            self._once(
+                "close a work in error", self.api.work.to_processed, work_id, reason[:2000], True
+            )
+        except OpenCTIError as exc:
+            log.warning("could not close OpenCTI work %s in error: %s", work_id, exc)
+            return False
+        return True
+
+    def deliver_bundle(
+        self, bundle: dict[str, Any], work_name: str, message: str
+    ) -> tuple[str, int]:
+        """Send a bundle in a new work, close it and wait until OpenCTI has ingested it.
+
+        Returns (work id, pieces sent). A transient failure while sending closes that work in
+        error and starts again in a new one, with backoff; any failure closes the work in error
+        with the reason before it is raised, so no work is left in progress.
+        """
+        delays = self._backoff.delays()
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            work_id = self.initiate_work(work_name)
+            try:
+                pieces = self.send_bundle(bundle, work_id)
+            except OpenCTIUnavailable as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    reason = (
+                        f"{exc}; gave up after {attempt} attempts over "
+                        f"{time.monotonic() - started:.0f} s"
+                    )
+                    self.fail_work(work_id, f"vt_pipeline: {reason}")
+                    raise OpenCTIUnavailable(reason) from None
+                self.fail_work(
+                    work_id, f"vt_pipeline: {exc}; sending again in a new work in {delay:.1f} s"
+                )
+                log.warning("%s; sending again in a new work in %.1f s", exc, delay)
+                time.sleep(delay)
+                continue
+            except OpenCTIError as exc:
+                self.fail_work(work_id, f"vt_pipeline: {exc}")
+                raise
+            try:
+                self.close_work(work_id, message)
+                self.wait_for_work(work_id)
+            except OpenCTIError as exc:
+                self.fail_work(work_id, f"vt_pipeline: {exc}")
+                raise
+            return work_id, pieces
+
+    def close_stale_works(self, work_name: str, older_than_seconds: float) -> list[str]:
+        """Close in error the works named `work_name` that were never closed and are older than
+        `older_than_seconds` (a live delivery closes its work right after sending): what a
+        killed run, or an OpenCTI down when the failure was known, left in progress."""
+        works = self._guard(
+            "list the connector's works", self.api.work.get_connector_works, self.helper.connect_id
+        )
+        now = datetime.now(UTC)
+        closed = []
+        for work in works or []:
+            if work.get("name") != work_name or work.get("processed_time"):
+                continue
+            if work.get("status") == "complete" or work.get("errors"):
+                continue
+            created = _parse_time(work.get("timestamp"))
+            if created is None or (now - created).total_seconds() < older_than_seconds:
+                continue
+            reason = (
+                "vt_pipeline: closed by a later delivery of the same window; the delivery that "
+                "opened this work did not finish (its run failed or was killed)"
+            )
+            if self.fail_work(str(work["id"]), reason):
+                closed.append(str(work["id"]))
+        return closed
 
     def wait_for_work(self, work_id: str, poll_seconds: float = 0.2) -> dict[str, Any]:
         """Until OpenCTI has ingested everything the work carries; errors fail the delivery."""
@@ -239,6 +472,67 @@ def display_name(name: Any, fallback: str) -> str:
     text = re.sub(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]", "", text)
     text = text.replace("\\", "/").rsplit("/", 1)[-1].strip().strip(".")
     return text[:255] or fallback
+
+
+def _watch_status(api: Any) -> None:
+    """Make pycti's HTTP session raise `_HTTPUnavailable` on 5xx/429 answers (once per session),
+    so that they are retried rather than taken for a refusal."""
+    session = getattr(api, "session", None)
+    hooks = getattr(session, "hooks", None)
+    if not isinstance(hooks, dict) or _raise_if_unavailable in hooks.get("response", []):
+        return
+    hooks.setdefault("response", []).append(_raise_if_unavailable)
+
+
+def _raise_if_unavailable(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    if response.status_code >= 500 or response.status_code == 429:
+        raise _HTTPUnavailable(response.status_code, response.url.split("?", 1)[0])
+
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    _HTTPUnavailable,
+    requests.ConnectionError,  # refused, reset, dropped
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    pika.exceptions.AMQPConnectionError,  # RabbitMQ down, restarting, connection lost
+    pika.exceptions.AMQPChannelError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT)
+
+
+def _auth_refused(error: Any) -> bool:
+    """pycti's ValueError for a GraphQL AUTH_REQUIRED answer, or such an answer's body."""
+    text = json.dumps(error) if isinstance(error, dict) else str(error)
+    return "AUTH_REQUIRED" in text
+
+
+def _describe(exc: BaseException, secret: str) -> str:
+    """What happened, never empty (pika's errors often have no message) and without the token."""
+    text = _clip(exc, secret)
+    name = type(exc).__name__
+    if isinstance(exc, pika.exceptions.AMQPError):
+        what = "RabbitMQ connection or channel lost or refused"
+        return f"{what} ({name}{': ' + text if text else ''}); is RabbitMQ down or restarting?"
+    if isinstance(exc, _HTTPUnavailable):
+        return f"{text} (OpenCTI unavailable)"
+    if isinstance(exc, requests.ConnectionError):
+        return f"connection refused or dropped ({name}: {text})"
+    if isinstance(exc, requests.Timeout):
+        return f"no answer in time ({name}: {text})"
+    return f"{text} ({name})" if text else name
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _clip(exc: Any, secret: str, limit: int = 500) -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pika
@@ -12,6 +15,7 @@ import pytest
 
 from vt_pipeline.emulators import rabbitmq as rabbitmq_module
 from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo, RabbitMQ, RabbitMQError
+from vt_pipeline_tests.processes import cwd_of, family, live_processes
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +95,62 @@ def test_a_missing_install_says_how_to_fix_it(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("PATH", os.devnull)
     with pytest.raises(RabbitMQError, match="apt-get install rabbitmq-server"):
         RabbitMQ().start()
+
+
+OWNER_ARGS = ("--start-rabbitmq", "--port", "0")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_the_opencti_emulators_broker_stops_with_its_owner(signum: signal.Signals) -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "vt_pipeline.cli", "emulate", "opencti", *OWNER_ARGS],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        lines = []
+        for line in owner.stdout:
+            lines.append(line)
+            if "OpenCTI emulator listening" in line:
+                break
+        assert any("RabbitMQ listening" in line for line in lines), lines
+        owned = family(owner.pid)
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in owned}
+        assert {"epmd", "beam.smp"} <= names, names
+        directories = {d for pid in owned if "vt-pipeline-rabbitmq-" in (d := cwd_of(pid))}
+        assert len(directories) == 1, directories
+
+        owner.send_signal(signum)
+        owner.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = owned & set(live_processes())
+            if not left and not any(Path(d).exists() for d in directories):
+                break
+            time.sleep(0.5)
+        assert not (owned & set(live_processes())), f"survivors after {signum.name}"
+        assert not any(Path(d).exists() for d in directories)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+
+
+def test_a_restarted_broker_keeps_its_port_and_persistent_messages() -> None:
+    with RabbitMQ() as broker:
+        connection = pika.BlockingConnection(broker.connection_parameters())
+        channel = connection.channel()
+        channel.queue_declare("durable-one", durable=True)
+        channel.basic_publish("", "durable-one", b"kept", pika.BasicProperties(delivery_mode=2))
+        connection.close()
+        port = broker.port
+        broker.restart(down_seconds=0.5)
+        assert broker.port == port and broker.running
+        connection = pika.BlockingConnection(broker.connection_parameters())
+        try:
+            _, _, body = connection.channel().basic_get("durable-one", auto_ack=True)
+        finally:
+            connection.close()
+        assert body == b"kept"

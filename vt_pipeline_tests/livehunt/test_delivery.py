@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +14,32 @@ from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.virustotal.corpus import Corpus
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.opencti.resource import OpenCTIResource
-from vt_pipeline_tests.conftest import ResourcesFactory, materialize_hours, stored, window
+from vt_pipeline_tests.conftest import (
+    ResourcesFactory,
+    materialize_hours,
+    partition_key,
+    stored,
+    window,
+)
 
 pytestmark = pytest.mark.integration
 
 HOUR = 2
 
 
-def cti(emulator: OpenCTIEmulator, protocol: str = "amqp") -> OpenCTIResource:
+def cti(emulator: OpenCTIEmulator, protocol: str = "amqp", **options: Any) -> OpenCTIResource:
+    """OpenCTI through the emulator; retries fast (what is tested is that they happen)."""
     return OpenCTIResource(
-        url=emulator.url, token=emulator.token, queue_protocol=protocol, work_timeout_seconds=30
+        url=emulator.url,
+        token=emulator.token,
+        queue_protocol=protocol,
+        **{
+            "work_timeout_seconds": 30,
+            "retry_attempts": 4,
+            "retry_backoff_seconds": 0.05,
+            "retry_backoff_max_seconds": 0.2,
+            **options,
+        },
     )
 
 
@@ -187,3 +204,93 @@ def test_re_reading_a_delivered_and_deleted_window_keeps_what_was_stored(
     assert meta["notifications_already_known"] == len(window_ids(vt_corpus))
     assert meta["notifications_new"] == 0
     assert opencti.counts() == held  # re-delivered the same bundle: nothing new, nothing lost
+
+
+def deliver_only(
+    instance: dg.DagsterInstance, resources: dict[str, Any], raise_on_error: bool = True
+) -> dg.ExecuteInProcessResult:
+    """Only the delivery step of HOUR, from the stored bundle (upstream materialized before)."""
+    from vt_pipeline.livehunt.assets import livehunt_assets
+    from vt_pipeline.livehunt.delivery import livehunt_opencti_delivery
+
+    return dg.materialize(
+        [*livehunt_assets, livehunt_opencti_delivery],
+        selection=[livehunt_opencti_delivery],
+        instance=instance,
+        resources=resources,
+        partition_key=partition_key(HOUR),
+        raise_on_error=raise_on_error,
+    )
+
+
+def window_works(emulator: OpenCTIEmulator) -> list[Any]:
+    return [
+        w
+        for w in emulator.works()
+        if w.name == f"VirusTotal Livehunt {partition_key(HOUR)} (vt_pipeline)"
+    ]
+
+
+def test_a_five_second_opencti_outage_during_delivery_is_waited_out(
+    dagster_instance: dg.DagsterInstance,
+    opencti: OpenCTIEmulator,
+    livehunt_resources: ResourcesFactory,
+) -> None:
+    resources = livehunt_resources(
+        opencti=cti(
+            opencti, retry_attempts=12, retry_backoff_seconds=0.2, retry_backoff_max_seconds=1.0
+        )
+    )
+    materialize_hours(dagster_instance, resources, HOUR)  # the bundle, stored
+    opencti.set_outage(503, seconds=5)
+    started = time.monotonic()
+    result = deliver_only(dagster_instance, resources)
+    assert result.success
+    assert time.monotonic() - started >= 4  # it did wait the outage out
+    meta = delivery_metadata(result)
+    work = opencti.work(meta["work_id"])
+    assert work is not None and work.status == "complete" and not work.errors
+    assert opencti.objects("incident")
+
+
+def test_a_failed_delivery_closes_its_work_in_error(
+    dagster_instance: dg.DagsterInstance,
+    opencti: OpenCTIEmulator,
+    livehunt_resources: ResourcesFactory,
+) -> None:
+    resources = livehunt_resources(opencti=cti(opencti, work_timeout_seconds=1))
+    materialize_hours(dagster_instance, resources, HOUR)
+    opencti.platform.paused.set()  # OpenCTI's workers stop ingesting: the work never completes
+    try:
+        failed = deliver_only(dagster_instance, resources, raise_on_error=False)
+    finally:
+        opencti.platform.paused.clear()
+    assert not failed.success
+    [work] = window_works(opencti)
+    assert work.processed_time is not None
+    assert any("not complete after 1 s" in error["message"] for error in work.errors), work.errors
+
+
+def test_the_next_delivery_closes_a_work_an_earlier_one_left_in_progress(
+    dagster_instance: dg.DagsterInstance,
+    opencti: OpenCTIEmulator,
+    livehunt_resources: ResourcesFactory,
+) -> None:
+    resource = cti(opencti)
+    resources = livehunt_resources(opencti=resource)
+    materialize_hours(dagster_instance, resources, HOUR)
+    # what a run killed in the middle of a delivery leaves: a work created, never closed
+    name = f"VirusTotal Livehunt {partition_key(HOUR)} (vt_pipeline)"
+    with resource.connector() as connector:
+        left = connector.initiate_work(name)
+        live = connector.initiate_work(name)  # a delivery still running elsewhere: too recent
+    opencti.work(left).timestamp = "2026-01-01T00:00:00.000Z"  # an hour ago and more
+
+    result = deliver_only(dagster_instance, resources)
+    assert delivery_metadata(result)["stale_works_closed"] == 1
+    closed = opencti.work(left)
+    assert closed.processed_time is not None
+    assert "did not finish" in closed.errors[0]["message"]
+    assert opencti.work(live).processed_time is None and not opencti.work(live).errors
+    done = opencti.work(delivery_metadata(result)["work_id"])
+    assert done.status == "complete" and not done.errors

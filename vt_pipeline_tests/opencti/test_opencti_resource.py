@@ -1,9 +1,20 @@
 """OpenCTIResource: configuration from upstream variables, clear errors, safe display names."""
 
+import threading
+import time
+import uuid
+from typing import Any
+
 import pytest
 
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
-from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource, display_name
+from vt_pipeline.emulators.rabbitmq import RabbitMQ, _port_open
+from vt_pipeline.opencti.resource import (
+    OpenCTIError,
+    OpenCTIResource,
+    OpenCTIUnavailable,
+    display_name,
+)
 from vt_pipeline.resources import build_opencti
 
 
@@ -55,15 +66,108 @@ def test_unknown_queue_protocol_is_refused() -> None:
         OpenCTIResource(url="http://x", token="t", queue_protocol="kafka").helper_config()
 
 
+def patient(emulator: OpenCTIEmulator, attempts: int = 20, **options: Any) -> OpenCTIResource:
+    """OpenCTI through the emulator, retrying fast: what is tested is that retries happen."""
+    settings: dict[str, Any] = {
+        "retry_backoff_seconds": 0.1,
+        "retry_backoff_max_seconds": 0.5,
+        **options,
+    }
+    return OpenCTIResource(
+        url=emulator.url, token=emulator.token, retry_attempts=attempts, **settings
+    )
+
+
+DOMAIN_BUNDLE = {
+    "type": "bundle",
+    "id": "bundle--6f1f8c0c-2a11-4d2e-9d5e-0b9a3ed45f7f",
+    "objects": [
+        {
+            "type": "domain-name",
+            "spec_version": "2.1",
+            "value": "restart.example.org",
+            "id": "domain-name--8c0c2a11-6f1f-5d2e-9d5e-0b9a3ed45f7f",
+        }
+    ],
+}
+
+
 @pytest.mark.integration
-def test_wrong_token_fails_clearly_without_the_token(opencti: OpenCTIEmulator) -> None:
-    resource = OpenCTIResource(url=opencti.url, token="wrong-secret-value")
-    with pytest.raises(OpenCTIError, match="OpenCTI") as caught, resource.connector():
+def test_a_wrong_token_is_said_to_be_refused_and_is_not_retried(opencti: OpenCTIEmulator) -> None:
+    resource = OpenCTIResource(
+        url=opencti.url, token="wrong-secret-value", retry_backoff_seconds=5.0
+    )
+    started = time.monotonic()
+    with pytest.raises(OpenCTIError, match="refused the token") as caught, resource.connector():
         pass
+    assert "not reachable" not in str(caught.value)
+    assert "OPENCTI_TOKEN" in str(caught.value)
     assert "wrong-secret-value" not in str(caught.value)
-    with pytest.raises(OpenCTIError) as caught:
+    with pytest.raises(OpenCTIError, match="refused the token") as caught:
         resource.lookups()
     assert "wrong-secret-value" not in str(caught.value)
+    assert time.monotonic() - started < 5  # never waited for a retry
+
+
+@pytest.mark.integration
+def test_calls_wait_out_a_short_outage(opencti: OpenCTIEmulator) -> None:
+    opencti.set_outage(503, seconds=1.5)  # registration waits it out
+    with patient(opencti, queue_protocol="api").connector() as cti:
+        work_id = cti.initiate_work("through an outage")
+        opencti.set_outage("refuse", seconds=1.5)  # connections refused, then back
+        cti.close_work(work_id, "nothing to send")
+        assert cti.wait_for_work(work_id)["status"] == "complete"
+
+
+@pytest.mark.integration
+def test_an_outage_longer_than_the_retries_fails_saying_what_happened(
+    opencti: OpenCTIEmulator,
+) -> None:
+    resource = patient(opencti, attempts=3)
+    opencti.set_outage(503)
+    with (
+        pytest.raises(OpenCTIUnavailable, match=r"HTTP 503.*gave up after 3 attempts"),
+        resource.connector(),
+    ):
+        pass
+    opencti.clear_outage()
+    with resource.connector() as cti:
+        opencti.set_outage("refuse")
+        try:
+            with pytest.raises(OpenCTIUnavailable, match=r"refused or dropped.*after 3 attempts"):
+                cti.read_entity("domain-name--8c0c2a11-6f1f-5d2e-9d5e-0b9a3ed45f7f")
+        finally:
+            opencti.clear_outage()
+
+
+@pytest.mark.integration
+def test_a_rabbitmq_restart_during_delivery_is_waited_out_or_named() -> None:
+    with RabbitMQ() as broker, OpenCTIEmulator(amqp=broker) as emulator:
+        impatient = patient(emulator, attempts=2, connector_id=str(uuid.uuid4()))
+        # a broker restart takes 5-20 s here (stop, 3 s down, boot): retries for up to 60 s
+        slow = patient(emulator, work_timeout_seconds=60, retry_backoff_max_seconds=3.0)
+        with slow.connector() as cti, impatient.connector() as hasty:
+            restart = threading.Thread(target=broker.restart, kwargs={"down_seconds": 3})
+            restart.start()
+            try:
+                deadline = time.monotonic() + 30
+                while _port_open(broker.host, broker.port) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                # with too few retries: fails, and says that RabbitMQ went away
+                with pytest.raises(OpenCTIUnavailable) as caught:
+                    hasty.deliver_bundle(DOMAIN_BUNDLE, "hasty", "one domain")
+                assert "RabbitMQ" in str(caught.value)
+                assert "gave up after 2 attempts" in str(caught.value)
+                # with enough: waits for the broker and delivers, in a new work
+                work_id, pieces = cti.deliver_bundle(DOMAIN_BUNDLE, "patient", "one domain")
+            finally:
+                restart.join(timeout=120)
+        assert pieces >= 1
+        assert emulator.work(work_id).status == "complete"
+        assert emulator.get(DOMAIN_BUNDLE["objects"][0]["id"]) is not None
+        abandoned = [w for w in emulator.works() if w.id != work_id]
+        assert abandoned and all(w.processed_time for w in abandoned)  # none left open
+        assert all("RabbitMQ" in w.errors[0]["message"] for w in abandoned)
 
 
 @pytest.mark.integration

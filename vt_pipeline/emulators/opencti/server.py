@@ -58,6 +58,7 @@ from vt_pipeline.emulators.opencti.graphql import (
 )
 from vt_pipeline.emulators.opencti.platform import Platform, PlaybookStep, UploadedFile, Work
 from vt_pipeline.emulators.opencti.store import Record, Store, StoredFile, file_hashes
+from vt_pipeline.emulators.processes import interrupt_on_sigterm
 from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo, RabbitMQ
 
 log = logging.getLogger(__name__)
@@ -862,9 +863,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
-    """Serve until interrupted (Ctrl-C), or until `stop` is set (tests)."""
+    """Serve until interrupted (Ctrl-C, SIGTERM), or until `stop` is set (tests).
+
+    SIGTERM unwinds like Ctrl-C, so the private broker stops and its files go; if this process is
+    killed outright, the broker's watchdog stops it (see `emulators.processes`).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    with contextlib.ExitStack() as stack:
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        interrupt_on_sigterm(),
+        contextlib.ExitStack() as stack,
+    ):
         amqp: AMQPConnectionInfo | str | None = args.amqp_url
         if args.start_rabbitmq:
             mq = stack.enter_context(RabbitMQ())
@@ -878,6 +887,5 @@ def run(args: argparse.Namespace, stop: threading.Event | None = None) -> int:
         )
         print(f"OpenCTI emulator listening on {emulator.url}", flush=True)
         print(f"token: {emulator.token}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            (stop or threading.Event()).wait()
+        (stop or threading.Event()).wait()
     return 0

@@ -180,6 +180,10 @@ class VirusTotalSession:
         self.log = CallLog.empty()
         self._scoped: dict[str, CallLog] = {}
 
+    @property
+    def max_upload_bytes(self) -> int:
+        return self._config.max_upload_bytes
+
     def log_for(self, scope: str) -> CallLog:
         """The calls made under `call_scope(scope)`."""
         return self._scoped.setdefault(scope, CallLog.empty())

@@ -1,0 +1,7 @@
+"""The enrichment domain's definitions: the job and the sensor that feeds it."""
+
+import dagster as dg
+
+from vt_pipeline.enrichment.job import vt_enrichment_job
+
+defs = dg.Definitions(jobs=[vt_enrichment_job])

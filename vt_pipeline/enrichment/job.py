@@ -193,7 +193,11 @@ class Enricher:
         self._check_tlp(entity, outcome.entity)
         stix_entity = await self._stix_entity(request, entity)
         result = await self._enrich(entity_type, entity, stix_entity, trace)
-        outcome.score, outcome.objects, outcome.stats = result.score, len(result.objects), result.stats
+        outcome.score, outcome.objects, outcome.stats = (
+            result.score,
+            len(result.objects),
+            result.stats,
+        )
         if request.playbook is not None:
             answer = playbook_bundle(request.bundle or {}, result.objects)
             await self._opencti(

@@ -147,4 +147,4 @@ class EnrichmentSettings(dg.ConfigurableResource):
         )
 
 
-__all__ = ["ConfigError", "EnrichmentSettings", "TLP_RANKS", "normalize_tlp"]
+__all__ = ["TLP_RANKS", "ConfigError", "EnrichmentSettings", "normalize_tlp"]

@@ -111,4 +111,3 @@ class ResponseStore:
         if not folder.is_dir():
             return []
         return sorted(p for p in folder.glob("*.json") if p.name != "latest.json")
-

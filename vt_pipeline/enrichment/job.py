@@ -26,12 +26,9 @@ deterministic (no duplicate notes or indicators) and their VirusTotal responses 
 cache window (no quota spent).
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,6 +50,7 @@ from vt_pipeline.stix.enrichment import (
     EnrichmentResult,
     build_enrichment,
     build_indicator_enrichment,
+    enrichment_bundle,
     playbook_bundle,
     unchanged_playbook_bundle,
 )
@@ -191,7 +189,7 @@ class Enricher:
                 f"VirusTotal enrichment does not support entities of type {entity_type!r}"
             )
         self._check_tlp(entity, outcome.entity)
-        stix_entity = await self._stix_entity(request, entity)
+        stix_entity, context_objects = await self._stix_entity(request, entity)
         result = await self._enrich(entity_type, entity, stix_entity, trace)
         outcome.score, outcome.objects, outcome.stats = (
             result.score,
@@ -209,11 +207,7 @@ class Enricher:
             outcome.status = OUTCOME_ENRICHED
             outcome.message = self._success_message(entity_type, outcome, trace, "playbook")
             return
-        bundle = {
-            "type": "bundle",
-            "id": _bundle_id(result.objects),
-            "objects": result.objects,
-        }
+        bundle = enrichment_bundle(context_objects, result.objects)
         await self._opencti("accept the bundle", self.cti.send_bundle, bundle, request.work_id)
         outcome.status = OUTCOME_ENRICHED
         outcome.message = self._success_message(entity_type, outcome, trace, "work")
@@ -241,7 +235,8 @@ class Enricher:
 
     async def _stix_entity(
         self, request: EnrichmentRequest, entity: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The entity as STIX, and the objects exported with it (its markings, its author)."""
         if request.playbook is not None:
             objects = (request.bundle or {}).get("objects") or []
             wanted = {request.entity_id, entity.get("standard_id"), entity.get("id")}
@@ -252,7 +247,7 @@ class Enricher:
                 raise RequestFailed(
                     f"the playbook bundle does not hold the entity {request.entity_id}"
                 )
-            return found
+            return found, list(objects)
 
         def export() -> list[dict[str, Any]]:
             stix2 = self.cti.api.stix2
@@ -262,7 +257,7 @@ class Enricher:
         standard_id = entity.get("standard_id")
         for item in objects or []:
             if item.get("id") in {standard_id, f"x-opencti-{standard_id}"}:
-                return item
+                return item, list(objects)
         raise RequestFailed(f"OpenCTI could not export the entity {request.entity_id} as STIX")
 
     def _check_tlp(self, entity: Mapping[str, Any], label: str) -> None:
@@ -560,12 +555,6 @@ def _label(entity: Mapping[str, Any]) -> str:
         if entity.get(key):
             return str(entity[key])[:200]
     return str(entity.get("standard_id") or entity.get("id") or "")
-
-
-def _bundle_id(objects: Sequence[Mapping[str, Any]]) -> str:
-    """Same objects, same bundle id (deterministic output)."""
-    key = ",".join(sorted(str(o.get("id")) for o in objects))
-    return f"bundle--{uuid.uuid5(uuid.NAMESPACE_URL, 'vt_pipeline:' + key)}"
 
 
 async def answer_all(

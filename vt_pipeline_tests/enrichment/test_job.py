@@ -1,0 +1,354 @@
+"""End to end: OpenCTI's enrichment requests answered by `vt_enrichment_job`.
+
+The OpenCTI emulator publishes the requests on the enrichment connector's listen queue (real
+RabbitMQ), the test reads them as the sensor does (`parse_request`), the job runs in process
+against the VirusTotal emulator and sends its bundles through real pycti; the assertions read
+what OpenCTI then holds and each work's status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pika
+import pytest
+
+from vt_pipeline.emulators.opencti.amqp import listen_queue
+from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
+from vt_pipeline.emulators.rabbitmq import RabbitMQ
+from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+from vt_pipeline.enrichment.job import vt_enrichment_job
+from vt_pipeline.enrichment.requests import (
+    ENRICHMENT_OP,
+    EnrichmentRequest,
+    enrichment_run_config,
+    parse_request,
+)
+from vt_pipeline.enrichment.settings import EnrichmentSettings
+from vt_pipeline.opencti.resource import ENRICHMENT_CONNECTOR_ID, OpenCTIResource
+from vt_pipeline.storage.store import StorageResource
+from vt_pipeline.virustotal.resource import VirusTotalResource
+from vt_pipeline_tests.conftest import PREMIUM_KEY
+
+pytestmark = pytest.mark.integration
+
+Enrich = Callable[..., tuple[dg.ExecuteInProcessResult, list[EnrichmentRequest]]]
+
+
+def malicious_file(corpus: Corpus, minimum: int = 10) -> str:
+    """A corpus file VT flags with at least `minimum` engines and crowdsourced YARA results."""
+    return next(
+        sha256
+        for sha256, obj in sorted(corpus.files.items())
+        if obj["attributes"]["last_analysis_stats"]["malicious"] >= minimum
+        and obj["attributes"].get("crowdsourced_yara_results")
+    )
+
+
+def vt_score(attributes: dict[str, Any]) -> int:
+    gti = ((attributes.get("gti_assessment") or {}).get("threat_score") or {}).get("value")
+    if gti:
+        return int(gti)
+    stats = attributes["last_analysis_stats"]
+    total = stats["malicious"] + stats["harmless"] + stats["undetected"]
+    return round(100 * stats["malicious"] / total)
+
+
+def take(rabbitmq: RabbitMQ, queue: str) -> list[bytes]:
+    """Every message waiting on the listen queue (the sensor's part, done by hand here)."""
+    connection = pika.BlockingConnection(rabbitmq.connection_parameters())
+    try:
+        channel = connection.channel()
+        bodies = []
+        while True:
+            method, _, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return bodies
+            bodies.append(body)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def cti_resource(opencti: OpenCTIEmulator) -> Iterator[OpenCTIResource]:
+    resource = OpenCTIResource(url=opencti.url, token=opencti.token, work_timeout_seconds=30)
+    with resource.connector("enrichment"):
+        pass  # registered: OpenCTI can now send it requests
+    yield resource
+
+
+@pytest.fixture
+def enrich(
+    opencti: OpenCTIEmulator,
+    rabbitmq: RabbitMQ,
+    vt_emulator: VirusTotalEmulator,
+    cti_resource: OpenCTIResource,
+    dagster_instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> Enrich:
+    """Ask OpenCTI to enrich entities, run the job on the requests, wait for the works."""
+
+    def run(
+        *entity_ids: str,
+        requests: list[EnrichmentRequest] | None = None,
+        virustotal: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> tuple[dg.ExecuteInProcessResult, list[EnrichmentRequest]]:
+        for entity_id in entity_ids:
+            opencti.ask_enrichment(entity_id, ENRICHMENT_CONNECTOR_ID)
+        bodies = take(rabbitmq, listen_queue(ENRICHMENT_CONNECTOR_ID))
+        requests = [parse_request(body) for body in bodies] + (requests or [])
+        vt_config: dict[str, Any] = {
+            "api_key": PREMIUM_KEY,
+            "api_url": vt_emulator.url,
+            "timeout_seconds": 5.0,
+            "backoff_base_seconds": 0.01,
+            "backoff_max_seconds": 0.05,
+            "max_attempts": 10,
+            "analysis_poll_seconds": 0.01,
+            "analysis_poll_max_seconds": 0.05,
+        }
+        result = vt_enrichment_job.execute_in_process(
+            run_config=enrichment_run_config(requests),
+            resources={
+                "virustotal": VirusTotalResource(**{**vt_config, **(virustotal or {})}),
+                "opencti": cti_resource,
+                "enrichment_settings": EnrichmentSettings(**settings),
+                "storage": StorageResource(base_dir=str(tmp_path / "storage")),
+            },
+            instance=dagster_instance,
+            raise_on_error=False,
+        )
+        for request in requests:
+            if request.work_id:
+                opencti.wait_for_work(request.work_id, timeout=20)
+        return result, requests
+
+    return run
+
+
+def metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    event = next(e for e in result.all_events if e.event_type_value == "STEP_OUTPUT")
+    return {k: v.value for k, v in event.step_output_data.metadata.items()}
+
+
+def rows(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
+    table = metadata(result)["requests"]
+    return {r.data["request_id"]: r.data for r in table.records}
+
+
+def work_message(opencti: OpenCTIEmulator, work_id: str | None) -> tuple[str, bool, str]:
+    assert work_id
+    work = opencti.wait_for_work(work_id, timeout=20)
+    summary = work.summary()
+    messages = " | ".join(str(m) for m in summary.get("messages") or [])
+    errors = " | ".join(str(m) for m in summary.get("errors") or [])
+    return summary["status"], bool(work.in_error), messages + " " + errors
+
+
+def test_one_entity_of_each_type_is_enriched(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, vt_emulator: VirusTotalEmulator
+) -> None:
+    sha256 = malicious_file(vt_corpus)
+    file_attrs = vt_corpus.files[sha256]["attributes"]
+    ip = sorted(vt_corpus.ip_addresses)[0]
+    domain = sorted(vt_corpus.domains)[0]
+    host = sorted(vt_corpus.domains)[1]
+    url_attributes = vt_corpus.urls[sorted(vt_corpus.urls)[0]]["attributes"]
+    url = url_attributes["url"]
+    unseen = b"MZ" + os.urandom(2048)
+    ids = {
+        "StixFile": opencti.create_observable(
+            "StixFile", hashes={"SHA-256": sha256}, markings=["TLP:GREEN"], score=5
+        ),
+        "Artifact": opencti.create_artifact(unseen, "unseen.exe", markings=["TLP:CLEAR"]),
+        "IPv4-Addr": opencti.create_observable("IPv4-Addr", ip),
+        "Domain-Name": opencti.create_observable("Domain-Name", domain),
+        "Hostname": opencti.create_observable("Hostname", host),
+        "Url": opencti.create_observable("Url", url),
+        "Indicator": opencti.create_indicator(
+            f"[domain-name:value = '{domain}']",
+            observable_values=[{"type": "Domain-Name", "value": domain}],
+            name=domain,
+        ),
+    }
+    result, requests = enrich(
+        *ids.values(), file_import_yara=True, file_indicator_create_positives=1
+    )
+    assert result.success, result.all_events
+    table = rows(result)
+    assert len(table) == 7 and {r["outcome"] for r in table.values()} == {"enriched"}
+    for request in requests:
+        status, in_error, message = work_message(opencti, request.work_id)
+        assert status == "complete" and not in_error, message
+        assert "VirusTotal enrichment of" in message
+
+    # StixFile: score, note, indicator valid for the configured minutes, YARA, reference
+    file_id = ids["StixFile"]
+    assert opencti.score_of(file_id) == vt_score(file_attrs)
+    assert opencti.notes_about(file_id)
+    indicators = opencti.indicators_based_on(file_id)
+    assert indicators
+    valid_from = datetime.fromisoformat(indicators[0]["valid_from"].replace("Z", "+00:00"))
+    valid_until = datetime.fromisoformat(indicators[0]["valid_until"].replace("Z", "+00:00"))
+    assert (valid_until - valid_from).total_seconds() == 2880 * 60
+    yara = [e for e in opencti.objects("Indicator") if e.get("pattern_type") == "yara"]
+    assert yara
+    refs = opencti.external_references_of(file_id)
+    assert any(sha256 in str(r.get("url")) for r in refs)
+
+    # Artifact unseen by VT: uploaded, analysed, then enriched
+    assert vt_emulator.count("file_upload") == 1
+    assert opencti.score_of(ids["Artifact"]) is not None
+
+    # IPv4: AS (belongs-to) and country (located-at)
+    assert opencti.related(ids["IPv4-Addr"], "belongs-to")
+    assert opencti.related(ids["IPv4-Addr"], "located-at")
+    # Domain / Hostname: A records as IPv4-Addr (resolves-to)
+    for key in ("Domain-Name", "Hostname"):
+        resolved = opencti.related(ids[key], "resolves-to")
+        assert resolved and all(e["type"] == "ipv4-addr" for e in resolved)
+    # Url: looked up by VT's URL id (base64url, no padding), scored
+    assert opencti.score_of(ids["Url"]) == vt_score(url_attributes)
+    # Indicator: the domain value enriched, based-on from the indicator
+    assert opencti.score_of(ids["Indicator"]) == vt_score(vt_corpus.domains[domain]["attributes"])
+
+    totals = metadata(result)
+    assert totals["requests_enriched"] == 7 and totals["requests_failed"] == 0
+    assert totals["vt_calls"] >= 7
+    assert all(r["vt_calls"] >= 1 for r in table.values())
+
+
+def test_refusals_end_their_work_in_error_and_spare_their_batch_mates(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, vt_emulator: VirusTotalEmulator
+) -> None:
+    domain = sorted(vt_corpus.domains)[2]
+    ids = {
+        "red": opencti.create_observable(
+            "Domain-Name", domain, markings=["TLP:CLEAR", "TLP:RED", "TLP:GREEN"]
+        ),
+        "unknown_to_vt": opencti.create_observable("StixFile", hashes={"SHA-256": "ab" * 32}),
+        "no_hash": opencti.create_observable("StixFile", name="nohash.exe"),
+        "too_big": opencti.create_artifact(b"MZ" + os.urandom(5000), "big.exe"),
+        "upload_off_url": opencti.create_observable("Url", "http://never.example/x"),
+        "fine": opencti.create_observable("IPv4-Addr", sorted(vt_corpus.ip_addresses)[1]),
+    }
+    unknown_type = EnrichmentRequest(
+        request_id="work-unknown-type", entity_id=ids["fine"], entity_type="Malware"
+    )
+    result, requests = enrich(
+        *ids.values(),
+        requests=[unknown_type],
+        virustotal={"max_upload_bytes": 4096},
+        url_upload_unseen=False,
+    )
+    assert not result.success  # the run shows failed, so it can be re-executed
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "6 of 7 enrichment request(s) failed" in str(failure.step_failure_data.user_failure_data)
+    by_entity = {r.entity_id: r for r in requests if r.work_id}
+    expected = {
+        "red": "is marked TLP:RED, above VIRUSTOTAL_MAX_TLP=TLP:AMBER",
+        "unknown_to_vt": "VirusTotal has no record of file " + "ab" * 32,
+        "no_hash": "has no SHA-256, SHA-1 or MD5 hash",
+        "too_big": "above VirusTotal's upload limit of 4096 bytes",
+        "upload_off_url": "VIRUSTOTAL_URL_UPLOAD_UNSEEN is off",
+    }
+    for key, text in expected.items():
+        status, in_error, message = work_message(opencti, by_entity[ids[key]].work_id)
+        assert in_error and text in message, (key, message)
+        assert PREMIUM_KEY not in message and opencti.token not in message
+    status, in_error, message = work_message(opencti, by_entity[ids["fine"]].work_id)
+    assert status == "complete" and not in_error, message
+    assert opencti.score_of(ids["fine"]) is not None
+    table = rows(result)
+    assert "does not support entities of type Malware" in table["work-unknown-type"]["message"]
+    assert opencti.score_of(ids["red"]) is None  # nothing sent for the refused entity
+    assert vt_emulator.count("domain") == 0  # the TLP:RED domain never reached VirusTotal
+    assert vt_emulator.count("file_upload") == 0 and vt_emulator.count("url_submit") == 0
+
+
+def test_re_enrichment_adds_no_note_and_the_cache_saves_the_quota(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, vt_emulator: VirusTotalEmulator
+) -> None:
+    entity = opencti.create_observable("StixFile", hashes={"SHA-256": malicious_file(vt_corpus)})
+    first, _ = enrich(entity)
+    assert first.success
+    notes = opencti.notes_about(entity)
+    assert len(notes) >= 1
+    calls = vt_emulator.count("file")
+    assert calls == 1
+
+    second, _ = enrich(entity)
+    assert second.success
+    assert vt_emulator.count("file") == calls  # the stored response was reused
+    (row,) = rows(second).values()
+    assert row["cache_hits"] == 1 and row["vt_calls"] == 0
+    assert "cache, no quota spent" in row["message"]
+    assert len(opencti.notes_about(entity)) == len(notes)  # same analysis: no new note
+
+    third, _ = enrich(entity, lookup_cache_hours=0)  # cache off: VT asked again, same analysis
+    assert third.success and vt_emulator.count("file") == calls + 1
+    assert len(opencti.notes_about(entity)) == len(notes)
+
+
+def test_a_429_burst_still_ends_in_success_with_the_same_result(
+    enrich: Enrich,
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+) -> None:
+    domain = sorted(vt_corpus.domains)[3]
+    calm = opencti.create_observable("Domain-Name", domain)
+    result, _ = enrich(calm, lookup_cache_hours=0)
+    assert result.success
+    expected = (opencti.score_of(calm), len(opencti.related(calm, "resolves-to")))
+
+    vt_emulator.set_faults("domain:429:1.0:4")
+    result, requests = enrich(calm, lookup_cache_hours=0)
+    assert result.success
+    assert vt_emulator.count("domain", 429) == 4
+    status, in_error, _ = work_message(opencti, requests[0].work_id)
+    assert status == "complete" and not in_error
+    assert (opencti.score_of(calm), len(opencti.related(calm, "resolves-to"))) == expected
+
+
+def test_a_playbook_request_is_answered_with_the_bundle(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus
+) -> None:
+    ip = sorted(vt_corpus.ip_addresses)[2]
+    entity = opencti.create_observable("IPv4-Addr", ip, markings=["TLP:GREEN"])
+    execution = opencti.ask_playbook_enrichment(entity, ENRICHMENT_CONNECTOR_ID)
+    out_of_scope = opencti.create_observable("Email-Addr", "someone@example.org")
+    passed = opencti.ask_playbook_enrichment(out_of_scope, ENRICHMENT_CONNECTOR_ID)
+    result, requests = enrich()
+    assert result.success, result.all_events
+    assert {r.kind for r in requests} == {"playbook"}
+    (answer,) = opencti.playbook_results(execution)
+    types = {o["type"] for o in answer["objects"]}
+    assert {"ipv4-addr", "autonomous-system", "location", "relationship"} <= types
+    edited = next(o for o in answer["objects"] if o["id"] == entity)
+    assert edited.get("x_opencti_score") is not None or "extensions" in edited
+    # Out of scope: the incoming bundle goes on unchanged instead of failing the playbook
+    incoming = next(r.bundle for r in requests if r.entity_id == out_of_scope)
+    assert opencti.playbook_results(passed) == [incoming]
+    outcomes = sorted(r["outcome"] for r in rows(result).values())
+    assert outcomes == ["enriched", "passed through"]
+
+
+def test_a_failed_run_is_re_executed_with_the_same_requests(
+    enrich: Enrich, opencti: OpenCTIEmulator, dagster_instance: dg.DagsterInstance
+) -> None:
+    entity = opencti.create_observable("StixFile", hashes={"MD5": hashlib.md5(b"x").hexdigest()})
+    result, requests = enrich(entity)
+    assert not result.success
+    run = dagster_instance.get_run_by_id(result.run_id)
+    assert run is not None
+    config = run.run_config["ops"][ENRICHMENT_OP]["config"]["requests"]
+    assert [EnrichmentRequest.from_config(c) for c in config] == requests

@@ -108,7 +108,7 @@ class ListenQueue:
         messages: list[QueueMessage] = []
         while len(messages) < max_messages and time.monotonic() < deadline:
             try:
-                method, properties, body = self._channel.basic_get(self.queue_name, auto_ack=False)
+                method, _properties, body = self._channel.basic_get(self.queue_name, auto_ack=False)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 if messages:  # what was read is still ours to decide on (or to return)
                     break

@@ -351,7 +351,7 @@ def test_asking_an_enrichment_publishes_the_platform_message_to_the_listen_queue
     assert method is not None
     message = json.loads(body)
     assert message["internal"]["work_id"] == work_id
-    assert message["internal"]["applicant_id"] == opencti.platform.user["id"]
+    assert message["internal"]["applicant_id"] is None  # as OpenCTI sends it
     event = message["event"]
     assert (event["entity_id"], event["entity_type"]) == (file["id"], "StixFile")
     assert json.loads(event["stix_entity"])["hashes"] == file["hashes"]

@@ -14,9 +14,10 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,11 @@ class Work:
             self.status = "complete"
             self.completed_time = now_iso()
 
+    @property
+    def in_error(self) -> bool:
+        """Whether the connector (or the worker) reported an error on this work."""
+        return bool(self.errors)
+
     def summary(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -97,7 +103,23 @@ class Work:
             "processed": self.processed,
             "messages": [m["message"] for m in self.messages],
             "errors": [e["message"] for e in self.errors],
+            "in_error": self.in_error,
         }
+
+
+@dataclass(frozen=True)
+class PlaybookStep:
+    """One `playbookStepExecution` a connector sent: the bundle it hands to the next step."""
+
+    execution_id: str
+    event_id: str
+    playbook_id: str
+    data_instance_id: str
+    step_id: str
+    previous_step_id: str
+    execution_start: str
+    bundle: dict[str, Any]
+    previous_bundle: dict[str, Any] | None
 
 
 class Platform:
@@ -119,6 +141,7 @@ class Platform:
         self.views = Views(self.store, self.user)
         self.connectors: dict[str, dict[str, Any]] = {}
         self.works: dict[str, Work] = {}
+        self.playbook_steps: list[PlaybookStep] = []
         self.operations: Counter[str] = Counter()
         self.paused = threading.Event()  # set during a simulated outage: workers stop too
         self._resolvers: dict[str, Resolver] | None = None
@@ -435,12 +458,21 @@ class Platform:
                 if record.is_relationship or record.entity_type.lower() not in scope:
                     continue
                 try:
-                    self.ask_enrichment(record.internal_id, connector["id"], mode="auto")
+                    self.ask_enrichment(
+                        record.internal_id, connector["id"], mode="auto", trigger="create"
+                    )
                 except (GraphQLFault, pika.exceptions.AMQPError) as error:
                     log.warning("auto enrichment of %s failed: %s", record.standard_id, error)
 
-    def ask_enrichment(self, entity_id: str, connector_id: str, mode: str = "manual") -> Work:
-        """Create a work and publish the enrichment request to the connector's listen queue."""
+    def ask_enrichment(
+        self, entity_id: str, connector_id: str, mode: str = "manual", trigger: str = "update"
+    ) -> Work:
+        """Create a work and publish the enrichment request to the connector's listen queue.
+
+        The message is OpenCTI's: `internal.mode` is `manual` for a click (or the API's
+        `askEnrichment`), `auto` for auto-enrichment, whose `internal.trigger` is `create` for
+        a new entity; `applicant_id` is null in both.
+        """
         if self.amqp is None:
             raise GraphQLFault(
                 "vt_pipeline OpenCTI emulator: enrichment needs RabbitMQ "
@@ -464,9 +496,9 @@ class Platform:
             message = {
                 "internal": {
                     "work_id": work.id,
-                    "applicant_id": self.user["id"] if mode == "manual" else None,
+                    "applicant_id": None,  # OpenCTI sends null for both modes
                     "draft_id": None,
-                    "trigger": "update",
+                    "trigger": trigger,
                     "mode": mode,
                 },
                 "event": {
@@ -479,6 +511,110 @@ class Platform:
             }
         self.publish_to_connector(connector["id"], message)
         return work
+
+    def ask_playbook_enrichment(
+        self,
+        entity_id: str,
+        connector_id: str,
+        bundle: Mapping[str, Any] | None = None,
+        *,
+        playbook_id: str | None = None,
+    ) -> str:
+        """What a playbook step "enrich with connector X" publishes; returns the execution id.
+
+        No work (`work_id` null); `internal.playbook` says where the answer goes and
+        `event.bundle` holds the data flowing through the playbook: `bundle`, or the entity
+        with its author and markings. The connector answers with `playbookStepExecution`.
+        """
+        with self.lock:
+            record = self.record(entity_id)
+            self.connector(connector_id)
+            if bundle is None:
+                objects = [*self._dependencies(record), self.store.export_stix(record)]
+                bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
+            execution_id = str(uuid.uuid4())
+            message = {
+                "internal": {
+                    "work_id": None,
+                    "applicant_id": None,
+                    "draft_id": None,
+                    "playbook": {
+                        "execution_id": execution_id,
+                        "event_id": f"{int(time.time() * 1000)}-0",
+                        "playbook_id": playbook_id or str(uuid.uuid4()),
+                        "data_instance_id": record.standard_id,
+                        "step_id": str(uuid.uuid4()),
+                        "previous_step_id": str(uuid.uuid4()),
+                    },
+                },
+                "event": {
+                    "event_type": "INTERNAL_ENRICHMENT",
+                    "entity_id": record.standard_id,
+                    "entity_type": record.entity_type,
+                    "bundle": dict(bundle),
+                },
+            }
+        self.publish_to_connector(connector_id, message)
+        return execution_id
+
+    def record_playbook_step(self, **arguments: Any) -> bool:
+        """`playbookStepExecution`: keep what the connector handed to the next step."""
+
+        def parse(value: Any) -> dict[str, Any] | None:
+            if value in (None, ""):
+                return None
+            data = json.loads(value) if isinstance(value, str | bytes) else value
+            if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
+                raise GraphQLFault("playbookStepExecution needs a STIX bundle", "VALIDATION_ERROR")
+            return data
+
+        bundle = parse(arguments.get("bundle"))
+        if bundle is None:
+            raise GraphQLFault("playbookStepExecution needs a bundle", "VALIDATION_ERROR")
+        step = PlaybookStep(
+            execution_id=str(arguments["execution_id"]),
+            event_id=str(arguments.get("event_id")),
+            playbook_id=str(arguments.get("playbook_id")),
+            data_instance_id=str(arguments.get("data_instance_id")),
+            step_id=str(arguments.get("step_id")),
+            previous_step_id=str(arguments.get("previous_step_id")),
+            execution_start=str(arguments.get("execution_start")),
+            bundle=bundle,
+            previous_bundle=parse(arguments.get("previous_bundle")),
+        )
+        with self.lock:
+            self.playbook_steps.append(step)
+        return True
+
+    def publish_raw(self, connector_id: str, body: bytes) -> None:
+        """Put any bytes (a malformed message, say) on a connector's listen queue."""
+        self.connector(connector_id)
+        with self._channel() as ch:
+            ch.basic_publish(
+                CONNECTOR_EXCHANGE,
+                listen_routing(connector_id),
+                body,
+                pika.BasicProperties(delivery_mode=2, content_type="application/json"),
+            )
+
+    def create_entity(
+        self,
+        stix: Mapping[str, Any],
+        *,
+        files: Sequence[tuple[str, bytes, str]] = (),
+        extra_objects: Sequence[Mapping[str, Any]] = (),
+    ) -> Record:
+        """Test set-up: store one entity (and the markings it needs), attach `files`
+        (name, bytes, mime type), then auto-enrich it as OpenCTI would a new entity."""
+        with self.lock:
+            for extra in extra_objects:
+                self.store.upsert(extra)
+            record, created = self.store.upsert(stix)
+            for name, data, mime_type in files:
+                self.store.add_file(record, name, data, mime_type)
+            if created:
+                self._auto_enrich([record], None)
+            return record
 
     def _dependencies(self, record: Record) -> list[dict[str, Any]]:
         refs = [self.store.created_by_ref(record), *self.store.markings_of(record)]

@@ -5,7 +5,8 @@ stix, and reads/listings of observables, core/domain objects, relationships, ind
 incidents, notes, reports, identities, markings... Mutations: registerConnector,
 pingConnector, deleteConnector, resetStateConnector, workAdd, workEdit{toReceived,
 toProcessed, reportExpectation, addExpectations, addDraftContext, ping, delete},
-stixBundlePush, artifactImport, stixCoreObjectEdit{askEnrichment, askEnrichments}.
+stixBundlePush, artifactImport, stixCoreObjectEdit{askEnrichment, askEnrichments},
+playbookStepExecution (recorded, see `Platform.playbook_steps`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def build_resolvers(platform: Platform) -> dict[str, Resolver]:
         "stixBundlePush": r.bundle_push,
         "artifactImport": r.artifact_import,
         "stixCoreObjectEdit": r.core_object_edit,
+        "playbookStepExecution": lambda **arguments: platform.record_playbook_step(**arguments),
         # knowledge out
         "stix": lambda id, **_: json.dumps(platform.store.export_stix(platform.record(id))),
         "stixNestedRefRelationships": lambda **_: connection([]),

@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,14 +34,15 @@ from typing import Any
 
 from aiohttp import web
 
+from vt_pipeline.emulators.opencti.entities import indicator_stix, marking_stix, observable_stix
 from vt_pipeline.emulators.opencti.graphql import (
     EMULATOR,
     GraphQLFault,
     execute,
     parse_request,
 )
-from vt_pipeline.emulators.opencti.platform import Platform, UploadedFile, Work
-from vt_pipeline.emulators.opencti.store import Record, Store, StoredFile
+from vt_pipeline.emulators.opencti.platform import Platform, PlaybookStep, UploadedFile, Work
+from vt_pipeline.emulators.opencti.store import Record, Store, StoredFile, file_hashes
 from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo, RabbitMQ
 
 log = logging.getLogger(__name__)
@@ -333,6 +334,223 @@ class OpenCTIEmulator:
     def ingest(self, bundle: dict[str, Any] | str) -> None:
         """Seed knowledge directly (test set-up), bypassing connectors and works."""
         self.platform.ingest(bundle)
+
+    # -- enrichment test set-up ---------------------------------------------------------------
+    def create_observable(
+        self,
+        entity_type: str,
+        value: str | None = None,
+        *,
+        hashes: Mapping[str, str] | None = None,
+        name: str | None = None,
+        markings: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        score: int | None = None,
+        description: str | None = None,
+        created_by: str | None = None,
+    ) -> str:
+        """Create an observable as OpenCTI holds it; returns its standard (STIX) id.
+
+        `entity_type`: `StixFile` (give `hashes` and/or `name`), `IPv4-Addr`, `Domain-Name`,
+        `Hostname`, `Url`... (give `value`); use `create_artifact` for an Artifact.
+        `markings`: TLP names (`TLP:CLEAR` .. `TLP:RED`, several allowed), other
+        `TYPE:VALUE` markings (`PAP:RED`, created on the fly) or marking-definition ids.
+        `score`: the entity's existing OpenCTI score. A connector registered with auto=true
+        whose scope has this type gets an enrichment request (`internal.mode` = "auto").
+        """
+        stix = observable_stix(
+            entity_type,
+            value,
+            hashes=hashes,
+            name=name,
+            markings=markings,
+            labels=labels,
+            score=score,
+            description=description,
+            created_by=created_by,
+        )
+        return self._create(stix, markings)
+
+    def create_artifact(
+        self,
+        data: bytes,
+        name: str = "sample.bin",
+        mime_type: str = "application/octet-stream",
+        *,
+        with_file: bool = True,
+        markings: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        score: int | None = None,
+        description: str | None = None,
+    ) -> str:
+        """Create an Artifact whose file holds `data` (as an upload would); standard id back.
+
+        `with_file=False` keeps only the hashes (an Artifact nothing was uploaded to): pycti 7
+        reads it with `importFiles == []` and exports it without `payload_bin` (older pycti
+        raised IndexError there), so there are no bytes to upload to VirusTotal.
+        """
+        hashes = file_hashes(data)
+        stix = observable_stix(
+            "Artifact",
+            hashes=hashes,
+            mime_type=mime_type,
+            markings=markings,
+            labels=labels,
+            score=score,
+            description=description,
+        )
+        stix["x_opencti_additional_names"] = [name]
+        files = [(name, data, mime_type)] if with_file else []
+        return self._create(stix, markings, files)
+
+    def create_indicator(
+        self,
+        pattern: str,
+        *,
+        observable_values: Sequence[Mapping[str, Any]] = (),
+        name: str | None = None,
+        pattern_type: str = "stix",
+        main_observable_type: str | None = None,
+        markings: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        score: int | None = None,
+        description: str | None = None,
+    ) -> str:
+        """Create an Indicator with its `x_opencti_observable_values`
+        (`[{"type": "Domain-Name", "value": "example.com"}]`, files with `hashes`); its id."""
+        stix = indicator_stix(
+            pattern,
+            observable_values=observable_values,
+            name=name,
+            pattern_type=pattern_type,
+            main_observable_type=main_observable_type,
+            markings=markings,
+            labels=labels,
+            score=score,
+            description=description,
+        )
+        return self._create(stix, markings)
+
+    def _create(
+        self,
+        stix: dict[str, Any],
+        markings: Sequence[str],
+        files: Sequence[tuple[str, bytes, str]] = (),
+    ) -> str:
+        extra = [m for m in (marking_stix(d) for d in markings) if m is not None]
+        return self.platform.create_entity(stix, files=files, extra_objects=extra).standard_id
+
+    def ask_playbook_enrichment(
+        self,
+        entity_id: str,
+        connector_id: str,
+        bundle: Mapping[str, Any] | None = None,
+        *,
+        playbook_id: str | None = None,
+    ) -> str:
+        """What a playbook step asking `connector_id` to enrich does; returns the execution id.
+
+        The message has `internal.playbook` (execution_id, event_id, playbook_id,
+        data_instance_id, step_id, previous_step_id), `internal.work_id` null, and
+        `event.bundle`: `bundle`, or the entity with its markings and author.
+        """
+        return self.platform.ask_playbook_enrichment(
+            entity_id, connector_id, bundle, playbook_id=playbook_id
+        )
+
+    def playbook_results(self, execution_id: str | None = None) -> list[dict[str, Any]]:
+        """The bundles connectors answered playbook steps with (`playbookStepExecution`),
+        oldest first, for one execution or all."""
+        with self.platform.lock:
+            return [
+                step.bundle
+                for step in self.platform.playbook_steps
+                if execution_id is None or step.execution_id == execution_id
+            ]
+
+    def playbook_steps(self, execution_id: str | None = None) -> list[PlaybookStep]:
+        """Every recorded `playbookStepExecution` call, with all its arguments."""
+        with self.platform.lock:
+            return [
+                step
+                for step in self.platform.playbook_steps
+                if execution_id is None or step.execution_id == execution_id
+            ]
+
+    def publish_raw(self, connector_id: str, body: bytes) -> None:
+        """Put arbitrary bytes (a malformed request, say) on a connector's listen queue."""
+        self.platform.publish_raw(connector_id, body)
+
+    # -- enrichment outcome accessors ---------------------------------------------------------
+    def score_of(self, entity_id: str) -> int | None:
+        """The entity's OpenCTI score (None when it has none); KeyError if unknown."""
+        record = self._known(entity_id)
+        score = record.prop("x_opencti_score")
+        return None if score is None else int(score)
+
+    def labels_of(self, entity_id: str) -> list[str]:
+        return self.store.labels_of(self._known(entity_id))
+
+    def markings_of(self, entity_id: str) -> list[str]:
+        """Marking definitions of an entity, by name (`TLP:AMBER`)."""
+        return [
+            str(self.platform.views.marking_node(m)["definition"])
+            for m in self.store.markings_of(self._known(entity_id))
+        ]
+
+    def external_references_of(self, entity_id: str) -> list[dict[str, Any]]:
+        return self.store.external_references_of(self._known(entity_id))
+
+    def notes_about(self, entity_id: str) -> list[dict[str, Any]]:
+        """Notes whose `object_refs` name the entity (by any of its ids), as STIX."""
+        ids = set(self._known(entity_id).all_ids())
+
+        def about(record: Record) -> bool:
+            refs = record.stix.get("object_refs") or ()
+            return record.entity_type == "Note" and bool(ids.intersection(refs))
+
+        return [self.store.export_stix(r) for r in self.store.records(about)]
+
+    def relationships_of(
+        self, entity_id: str, relationship_type: str | None = None, direction: str = "any"
+    ) -> list[dict[str, Any]]:
+        """Relationships touching the entity, optionally of one type and direction
+        (`from`: the entity is the source, `to`: the target), as STIX."""
+        ids = set(self._known(entity_id).all_ids())
+        found = []
+        for record in self.store.relationships(of=entity_id):
+            stix = record.stix
+            if relationship_type and stix.get("relationship_type") != relationship_type:
+                continue
+            if direction == "from" and stix.get("source_ref") not in ids:
+                continue
+            if direction == "to" and stix.get("target_ref") not in ids:
+                continue
+            found.append(self.store.export_stix(record))
+        return found
+
+    def related(
+        self, entity_id: str, relationship_type: str, direction: str = "from"
+    ) -> list[dict[str, Any]]:
+        """The entities at the other end of the entity's `relationship_type` relationships
+        (`from`: entity -> them, `to`: them -> entity), as STIX."""
+        ends = []
+        key = "target_ref" if direction == "from" else "source_ref"
+        for rel in self.relationships_of(entity_id, relationship_type, direction):
+            found = self.get(str(rel[key]))
+            if found is not None:
+                ends.append(found)
+        return ends
+
+    def indicators_based_on(self, entity_id: str) -> list[dict[str, Any]]:
+        """Indicators with a `based-on` relationship to the entity (an observable), as STIX."""
+        return [e for e in self.related(entity_id, "based-on", "to") if e["type"] == "indicator"]
+
+    def _known(self, entity_id: str) -> Record:
+        record = self.store.get(entity_id)
+        if record is None:
+            raise KeyError(f"no entity {entity_id} in the OpenCTI emulator")
+        return record
 
     # -- fault injection ----------------------------------------------------------------------
     def set_outage(self, mode: str | int | None = 503, seconds: float | None = None) -> None:

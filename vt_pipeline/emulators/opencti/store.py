@@ -13,6 +13,8 @@ Not kept: confidence levels, access rights, inferences, history, drafts.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import hashlib
 import json
@@ -310,6 +312,37 @@ def merge_stix(existing: dict[str, Any], incoming: Mapping[str, Any]) -> None:
             existing[key] = copy.deepcopy(value)
 
 
+def incoming_score(obj: Mapping[str, Any]) -> int | None:
+    """The score an object carries: OpenCTI's extension (pycti's `put_attribute_in_extension`
+    writes it there) wins over a top-level `x_opencti_score`."""
+    extension = (obj.get("extensions") or {}).get(OPENCTI_EXTENSION) or {}
+    score = extension.get("score", obj.get("x_opencti_score"))
+    return None if score is None else int(score)
+
+
+def _artifact_payload(obj: Mapping[str, Any]) -> bytes | None:
+    """The bytes of an Artifact sent with `payload_bin` (base64), None otherwise."""
+    if obj.get("type") != "artifact" or not obj.get("payload_bin"):
+        return None
+    try:
+        return base64.b64decode(str(obj["payload_bin"]), validate=True)
+    except binascii.Error as error:
+        message = f"Invalid payload_bin on {obj.get('id')}: {error}"
+        raise GraphQLFault(message, "VALIDATION_ERROR") from error
+
+
+def _sync_score(stix: dict[str, Any], incoming: Mapping[str, Any]) -> None:
+    """One score per entity: the one just received, kept both where exports put it (the
+    extension) and where older producers do (`x_opencti_score`), so reads see one value."""
+    score = incoming_score(incoming)
+    if score is None:
+        return
+    stix["x_opencti_score"] = score
+    extensions = stix.setdefault("extensions", {})
+    extension = extensions.setdefault(OPENCTI_EXTENSION, {"extension_type": "property-extension"})
+    extension["score"] = score
+
+
 class Store:
     """Objects keyed by internal id, indexed by every standard id and by content keys."""
 
@@ -369,6 +402,10 @@ class Store:
 
     def upsert(self, obj: Mapping[str, Any]) -> tuple[Record, bool]:
         """Create or merge one STIX object; returns (record, created)."""
+        payload = _artifact_payload(obj)
+        if payload is not None:  # OpenCTI stores the bytes as the Artifact's file
+            obj = {k: v for k, v in obj.items() if k != "payload_bin"}
+            obj["hashes"] = {**file_hashes(payload), **(obj.get("hashes") or {})}
         if isinstance(obj.get("hashes"), Mapping):  # OpenCTI keeps hashes lowercase
             obj = {**obj, "hashes": {k: str(v).lower() for k, v in obj["hashes"].items()}}
         with self.lock:
@@ -399,6 +436,13 @@ class Store:
                 if standard_id not in record.all_ids():
                     record.stix_ids.append(standard_id)
                 created = False
+            _sync_score(record.stix, obj)
+            if payload is not None:
+                names = record.stix.get("x_opencti_additional_names") or [
+                    record.hashes()["SHA-256"]
+                ]
+                mime_type = str(record.stix.get("mime_type") or "application/octet-stream")
+                self.add_file(record, str(names[0]), payload, mime_type)
             for known in record.all_ids():
                 self._by_id[known] = record.internal_id
             for extra in record.stix.get("x_opencti_stix_ids") or ():

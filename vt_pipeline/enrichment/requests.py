@@ -69,6 +69,22 @@ class EnrichmentRequest:
             return KIND_PLAYBOOK
         return KIND_AUTO if self.mode == "auto" else KIND_INTERACTIVE
 
+    def pycti_playbook(self, execution_start: str) -> dict[str, Any]:
+        """pycti's playbook dict (`ListenQueue._data_handler`), what `playbook_step_execution`
+        takes: set it as `helper.playbook` before `send_stix2_bundle`, or pass it directly."""
+        if self.playbook is None or self.bundle is None:
+            raise InvalidRequest(f"request {self.request_id} is not a playbook step")
+        return {
+            "event_id": self.playbook.get("event_id"),
+            "execution_id": self.playbook.get("execution_id"),
+            "execution_start": execution_start,
+            "playbook_id": self.playbook.get("playbook_id"),
+            "data_instance_id": self.playbook.get("data_instance_id"),
+            "previous_step_id": self.playbook.get("previous_step_id"),
+            "previous_bundle": json.dumps(self.bundle),
+            "step_id": self.playbook.get("step_id"),
+        }
+
     def to_config(self) -> dict[str, Any]:
         """JSON-able (run config); None fields left out to keep the launchpad readable."""
         return {key: value for key, value in asdict(self).items() if value is not None}

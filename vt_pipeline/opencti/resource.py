@@ -133,7 +133,8 @@ class OpenCTIResource(dg.ConfigurableResource):
         excepthook = sys.excepthook
         try:
             with _config_over_environment():
-                helper = OpenCTIConnectorHelper(config)
+                # The enrichment connector answers playbook steps too, as upstream's does.
+                helper = OpenCTIConnectorHelper(config, playbook_compatible=kind == "enrichment")
         except Exception as exc:  # pycti raises bare ValueError/ConnectionError/SystemExit
             raise OpenCTIError(
                 f"cannot register with OpenCTI at {self.url}: {_clip(exc, self.token)}"

@@ -143,3 +143,16 @@ def test_malformed_playbook_messages_are_refused(playbook: Any, bundle: Any, rea
     body["internal"]["playbook"] = playbook
     with pytest.raises(InvalidRequest, match=reason):
         parse_request(encode(body))
+
+
+def test_pycti_playbook_dict_is_what_pycti_builds() -> None:
+    body = message(internal__work_id=None, event__bundle=BUNDLE)
+    body["internal"]["playbook"] = PLAYBOOK
+    playbook = parse_request(encode(body)).pycti_playbook("2026-11-23T10:00:00.000Z")
+    assert playbook == {
+        **{k: PLAYBOOK[k] for k in PLAYBOOK},
+        "execution_start": "2026-11-23T10:00:00.000Z",
+        "previous_bundle": json.dumps(BUNDLE),
+    }
+    with pytest.raises(InvalidRequest, match="not a playbook step"):
+        parse_request(encode(message())).pycti_playbook("2026-11-23T10:00:00.000Z")

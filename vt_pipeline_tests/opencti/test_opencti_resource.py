@@ -179,6 +179,7 @@ def test_each_identity_registers_itself_whatever_the_environment_says(
         True,
     )
     assert enrichment["scope"] == resource.enrichment_connector_scope.split(",")
+    assert enrichment["playbook_compatible"] is True
     livehunt = opencti.connectors[livehunt_id]
     assert (livehunt["type"], livehunt["name"], livehunt["auto"]) == (
         "EXTERNAL_IMPORT",

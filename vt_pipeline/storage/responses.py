@@ -2,8 +2,8 @@
 
 Layout under the storage base directory:
 `{base}/vt_responses/{type}/{key}/{sha256 of the content}.json` holds a response exactly as
-VirusTotal returned it (the stored JSON encoding), and `{base}/vt_responses/{type}/{key}/latest.json`
-says which of them was fetched last and when.
+VirusTotal returned it (the stored JSON encoding), and `latest.json` beside it says which of
+them was fetched last and when.
 
 Decisions:
 - Raw data only grows. Files are content-addressed and never rewritten: a new analysis (different

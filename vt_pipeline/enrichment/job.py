@@ -29,6 +29,7 @@ cache window (no quota spent).
 import asyncio
 import json
 import re
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -136,6 +137,7 @@ class Enricher:
         self.log = log
         self.clock = clock
         self._rulesets: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
+        self._send_lock = threading.Lock()
 
     # -- one request -----------------------------------------------------------------------
 
@@ -208,7 +210,13 @@ class Enricher:
             outcome.message = self._success_message(entity_type, outcome, trace, "playbook")
             return
         bundle = enrichment_bundle(context_objects, result.objects)
-        await self._opencti("accept the bundle", self.cti.send_bundle, bundle, request.work_id)
+        await self._opencti(
+            "accept the bundle",
+            self._send_as_applicant,
+            bundle,
+            request.work_id,
+            request.applicant_id,
+        )
         outcome.status = OUTCOME_ENRICHED
         outcome.message = self._success_message(entity_type, outcome, trace, "work")
         if request.work_id:
@@ -470,6 +478,24 @@ class Enricher:
         except Exception as exc:
             raise OpenCTIError(f"OpenCTI failed to {what}: {self._clip(exc)}") from None
 
+    def _send_as_applicant(
+        self, bundle: dict[str, Any], work_id: str | None, applicant_id: str | None
+    ) -> int:
+        """Send as pycti does for this request: on behalf of the user who asked, when known.
+
+        pycti keeps the applicant on the shared helper, so sends are serialized while it is set.
+        """
+        if not applicant_id:
+            return self.cti.send_bundle(bundle, work_id)
+        helper = self.cti.helper
+        with self._send_lock:
+            default = helper.applicant_id
+            helper.applicant_id = applicant_id
+            try:
+                return self.cti.send_bundle(bundle, work_id)
+            finally:
+                helper.applicant_id = default
+
     async def _pass_through(self, request: EnrichmentRequest, outcome: Outcome, why: str) -> None:
         await self._opencti(
             "answer the playbook step",
@@ -498,18 +524,8 @@ class Enricher:
             outcome.message += f" (and reporting it to OpenCTI failed: {self._reason(exc)})"
 
     def _playbook_dict(self, request: EnrichmentRequest) -> dict[str, Any]:
-        """pycti's playbook dict (`ListenQueue._data_handler`), from the message's playbook."""
-        playbook = request.playbook or {}
-        return {
-            "event_id": playbook.get("event_id"),
-            "execution_id": playbook.get("execution_id"),
-            "execution_start": self.clock().isoformat().replace("+00:00", "Z"),
-            "playbook_id": playbook.get("playbook_id"),
-            "data_instance_id": playbook.get("data_instance_id"),
-            "previous_step_id": playbook.get("previous_step_id"),
-            "previous_bundle": json.dumps(request.bundle or {}),
-            "step_id": playbook.get("step_id"),
-        }
+        """pycti's playbook dict, the step's execution starting now."""
+        return request.pycti_playbook(self.clock().isoformat().replace("+00:00", "Z"))
 
     def _reason(self, exc: BaseException) -> str:
         if isinstance(exc, RequestFailed | OpenCTIError | VirusTotalError):

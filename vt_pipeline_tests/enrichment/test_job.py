@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 import pika
 import pytest
+from vt import url_id
 
 from vt_pipeline.emulators.opencti.amqp import listen_queue
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
@@ -33,6 +34,7 @@ from vt_pipeline.enrichment.requests import (
 )
 from vt_pipeline.enrichment.settings import EnrichmentSettings
 from vt_pipeline.opencti.resource import ENRICHMENT_CONNECTOR_ID, OpenCTIResource
+from vt_pipeline.storage.responses import ResponseStore
 from vt_pipeline.storage.store import StorageResource
 from vt_pipeline.virustotal.resource import VirusTotalResource
 from vt_pipeline_tests.conftest import PREMIUM_KEY
@@ -153,30 +155,37 @@ def work_message(opencti: OpenCTIEmulator, work_id: str | None) -> tuple[str, bo
     return summary["status"], bool(work.in_error), messages + " " + errors
 
 
+def stored(tmp_path: Path, object_type: str, object_id: str) -> dict[str, Any]:
+    """The VT response the job stored (and then used) for an object."""
+    found = ResponseStore(tmp_path / "storage").latest(object_type, object_id)
+    assert found is not None, f"no stored {object_type} {object_id}"
+    return found.body["data"]["attributes"]
+
+
 def test_one_entity_of_each_type_is_enriched(
-    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, vt_emulator: VirusTotalEmulator
+    enrich: Enrich,
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    tmp_path: Path,
 ) -> None:
-    sha256 = malicious_file(vt_corpus)
-    file_attrs = vt_corpus.files[sha256]["attributes"]
-    ip = sorted(vt_corpus.ip_addresses)[0]
-    domain = sorted(vt_corpus.domains)[0]
-    host = sorted(vt_corpus.domains)[1]
-    url_attributes = vt_corpus.urls[sorted(vt_corpus.urls)[0]]["attributes"]
-    url = url_attributes["url"]
-    unseen = b"MZ" + os.urandom(2048)
+    targets = vt_corpus.targets()
     ids = {
         "StixFile": opencti.create_observable(
-            "StixFile", hashes={"SHA-256": sha256}, markings=["TLP:GREEN"], score=5
+            "StixFile", hashes={"SHA-256": targets.yara_file}, markings=["TLP:GREEN"], score=5
         ),
-        "Artifact": opencti.create_artifact(unseen, "unseen.exe", markings=["TLP:CLEAR"]),
-        "IPv4-Addr": opencti.create_observable("IPv4-Addr", ip),
-        "Domain-Name": opencti.create_observable("Domain-Name", domain),
-        "Hostname": opencti.create_observable("Hostname", host),
-        "Url": opencti.create_observable("Url", url),
+        "Artifact": opencti.create_artifact(
+            targets.unknown_file_content, "unseen.exe", markings=["TLP:CLEAR"]
+        ),
+        "IPv4-Addr": opencti.create_observable("IPv4-Addr", targets.ip),
+        "Domain-Name": opencti.create_observable("Domain-Name", targets.domain),
+        "Hostname": opencti.create_observable("Hostname", targets.hostname),
+        "Url": opencti.create_observable("Url", targets.url),
+        "unseen Url": opencti.create_observable("Url", targets.unknown_url),
         "Indicator": opencti.create_indicator(
-            f"[domain-name:value = '{domain}']",
-            observable_values=[{"type": "Domain-Name", "value": domain}],
-            name=domain,
+            f"[domain-name:value = '{targets.domain}']",
+            observable_values=[{"type": "Domain-Name", "value": targets.domain}],
+            name=targets.domain,
         ),
     }
     result, requests = enrich(
@@ -184,7 +193,7 @@ def test_one_entity_of_each_type_is_enriched(
     )
     assert result.success, result.all_events
     table = rows(result)
-    assert len(table) == 7 and {r["outcome"] for r in table.values()} == {"enriched"}
+    assert len(table) == 8 and {r["outcome"] for r in table.values()} == {"enriched"}
     for request in requests:
         status, in_error, message = work_message(opencti, request.work_id)
         assert status == "complete" and not in_error, message
@@ -192,38 +201,77 @@ def test_one_entity_of_each_type_is_enriched(
 
     # StixFile: score, note, indicator valid for the configured minutes, YARA, reference
     file_id = ids["StixFile"]
-    assert opencti.score_of(file_id) == vt_score(file_attrs)
+    assert opencti.score_of(file_id) == vt_score(stored(tmp_path, "file", targets.yara_file))
     assert opencti.notes_about(file_id)
-    indicators = opencti.indicators_based_on(file_id)
-    assert indicators
-    valid_from = datetime.fromisoformat(indicators[0]["valid_from"].replace("Z", "+00:00"))
-    valid_until = datetime.fromisoformat(indicators[0]["valid_until"].replace("Z", "+00:00"))
+    (indicator,) = opencti.indicators_based_on(file_id)
+    valid_from = datetime.fromisoformat(indicator["valid_from"].replace("Z", "+00:00"))
+    valid_until = datetime.fromisoformat(indicator["valid_until"].replace("Z", "+00:00"))
     assert (valid_until - valid_from).total_seconds() == 2880 * 60
+    assert targets.yara_file in indicator["pattern"]
     yara = [e for e in opencti.objects("Indicator") if e.get("pattern_type") == "yara"]
     assert yara
+    assert vt_emulator.count("yara_ruleset") == len(
+        {
+            r["ruleset_id"]
+            for r in stored(tmp_path, "file", targets.yara_file)["crowdsourced_yara_results"]
+        }
+    )
     refs = opencti.external_references_of(file_id)
-    assert any(sha256 in str(r.get("url")) for r in refs)
+    assert any(targets.yara_file in str(r.get("url")) for r in refs)
+    assert opencti.labels_of(file_id)  # VT's tags
 
-    # Artifact unseen by VT: uploaded, analysed, then enriched
+    # Artifact unseen by VT: its file read from OpenCTI, uploaded, analysed, then enriched
     assert vt_emulator.count("file_upload") == 1
-    assert opencti.score_of(ids["Artifact"]) is not None
+    sha256 = hashlib.sha256(targets.unknown_file_content).hexdigest()
+    assert opencti.score_of(ids["Artifact"]) == vt_score(stored(tmp_path, "file", sha256))
 
-    # IPv4: AS (belongs-to) and country (located-at)
-    assert opencti.related(ids["IPv4-Addr"], "belongs-to")
-    assert opencti.related(ids["IPv4-Addr"], "located-at")
+    # IPv4: AS (belongs-to) and a named country (located-at)
+    (system,) = opencti.related(ids["IPv4-Addr"], "belongs-to")
+    assert system["type"] == "autonomous-system"
+    (country,) = opencti.related(ids["IPv4-Addr"], "located-at")
+    assert country["type"] == "location" and country.get("name")
     # Domain / Hostname: A records as IPv4-Addr (resolves-to)
-    for key in ("Domain-Name", "Hostname"):
+    for key, name in (("Domain-Name", targets.domain), ("Hostname", targets.hostname)):
         resolved = opencti.related(ids[key], "resolves-to")
-        assert resolved and all(e["type"] == "ipv4-addr" for e in resolved)
-    # Url: looked up by VT's URL id (base64url, no padding), scored
-    assert opencti.score_of(ids["Url"]) == vt_score(url_attributes)
-    # Indicator: the domain value enriched, based-on from the indicator
-    assert opencti.score_of(ids["Indicator"]) == vt_score(vt_corpus.domains[domain]["attributes"])
+        records = stored(tmp_path, "domain", name)["last_dns_records"]
+        assert sorted(e["value"] for e in resolved) == sorted(
+            r["value"] for r in records if r["type"] == "A"
+        )
+    # Url: looked up by VT's URL id (base64url, no padding); an unseen one submitted first
+    assert opencti.score_of(ids["Url"]) == vt_score(stored(tmp_path, "url", url_id(targets.url)))
+    assert vt_emulator.count("url_submit") == 1
+    assert opencti.score_of(ids["unseen Url"]) is not None
+    # Indicator: its domain value enriched, one score for the indicator
+    assert opencti.score_of(ids["Indicator"]) == vt_score(
+        stored(tmp_path, "domain", targets.domain)
+    )
 
     totals = metadata(result)
-    assert totals["requests_enriched"] == 7 and totals["requests_failed"] == 0
-    assert totals["vt_calls"] >= 7
+    assert totals["requests_enriched"] == 8 and totals["requests_failed"] == 0
     assert all(r["vt_calls"] >= 1 for r in table.values())
+    assert totals["vt_calls"] == sum(vt_emulator.count(e) for e in vt_emulator.stats())
+
+
+def test_the_gti_score_comes_back_and_wins_over_the_ratio(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, tmp_path: Path
+) -> None:
+    """Only requests with VT's x-tool header get the GTI assessment: vt_pipeline sends it."""
+    targets = vt_corpus.targets()
+    gti, ratio_only = (
+        opencti.create_observable("StixFile", hashes={"SHA-256": targets.file_gti}),
+        opencti.create_observable("StixFile", hashes={"SHA-256": targets.file_no_gti}),
+    )
+    result, _ = enrich(gti, ratio_only)
+    assert result.success
+    gti_attributes = stored(tmp_path, "file", targets.file_gti)
+    threat_score = gti_attributes["gti_assessment"]["threat_score"]["value"]
+    assert opencti.score_of(gti) == threat_score
+    stats = gti_attributes["last_analysis_stats"]
+    ratio = round(
+        100 * stats["malicious"] / (stats["malicious"] + stats["harmless"] + stats["undetected"])
+    )
+    assert threat_score != ratio  # the test tells the two apart
+    assert opencti.score_of(ratio_only) == vt_score(stored(tmp_path, "file", targets.file_no_gti))
 
 
 def test_refusals_end_their_work_in_error_and_spare_their_batch_mates(

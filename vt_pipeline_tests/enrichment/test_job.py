@@ -25,6 +25,7 @@ from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.rabbitmq import RabbitMQ
 from vt_pipeline.emulators.virustotal.corpus import Corpus
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+from vt_pipeline.enrichment.definitions import defs as enrichment_defs
 from vt_pipeline.enrichment.job import vt_enrichment_job
 from vt_pipeline.enrichment.requests import (
     ENRICHMENT_OP,
@@ -32,6 +33,7 @@ from vt_pipeline.enrichment.requests import (
     enrichment_run_config,
     parse_request,
 )
+from vt_pipeline.enrichment.sensor import opencti_enrichment_sensor
 from vt_pipeline.enrichment.settings import EnrichmentSettings
 from vt_pipeline.opencti.resource import ENRICHMENT_CONNECTOR_ID, OpenCTIResource
 from vt_pipeline.storage.responses import ResponseStore
@@ -87,13 +89,38 @@ def cti_resource(opencti: OpenCTIEmulator) -> Iterator[OpenCTIResource]:
 
 
 @pytest.fixture
+def job_resources(
+    vt_emulator: VirusTotalEmulator, cti_resource: OpenCTIResource, tmp_path: Path
+) -> Callable[..., dict[str, Any]]:
+    """The job's resources against the emulators (fast retries and polls); override by name."""
+
+    def make(virustotal: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+        vt_config: dict[str, Any] = {
+            "api_key": PREMIUM_KEY,
+            "api_url": vt_emulator.url,
+            "timeout_seconds": 5.0,
+            "backoff_base_seconds": 0.01,
+            "backoff_max_seconds": 0.05,
+            "max_attempts": 10,
+            "analysis_poll_seconds": 0.01,
+            "analysis_poll_max_seconds": 0.05,
+        }
+        return {
+            "virustotal": VirusTotalResource(**{**vt_config, **(virustotal or {})}),
+            "opencti": cti_resource,
+            "enrichment_settings": EnrichmentSettings(**settings),
+            "storage": StorageResource(base_dir=str(tmp_path / "storage")),
+        }
+
+    return make
+
+
+@pytest.fixture
 def enrich(
     opencti: OpenCTIEmulator,
     rabbitmq: RabbitMQ,
-    vt_emulator: VirusTotalEmulator,
-    cti_resource: OpenCTIResource,
+    job_resources: Callable[..., dict[str, Any]],
     dagster_instance: dg.DagsterInstance,
-    tmp_path: Path,
 ) -> Enrich:
     """Ask OpenCTI to enrich entities, run the job on the requests, wait for the works."""
 
@@ -107,24 +134,9 @@ def enrich(
             opencti.ask_enrichment(entity_id, ENRICHMENT_CONNECTOR_ID)
         bodies = take(rabbitmq, listen_queue(ENRICHMENT_CONNECTOR_ID))
         requests = [parse_request(body) for body in bodies] + (requests or [])
-        vt_config: dict[str, Any] = {
-            "api_key": PREMIUM_KEY,
-            "api_url": vt_emulator.url,
-            "timeout_seconds": 5.0,
-            "backoff_base_seconds": 0.01,
-            "backoff_max_seconds": 0.05,
-            "max_attempts": 10,
-            "analysis_poll_seconds": 0.01,
-            "analysis_poll_max_seconds": 0.05,
-        }
         result = vt_enrichment_job.execute_in_process(
             run_config=enrichment_run_config(requests),
-            resources={
-                "virustotal": VirusTotalResource(**{**vt_config, **(virustotal or {})}),
-                "opencti": cti_resource,
-                "enrichment_settings": EnrichmentSettings(**settings),
-                "storage": StorageResource(base_dir=str(tmp_path / "storage")),
-            },
+            resources=job_resources(virustotal, **settings),
             instance=dagster_instance,
             raise_on_error=False,
         )
@@ -400,3 +412,48 @@ def test_a_failed_run_is_re_executed_with_the_same_requests(
     assert run is not None
     config = run.run_config["ops"][ENRICHMENT_OP]["config"]["requests"]
     assert [EnrichmentRequest.from_config(c) for c in config] == requests
+
+
+def test_clicks_answered_through_the_sensor(
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    cti_resource: OpenCTIResource,
+    job_resources: Callable[..., dict[str, Any]],
+    dagster_instance: dg.DagsterInstance,
+) -> None:
+    """As a deployment runs it: sensor tick -> run (the daemon's part by hand) -> tick acks."""
+    targets = vt_corpus.targets()
+    entities = [
+        opencti.create_observable("Domain-Name", targets.domain),
+        opencti.create_observable("IPv4-Addr", targets.ip),
+    ]
+    works = [opencti.ask_enrichment(e, ENRICHMENT_CONNECTOR_ID) for e in entities]
+
+    def tick(cursor: str | None) -> dg.SensorExecutionData:
+        context = dg.build_sensor_context(
+            instance=dagster_instance,
+            cursor=cursor,
+            resources={"opencti": cti_resource},
+            definitions=dg.Definitions.merge(
+                enrichment_defs, dg.Definitions(resources=job_resources())
+            ),
+        )
+        return opencti_enrichment_sensor.evaluate_tick(context)
+
+    first = tick(None)
+    (run_request,) = first.run_requests or []
+    result = vt_enrichment_job.execute_in_process(
+        run_config=run_request.run_config,
+        resources=job_resources(),
+        instance=dagster_instance,
+        tags={**run_request.tags, "dagster/run_key": run_request.run_key},
+    )
+    assert result.success
+    assert not tick(first.cursor).run_requests  # acknowledged now that the run exists
+    for work_id in works:
+        status, in_error, message = work_message(opencti, work_id)
+        assert status == "complete" and not in_error, message
+    assert all(opencti.score_of(e) is not None for e in entities)
+    assert opencti.related(entities[0], "resolves-to") and opencti.related(
+        entities[1], "belongs-to"
+    )

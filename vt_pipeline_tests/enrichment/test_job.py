@@ -28,6 +28,7 @@ from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.enrichment.definitions import defs as enrichment_defs
 from vt_pipeline.enrichment.job import vt_enrichment_job
 from vt_pipeline.enrichment.requests import (
+    ENRICHMENT_JOB,
     ENRICHMENT_OP,
     EnrichmentRequest,
     enrichment_run_config,
@@ -195,8 +196,16 @@ def test_one_entity_of_each_type_is_enriched(
         "Url": opencti.create_observable("Url", targets.url),
         "unseen Url": opencti.create_observable("Url", targets.unknown_url),
         "Indicator": opencti.create_indicator(
-            f"[domain-name:value = '{targets.domain}']",
-            observable_values=[{"type": "Domain-Name", "value": targets.domain}],
+            f"[domain-name:value = '{targets.domain}' OR "
+            f"file:hashes.'SHA-256' = '{targets.malicious_file}']",
+            observable_values=[
+                {"type": "Domain-Name", "value": targets.domain},
+                {
+                    "type": "StixFile",
+                    "value": targets.malicious_file,
+                    "hashes": {"SHA-256": targets.malicious_file},
+                },
+            ],
             name=targets.domain,
         ),
     }
@@ -222,12 +231,12 @@ def test_one_entity_of_each_type_is_enriched(
     assert targets.yara_file in indicator["pattern"]
     yara = [e for e in opencti.objects("Indicator") if e.get("pattern_type") == "yara"]
     assert yara
-    assert vt_emulator.count("yara_ruleset") == len(
-        {
-            r["ruleset_id"]
-            for r in stored(tmp_path, "file", targets.yara_file)["crowdsourced_yara_results"]
-        }
-    )
+    rulesets = {  # each fetched once in the run, though two requests' files match some
+        r["ruleset_id"]
+        for sha256 in (targets.yara_file, targets.malicious_file)
+        for r in stored(tmp_path, "file", sha256).get("crowdsourced_yara_results") or []
+    }
+    assert vt_emulator.count("yara_ruleset") == len(rulesets)
     refs = opencti.external_references_of(file_id)
     assert any(targets.yara_file in str(r.get("url")) for r in refs)
     assert opencti.labels_of(file_id)  # VT's tags
@@ -253,9 +262,13 @@ def test_one_entity_of_each_type_is_enriched(
     assert opencti.score_of(ids["Url"]) == vt_score(stored(tmp_path, "url", url_id(targets.url)))
     assert vt_emulator.count("url_submit") == 1
     assert opencti.score_of(ids["unseen Url"]) is not None
-    # Indicator: its domain value enriched, one score for the indicator
-    assert opencti.score_of(ids["Indicator"]) == vt_score(
-        stored(tmp_path, "domain", targets.domain)
+    # Indicator: each value enriched as its observable (based-on from the indicator), and one
+    # score for the indicator: the most dangerous value's
+    observables = opencti.related(ids["Indicator"], "based-on")
+    assert sorted(o["type"] for o in observables) == ["domain-name", "file"]
+    assert opencti.score_of(ids["Indicator"]) == max(
+        vt_score(stored(tmp_path, "domain", targets.domain)),
+        vt_score(stored(tmp_path, "file", targets.malicious_file)),
     )
 
     totals = metadata(result)
@@ -298,6 +311,7 @@ def test_refusals_end_their_work_in_error_and_spare_their_batch_mates(
         "no_hash": opencti.create_observable("StixFile", name="nohash.exe"),
         "too_big": opencti.create_artifact(b"MZ" + os.urandom(5000), "big.exe"),
         "upload_off_url": opencti.create_observable("Url", "http://never.example/x"),
+        "no_file": opencti.create_artifact(b"MZ" + os.urandom(64), "gone.exe", with_file=False),
         "fine": opencti.create_observable("IPv4-Addr", sorted(vt_corpus.ip_addresses)[1]),
     }
     unknown_type = EnrichmentRequest(
@@ -311,7 +325,7 @@ def test_refusals_end_their_work_in_error_and_spare_their_batch_mates(
     )
     assert not result.success  # the run shows failed, so it can be re-executed
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "6 of 7 enrichment request(s) failed" in str(failure.step_failure_data.user_failure_data)
+    assert "7 of 8 enrichment request(s) failed" in str(failure.step_failure_data.user_failure_data)
     by_entity = {r.entity_id: r for r in requests if r.work_id}
     expected = {
         "red": "is marked TLP:RED, above VIRUSTOTAL_MAX_TLP=TLP:AMBER",
@@ -319,6 +333,7 @@ def test_refusals_end_their_work_in_error_and_spare_their_batch_mates(
         "no_hash": "has no SHA-256, SHA-1 or MD5 hash",
         "too_big": "above VirusTotal's upload limit of 4096 bytes",
         "upload_off_url": "VIRUSTOTAL_URL_UPLOAD_UNSEEN is off",
+        "no_file": "the Artifact holds no file to upload",
     }
     for key, text in expected.items():
         status, in_error, message = work_message(opencti, by_entity[ids[key]].work_id)
@@ -457,3 +472,13 @@ def test_clicks_answered_through_the_sensor(
     assert opencti.related(entities[0], "resolves-to") and opencti.related(
         entities[1], "belongs-to"
     )
+
+
+def test_the_code_location_runs_the_sensor_and_the_job() -> None:
+    from vt_pipeline.definitions import defs
+
+    job = defs.resolve_job_def(ENRICHMENT_JOB)
+    assert job.graph.node_named(ENRICHMENT_OP).definition.pool == "virustotal"
+    sensor = defs.resolve_sensor_def("opencti_enrichment_sensor")
+    assert sensor.job_name == ENRICHMENT_JOB
+    assert "enrichment_settings" in defs.resources

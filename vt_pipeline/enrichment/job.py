@@ -167,29 +167,19 @@ class Enricher:
         return outcome
 
     async def _answer(self, request: EnrichmentRequest, outcome: Outcome, trace: _Trace) -> None:
-        entity_type = request.entity_type
-        if entity_type is not None and entity_type not in SUPPORTED_TYPES:
-            if request.playbook is not None:
-                await self._pass_through(request, outcome, f"{entity_type} is out of scope")
-                return
-            raise RequestFailed(
-                f"VirusTotal enrichment does not support entities of type {entity_type} "
-                f"(supported: {', '.join(SUPPORTED_TYPES)})"
-            )
-        entity = await self._opencti("read the entity", self._read, entity_type, request.entity_id)
+        if await self._unsupported(request, outcome, request.entity_type):
+            return
+        entity = await self._opencti(
+            "read the entity", self._read, request.entity_type, request.entity_id
+        )
         if entity is None:
             raise RequestFailed(
                 f"OpenCTI has no entity {request.entity_id}, or the connector may not read it"
             )
-        entity_type = entity_type or str(entity.get("entity_type") or "")
+        entity_type = request.entity_type or str(entity.get("entity_type") or "")
         outcome.entity = f"{entity_type} {_label(entity)}"
-        if entity_type not in SUPPORTED_TYPES:
-            if request.playbook is not None:
-                await self._pass_through(request, outcome, f"{entity_type} is out of scope")
-                return
-            raise RequestFailed(
-                f"VirusTotal enrichment does not support entities of type {entity_type!r}"
-            )
+        if await self._unsupported(request, outcome, entity_type):
+            return
         self._check_tlp(entity, outcome.entity)
         stix_entity, context_objects = await self._stix_entity(request, entity)
         result = await self._enrich(entity_type, entity, stix_entity, trace)
@@ -207,7 +197,7 @@ class Enricher:
                 json.dumps(answer),
             )
             outcome.status = OUTCOME_ENRICHED
-            outcome.message = self._success_message(entity_type, outcome, trace, "playbook")
+            outcome.message = self._success_message(outcome, trace)
             return
         bundle = enrichment_bundle(context_objects, result.objects)
         await self._opencti(
@@ -218,13 +208,27 @@ class Enricher:
             request.applicant_id,
         )
         outcome.status = OUTCOME_ENRICHED
-        outcome.message = self._success_message(entity_type, outcome, trace, "work")
+        outcome.message = self._success_message(outcome, trace)
         if request.work_id:
             await self._opencti(
                 "close the work", self.cti.close_work, request.work_id, outcome.message, False
             )
 
-    def _success_message(self, entity_type: str, outcome: Outcome, trace: _Trace, to: str) -> str:
+    async def _unsupported(
+        self, request: EnrichmentRequest, outcome: Outcome, entity_type: str | None
+    ) -> bool:
+        """A type the job cannot enrich: refused, or passed through in a playbook (True)."""
+        if entity_type is None or entity_type in SUPPORTED_TYPES:
+            return False
+        if request.playbook is not None:
+            await self._pass_through(request, outcome, f"{entity_type} is out of scope")
+            return True
+        raise RequestFailed(
+            f"VirusTotal enrichment does not support entities of type {entity_type} "
+            f"(supported: {', '.join(SUPPORTED_TYPES)})"
+        )
+
+    def _success_message(self, outcome: Outcome, trace: _Trace) -> str:
         score = "score unchanged" if outcome.score is None else f"score {outcome.score}"
         counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.stats.items()) if v)
         text = f"VirusTotal enrichment of {outcome.entity}: {score}"

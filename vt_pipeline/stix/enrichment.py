@@ -75,10 +75,12 @@ _OPTION_PREFIX = {
 _HASH_LENGTHS = {32: "MD5", 40: "SHA-1", 64: "SHA-256"}
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 # Labels and names: no control, zero-width or bidi characters (a `\u202e` name spoofs its
-# extension), bounded length.
+# extension), no lone surrogate, bounded length.
 _UNSAFE_TEXT = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2069\ufeff]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2069\ufeff"
+    "\ud800-\udfff]"  # lone surrogates (JSON may carry them) cannot be written as UTF-8
 )
+_UNSAFE_SOURCE = re.compile("[\ud800-\udfff]")
 LABEL_LIMIT = 100
 NAME_LIMIT = 1024
 MAX_NAMES = 100
@@ -193,6 +195,8 @@ def build_indicator_enrichment(
         if observable is None:
             builder.stats["invalid_observable_values"] += 1
             continue
+        if observable["id"] in builder.objects:  # the same value twice: enriched once
+            continue
         builder.add(observable)
         builder.stats["observables"] += 1
         if vt_object is None:
@@ -272,7 +276,7 @@ def _entity_time(entity: Mapping[str, Any]) -> str:
     """A date from the entity for objects VT gives none for (its `modified`/`created`)."""
     for key in ("modified", "created"):
         value = entity.get(key)
-        seconds = vt.parse_timestamp(value) if isinstance(value, str) else None
+        seconds = vt.safe_timestamp(value) if isinstance(value, str) else None
         if seconds is not None:
             try:
                 return common.stix_timestamp(seconds)
@@ -372,7 +376,7 @@ class _Builder:
         vt_score = vt.gti_threat_score(vt_object)
         score_kind = "GTI threat score"
         if vt_score is None:
-            vt_score = vt.vt_score(vt.analysis_stats(vt_object))
+            vt_score = vt.vt_score(vt.analysis_counts(vt_object))
             score_kind = "detection ratio"
         decision = _ScoreDecision(None, None)
         if vt_score is None:
@@ -433,16 +437,14 @@ class _Builder:
         kind = _GUI_KIND[entity_type]
         if kind == "url":
             return f"{GUI_ROOT}/url/{vt.url_object_id(subject, vt_object)}"
-        if kind == "file":
-            return f"{GUI_ROOT}/file/{subject}"
         return f"{GUI_ROOT}/{kind}/{_quote_path(subject)}"
 
     def count_bad_stats(self, vt_object: dict) -> None:
         raw = vt.attributes(vt_object).get("last_analysis_stats")
         if raw is not None and not isinstance(raw, dict):
             self.stats["invalid_values"] += 1
-        elif isinstance(raw, dict):
-            self.stats["invalid_values"] += len(raw) - len(vt.analysis_stats(vt_object))
+        elif isinstance(raw, dict):  # counts left out as not sane (NaN, negative, absurd...)
+            self.stats["invalid_values"] += len(raw) - len(vt.analysis_counts(vt_object))
 
     # -- score -------------------------------------------------------------------------------
 
@@ -540,7 +542,7 @@ class _Builder:
         (> 0), valid from VT's analysis date for the configured minutes, `based-on` the entity."""
         prefix = _OPTION_PREFIX[entity_type]
         threshold = getattr(self.options, f"{prefix}_indicator_create_positives")
-        malicious = vt.analysis_stats(vt_object).get("malicious")
+        malicious = vt.analysis_counts(vt_object).get("malicious")
         if not (threshold > 0 and malicious is not None and malicious >= threshold):
             return
         if analysed_at is None:
@@ -605,7 +607,10 @@ class _Builder:
         if not isinstance(ruleset, dict):
             self.stats["yara_ruleset_missing"] += 1
             return None
-        attrs = vt.attributes(ruleset)
+        attrs = ruleset.get("attributes")
+        if not isinstance(attrs, dict):
+            self.stats["yara_parse_error"] += 1  # a ruleset without readable rules
+            return None
         try:
             rule = find_rule(attrs.get("rules"), rule_name)
         except YaraParseError:
@@ -614,9 +619,12 @@ class _Builder:
         if rule is None:
             self.stats["yara_rule_missing"] += 1
             return None
+        if _UNSAFE_SOURCE.search(rule.source):
+            self.stats["invalid_values"] += 1  # not writable as UTF-8 (lone surrogate)
+            return None
         valid_from = (
             _timestamp(rule.date)
-            or _timestamp(vt.parse_timestamp(attrs.get("creation_date")))
+            or _timestamp(vt.safe_timestamp(attrs.get("creation_date")))
             or created
         )
         ruleset_name = _text(result.get("ruleset_name")) or _text(attrs.get("name"))
@@ -765,7 +773,7 @@ class _Builder:
 
     def report(self, entity_type: str, header: list[str], vt_object: dict) -> str:
         is_file = entity_type in ("StixFile", "Artifact")
-        stats = vt.analysis_stats(vt_object)
+        stats = vt.analysis_counts(vt_object)
         columns = notes.FILE_STATS_COLUMNS if is_file else notes.NETWORK_STATS_COLUMNS
         engine_columns = notes.FILE_ENGINE_COLUMNS if is_file else notes.NETWORK_ENGINE_COLUMNS
         sections = [
@@ -882,7 +890,7 @@ class _Builder:
         return ", ".join(texts[:MAX_NAMES]) or None
 
     def date_cell(self, value: Any) -> str | None:
-        stamp = _timestamp(vt.parse_timestamp(value))
+        stamp = _timestamp(vt.safe_timestamp(value))
         if stamp is None and value is not None:
             self.stats["invalid_values"] += 1
         return stamp.replace(".000Z", "Z") if stamp else None
@@ -971,7 +979,7 @@ def _plus_minutes(stamp: str, minutes: Any) -> str | None:
     """`stamp` + `minutes` (a positive int); None when not positive or past the year 9999."""
     if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes <= 0:
         return None
-    seconds = vt.parse_timestamp(stamp)
+    seconds = vt.safe_timestamp(stamp)
     if seconds is None:
         return None
     return _timestamp(seconds + minutes * 60)
@@ -1039,4 +1047,4 @@ def _text(value: Any) -> str | None:
 
 def _quote_path(value: str) -> str:
     """A domain or IP as one URL path segment (they never need it; hostile values might)."""
-    return quote(value, safe="")
+    return quote(value, safe="", errors="replace")

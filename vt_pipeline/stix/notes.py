@@ -19,9 +19,11 @@ CELL_LIMIT = 300
 SUBJECT_LIMIT = 2048
 MISSING = "N/A"
 
-# Control characters (C0, DEL, C1), zero-width and bidirectional formatting characters.
+# Control characters (C0, DEL, C1), zero-width and bidirectional formatting characters, lone
+# surrogates.
 _INVISIBLE = re.compile(
-    r"[\x00-\x08\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
+    "[\x00-\x08\x0e-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+    "\ud800-\udfff]"  # lone surrogates: not writable as UTF-8
 )
 # Whitespace of any kind (newlines, tabs, Unicode line separators) collapses to one space.
 _SPACES = re.compile(r"[\s\u2028\u2029\x85]+")

@@ -9,12 +9,12 @@ on what to do when VirusTotal leaves it out or sends something hostile. No I/O, 
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
-import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from hashlib import sha256
+from math import isfinite
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -69,8 +69,6 @@ def parse_timestamp(value: Any) -> int | None:
     """VT dates are unix seconds; tolerate ISO strings and numeric strings, reject the rest."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # NaN / Infinity: JSON VT never sends, hostile data might
     if isinstance(value, int | float):
         return int(value)
     if isinstance(value, str) and value.strip():
@@ -206,25 +204,10 @@ def is_valid_domain(value: Any) -> bool:
 
 
 def analysis_stats(item: dict[str, Any]) -> dict[str, int]:
-    """`last_analysis_stats` counts; a count that is not a finite number in 0..MAX_COUNT (NaN,
-    Infinity, negative, absurd, bool) is left out instead of raising or skewing the score."""
     stats = attributes(item).get("last_analysis_stats")
     if not isinstance(stats, dict):
         return {}
-    return {str(k): count for k, v in stats.items() if (count := valid_count(v)) is not None}
-
-
-# More engines than VirusTotal will ever have: a larger count is corrupt data, not a verdict.
-MAX_COUNT = 1_000_000
-
-
-def valid_count(value: Any) -> int | None:
-    """A count VT sent as an int (or an integral float), None when it is not a sane count."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        return None
-    return int(value) if 0 <= value <= MAX_COUNT else None
+    return {str(k): int(v) for k, v in stats.items() if isinstance(v, int | float)}
 
 
 def malicious_count(item: dict[str, Any]) -> int | None:
@@ -272,20 +255,50 @@ def gti_threat_score(item: dict[str, Any]) -> int | None:
     return count if count is not None and count <= 100 else None
 
 
+def safe_timestamp(value: Any) -> int | None:
+    """`parse_timestamp` that never raises: NaN, Infinity and dates no calendar holds are None."""
+    if isinstance(value, float) and not isfinite(value):
+        return None
+    try:
+        seconds = parse_timestamp(value)
+        if seconds is not None:
+            datetime.fromtimestamp(seconds, UTC)  # raises past what a date can spell
+    except (ValueError, OverflowError, OSError):
+        return None
+    return seconds
+
+
 def analysis_timestamp(item: dict[str, Any]) -> int | None:
     """When VT last analysed the object (unix seconds): `last_analysis_date`, else the latest
     submission or modification date VT gives; None when VT gives no usable date."""
     attrs = attributes(item)
     for key in ("last_analysis_date", "last_submission_date", "last_modification_date"):
-        value = parse_timestamp(attrs.get(key))
-        if value is not None and _MIN_SECONDS <= value <= _MAX_SECONDS:
+        value = safe_timestamp(attrs.get(key))
+        if value is not None:
             return value
     return None
 
 
-# Unix seconds of 0001-01-01 and 9999-12-31T23:59:59: dates outside cannot be written in STIX.
-_MIN_SECONDS = -62_135_596_800
-_MAX_SECONDS = 253_402_300_799
+# More engines than VirusTotal will ever have: a larger count is corrupt data, not a verdict.
+MAX_COUNT = 1_000_000
+
+
+def valid_count(value: Any) -> int | None:
+    """A count VT sent as an int (or an integral float), None when it is not a sane count."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if 0 <= value <= MAX_COUNT else None
+
+
+def analysis_counts(item: dict[str, Any]) -> dict[str, int]:
+    """`last_analysis_stats` with only sane counts (see `valid_count`): NaN, Infinity, negative
+    or absurd values are left out instead of raising or skewing a score."""
+    stats = attributes(item).get("last_analysis_stats")
+    if not isinstance(stats, dict):
+        return {}
+    return {str(k): count for k, v in stats.items() if (count := valid_count(v)) is not None}
 
 
 def analysis_results(item: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -344,4 +357,4 @@ def url_object_id(url: str, item: dict[str, Any] | None = None) -> str:
     """VT's object id of a URL (the SHA-256 VT names it by): the looked-up object's own id when it
     is one, else the SHA-256 of the URL as given."""
     own = valid_hash((item or {}).get("id"))
-    return own or hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    return own or sha256(url.encode("utf-8", "surrogatepass")).hexdigest()

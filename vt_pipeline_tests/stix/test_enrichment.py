@@ -39,6 +39,7 @@ from vt_pipeline.stix import (
 )
 from vt_pipeline.stix.enrichment import AUTHOR_NAME, STAT_KEYS
 from vt_pipeline.stix.yara import find_rule
+from vt_pipeline.virustotal import objects as vt
 from vt_pipeline_tests import enrichment_factories as ef
 from vt_pipeline_tests import factories
 
@@ -797,6 +798,7 @@ HOSTILE_VALUES: list[Any] = [
     "",
     3.5,
     "NaN",
+    "lone \ud800 surrogate",
 ]
 
 
@@ -895,3 +897,55 @@ def test_realistic_emulator_objects_all_map_and_validate() -> None:
 def test_output_is_plain_json() -> None:
     result = enrich(*file_case())
     assert json.loads(json.dumps(result.objects)) == result.objects
+
+
+def test_hostile_rulesets_are_counted_not_raised() -> None:
+    vt_object = ef.vt_file(yara=[("a", "Test_Rule"), ("b", "Test_Rule"), ("c", "Test_Rule")])
+    rulesets: dict[str, Any] = {
+        "a": {"id": "a", "attributes": ["not", "an", "object"]},
+        "b": {"id": "b", "attributes": {"rules": 42}},
+        "c": "not a ruleset",
+    }
+    opts = options(file_import_yara=True)
+    result = enrich(ef.opencti_file(), "StixFile", vt_object, opts, rulesets)
+    assert result.stats["yara_indicators"] == 0
+    assert result.stats["yara_parse_error"] == 2 and result.stats["yara_ruleset_missing"] == 1
+
+
+# -- the VT readers the mapping relies on ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1_763_632_800, 1_763_632_800),
+        (1_763_632_800.7, 1_763_632_800),
+        ("2025-11-20T10:00:00Z", 1_763_632_800),
+        (float("inf"), None),
+        (float("nan"), None),
+        (10**30, None),
+        ("9" * 40, None),
+        ([], None),
+        (True, None),
+    ],
+)
+def test_safe_timestamp(value: Any, expected: int | None) -> None:
+    assert vt.safe_timestamp(value) == expected
+
+
+def test_analysis_counts_keep_only_sane_counts() -> None:
+    item = {
+        "attributes": {
+            "last_analysis_stats": {
+                "malicious": 3,
+                "harmless": 2.0,
+                "undetected": float("inf"),
+                "suspicious": -1,
+                "timeout": 10**30,
+                "failure": True,
+                "type-unsupported": 1.5,
+            }
+        }
+    }
+    assert vt.analysis_counts(item) == {"malicious": 3, "harmless": 2}
+    assert vt.vt_score(vt.analysis_counts(item)) == 60

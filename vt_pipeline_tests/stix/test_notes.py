@@ -20,6 +20,7 @@ HOSTILE = [
     "\u202egpj.exe\u200b\ufeff",
     "ctrl\x00\x07\x1b[31mred\x08\x7f\x85",
     "tab\tand\u2028separator\u2029end",
+    "lone \ud800 surrogate \udfff",
 ]
 # A pipe that separates cells: one not preceded by a backslash escape.
 _SEPARATOR = re.compile(r"(?<!\\)\|")
@@ -40,6 +41,7 @@ def test_escape_cell_makes_hostile_text_inert(value: str) -> None:
     assert not re.search(
         r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\ufeff]", escaped
     )
+    escaped.encode("utf-8")  # no lone surrogate left: the note can be sent
 
 
 def test_escape_cell_keeps_readable_text() -> None:

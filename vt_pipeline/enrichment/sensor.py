@@ -217,6 +217,8 @@ def evaluate(
     report = TickReport()
     scope = {t.lower() for t in parse_list(opencti.enrichment_connector_scope)}
     with opencti.connector("enrichment") as cti, ListenQueue.of(cti) as queue:
+        # pycti waits up to 300 s per call by default: no report may outlive the tick.
+        cti.api.session_requests_timeout = max(1.0, deadline - time.monotonic())
         # Half of what is left for reading; the rest for reports, acks and run requests.
         messages = queue.read(settings.max_messages, max(0.0, deadline - time.monotonic()) / 2)
         report.read = len(messages)

@@ -29,7 +29,7 @@ from vt_pipeline.enrichment.sensor import (
     requests_in_run,
 )
 from vt_pipeline.opencti.listen_queue import ListenQueue
-from vt_pipeline.opencti.resource import OpenCTIResource
+from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
 
 
 @dg.op(name=ENRICHMENT_OP, config_schema={"requests": [dg.Permissive()]})
@@ -194,7 +194,7 @@ def test_a_crash_between_run_creation_and_acknowledgement(harness: Harness) -> N
     harness.launch(first.run_requests)
     # The tick that would acknowledge crashes (OpenCTI unreachable): its cursor is lost.
     harness.opencti.set_outage("refuse")
-    with pytest.raises(Exception, match="OpenCTI"):
+    with pytest.raises(OpenCTIError, match="OpenCTI"):
         harness.tick()
     harness.opencti.clear_outage()
     assert harness.queued() == 3  # nothing lost

@@ -389,3 +389,13 @@ def test_the_done_memory_is_bounded() -> None:
     cursor.finish(["49", "50"], memory=20)
     assert cursor.done == [str(i) for i in range(31, 51)]
     assert EnrichmentCursor.parse("not json").done == []
+
+
+def test_pending_keys_whose_messages_are_gone_are_forgotten_after_days() -> None:
+    cursor = EnrichmentCursor()
+    cursor.request("k-old", ["a"], now=1_000.0)
+    cursor.request("k-fresh", ["b"], now=1_000.0 + 3 * 24 * 3600)
+    cursor.request("k-requested", ["c"], now=1_000.0)
+    cursor.forget_stale({"k-requested"}, now=1_001.0 + 3 * 24 * 3600)
+    assert set(cursor.pending) == {"k-fresh", "k-requested"}
+    assert EnrichmentCursor.parse(cursor.to_json()) == cursor

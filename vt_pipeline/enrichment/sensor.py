@@ -242,17 +242,20 @@ def evaluate(
     report = TickReport()
     scope = {t.lower() for t in parse_list(opencti.enrichment_connector_scope)}
     with opencti.connector("enrichment") as cti, ListenQueue.of(cti) as queue:
-        # pycti waits up to 300 s per call by default: no report may outlive the tick.
-        cti.api.session_requests_timeout = max(1.0, deadline - time.monotonic())
+        # pycti waits up to 300 s per call by default: no call may outlive the tick.
+        cti.api.session_requests_timeout = max(0.2, deadline - time.monotonic())
         # Half of what is left for reading; the rest for reports, acks and run requests.
         messages = queue.read(settings.max_messages, max(0.0, deadline - time.monotonic()) / 2)
         report.read = len(messages)
         plan = _sort(messages, cursor, scope, opencti.connector_auto, report)
         to_ack = list(plan.finished)
+        margin = settings.tick_seconds / 10  # for the acks and the run requests
         for message, request, reason, work_id in plan.refusals:
-            if time.monotonic() > deadline - 1:
+            remaining = deadline - margin - time.monotonic()
+            if remaining <= 0:
                 report.left += 1  # stays queued: reported on a later tick
                 continue
+            cti.api.session_requests_timeout = max(0.2, remaining)
             if _report_refusal(cti, request, reason, work_id, report, context.log):
                 to_ack.append(message)
                 if request is not None:

@@ -52,6 +52,9 @@ RUN_KEY_TAG = "dagster/run_key"
 TAG_REQUESTS = "vt_pipeline/enrichment_requests"
 TAG_KIND = "vt_pipeline/kind"
 CURSOR_VERSION = 1
+# A pending run key whose messages were not seen for this long is forgotten (longer than the
+# daemon's 24 h window for resuming an interrupted tick, so no resumed run can still follow).
+PENDING_TTL_SECONDS = 3 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class EnrichmentCursor:
     """What the sensor remembers between ticks (JSON in the sensor's cursor)."""
 
     pending: dict[str, list[str]] = field(default_factory=dict)  # run key -> request ids
+    seen: dict[str, float] = field(default_factory=dict)  # run key -> when last requested
     done: list[str] = field(default_factory=list)  # oldest first
 
     @classmethod
@@ -87,15 +91,36 @@ class EnrichmentCursor:
         try:
             data = json.loads(raw)
             pending = {str(k): [str(i) for i in v] for k, v in data["pending"].items()}
-            return cls(pending=pending, done=[str(i) for i in data["done"]])
+            seen = {str(k): float(v) for k, v in data.get("seen", {}).items()}
+            return cls(pending=pending, seen=seen, done=[str(i) for i in data["done"]])
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
 
     def to_json(self) -> str:
         return json.dumps(
-            {"version": CURSOR_VERSION, "pending": self.pending, "done": self.done},
+            {
+                "version": CURSOR_VERSION,
+                "pending": self.pending,
+                "seen": self.seen,
+                "done": self.done,
+            },
             separators=(",", ":"),
         )
+
+    def request(self, key: str, request_ids: Sequence[str], now: float) -> None:
+        self.pending.setdefault(key, list(request_ids))
+        self.seen[key] = now
+
+    def forget(self, key: str) -> None:
+        self.pending.pop(key, None)
+        self.seen.pop(key, None)
+
+    def forget_stale(self, requested: set[str], now: float) -> None:
+        """Pending keys neither requested this tick nor for `PENDING_TTL_SECONDS`: their
+        messages left the queue some other way (purged); if one comes back it is new again."""
+        for key in list(self.pending):
+            if key not in requested and now - self.seen.get(key, now) > PENDING_TTL_SECONDS:
+                self.forget(key)
 
     def key_of(self) -> dict[str, str]:
         return {rid: key for key, ids in self.pending.items() for rid in ids}
@@ -199,7 +224,7 @@ def resolve_pending(instance: dg.DagsterInstance, cursor: EnrichmentCursor, memo
             continue
         carried = set().union(*(requests_in_run(run) for run in runs))
         cursor.finish([rid for rid in cursor.pending[key] if rid in carried], memory)
-        del cursor.pending[key]  # the others (not in the run) are new again when re-read
+        cursor.forget(key)  # the others (not in the run) are new again when re-read
 
 
 def evaluate(
@@ -217,28 +242,36 @@ def evaluate(
     report = TickReport()
     scope = {t.lower() for t in parse_list(opencti.enrichment_connector_scope)}
     with opencti.connector("enrichment") as cti, ListenQueue.of(cti) as queue:
+        # pycti waits up to 300 s per call by default: no call may outlive the tick.
+        cti.api.session_requests_timeout = max(0.2, deadline - time.monotonic())
         # Half of what is left for reading; the rest for reports, acks and run requests.
         messages = queue.read(settings.max_messages, max(0.0, deadline - time.monotonic()) / 2)
         report.read = len(messages)
         plan = _sort(messages, cursor, scope, opencti.connector_auto, report)
         to_ack = list(plan.finished)
+        margin = settings.tick_seconds / 10  # for the acks and the run requests
         for message, request, reason, work_id in plan.refusals:
-            if time.monotonic() > deadline - 1:
+            remaining = deadline - margin - time.monotonic()
+            if remaining <= 0:
                 report.left += 1  # stays queued: reported on a later tick
                 continue
+            cti.api.session_requests_timeout = max(0.2, remaining)
             if _report_refusal(cti, request, reason, work_id, report, context.log):
                 to_ack.append(message)
                 if request is not None:
                     cursor.finish([request.request_id], settings.done_memory)
         report.acknowledged = queue.ack(to_ack)
     requests: list[dg.RunRequest] = []
+    now = time.time()
     for key, carried in plan.rerequest.items():
         order = {rid: i for i, rid in enumerate(cursor.pending[key])}
         requests.append(run_request(key, sorted(carried, key=lambda r: order[r.request_id])))
+        cursor.request(key, cursor.pending[key], now)
     for batch in batches(plan.new, settings.batch_size):
         key = run_key(batch)
-        cursor.pending[key] = [r.request_id for r in batch]
+        cursor.request(key, [r.request_id for r in batch], now)
         requests.append(run_request(key, batch))
+    cursor.forget_stale({r.run_key for r in requests if r.run_key}, now)
     summary = report.summary()
     context.log.info(f"{SENSOR_NAME}: {summary}; {len(requests)} run request(s)")
     if not requests:

@@ -1,4 +1,5 @@
-"""The upstream enrichment connector's variables configure the job unchanged."""
+"""The upstream enrichment connector's variables configure the job unchanged (test_settings.py
+would clash with livehunt/test_settings.py: the test folders are not packages)."""
 
 import dataclasses
 

@@ -100,6 +100,7 @@ class Outcome:
     status: str = OUTCOME_FAILED
     message: str = ""
     entity: str = ""
+    entity_type: str | None = None
     score: int | None = None
     vt_calls: int = 0
     cache_hits: int = 0
@@ -177,7 +178,7 @@ class Enricher:
                 f"OpenCTI has no entity {request.entity_id}, or the connector may not read it"
             )
         entity_type = request.entity_type or str(entity.get("entity_type") or "")
-        outcome.entity = f"{entity_type} {_label(entity)}"
+        outcome.entity_type, outcome.entity = entity_type, f"{entity_type} {_label(entity)}"
         if await self._unsupported(request, outcome, entity_type):
             return
         self._check_tlp(entity, outcome.entity)
@@ -602,6 +603,7 @@ async def answer_all(
 _COLUMNS = (
     ("request_id", "string"),
     ("kind", "string"),
+    ("type", "string"),
     ("entity", "string"),
     ("outcome", "string"),
     ("score", "string"),
@@ -619,6 +621,7 @@ def outcomes_metadata(outcomes: Sequence[Outcome]) -> dict[str, Any]:
             {
                 "request_id": o.request.request_id,
                 "kind": o.request.kind,
+                "type": o.entity_type or o.request.entity_type or "",
                 "entity": o.entity,
                 "outcome": o.status,
                 "score": "" if o.score is None else str(o.score),

@@ -4,11 +4,11 @@ would clash with livehunt/test_settings.py: the test folders are not packages)."
 import dataclasses
 
 import pytest
-from vt_pipeline.stix.enrichment import EnrichmentMappingOptions
 
 from vt_pipeline.config import ConfigError
 from vt_pipeline.enrichment.settings import EnrichmentSettings
 from vt_pipeline.resources import build_resources
+from vt_pipeline.stix.enrichment import EnrichmentMappingOptions
 
 
 def test_defaults_are_the_seed_readme_defaults() -> None:

@@ -364,6 +364,7 @@ def test_re_enrichment_adds_no_note_and_the_cache_saves_the_quota(
     assert second.success
     assert vt_emulator.count("file") == calls  # the stored response was reused
     (row,) = rows(second).values()
+    assert (row["type"], row["outcome"], row["kind"]) == ("StixFile", "enriched", "interactive")
     assert row["cache_hits"] == 1 and row["vt_calls"] == 0
     assert "cache, no quota spent" in row["message"]
     assert len(opencti.notes_about(entity)) == len(notes)  # same analysis: no new note

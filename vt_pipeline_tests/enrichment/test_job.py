@@ -483,3 +483,17 @@ def test_the_code_location_runs_the_sensor_and_the_job() -> None:
     sensor = defs.resolve_sensor_def("opencti_enrichment_sensor")
     assert sensor.job_name == ENRICHMENT_JOB
     assert "enrichment_settings" in defs.resources
+
+
+def test_a_failed_playbook_step_passes_its_bundle_on(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, vt_emulator: VirusTotalEmulator
+) -> None:
+    """A playbook has no work to fail: the step answers with the bundle unchanged, the run fails."""
+    red = opencti.create_observable("IPv4-Addr", vt_corpus.targets().ip, markings=["TLP:RED"])
+    execution = opencti.ask_playbook_enrichment(red, ENRICHMENT_CONNECTOR_ID)
+    result, (request,) = enrich()
+    assert not result.success
+    assert opencti.playbook_results(execution) == [request.bundle]
+    (row,) = rows(result).values()
+    assert row["outcome"] == "failed" and "above VIRUSTOTAL_MAX_TLP" in row["message"]
+    assert vt_emulator.count("ip_address") == 0

@@ -11,8 +11,17 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from vt_pipeline.config import env_bool, env_int
+from vt_pipeline.enrichment.settings import EnrichmentSettings
 from vt_pipeline.livehunt.settings import LivehuntSettings
-from vt_pipeline.opencti.resource import LIVEHUNT_CONNECTOR_ID, LIVEHUNT_SCOPE, OpenCTIResource
+from vt_pipeline.opencti.resource import (
+    ENRICHMENT_CONNECTOR_ID,
+    ENRICHMENT_CONNECTOR_NAME,
+    ENRICHMENT_SCOPE,
+    LIVEHUNT_CONNECTOR_ID,
+    LIVEHUNT_SCOPE,
+    OpenCTIResource,
+)
 from vt_pipeline.storage.store import (
     PartitionedFileIOManager,
     StorageResource,
@@ -45,6 +54,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
             max_concurrency=int(env.get("VIRUSTOTAL_MAX_CONCURRENCY") or DEFAULT_CONCURRENCY),
         ),
         "livehunt_settings": LivehuntSettings.from_env(env),
+        "enrichment_settings": EnrichmentSettings.from_env(env),
         "opencti": build_opencti(env),
         "storage": StorageResource(base_dir=base_dir),
         "io_manager": PartitionedFileIOManager(base_dir=base_dir),
@@ -52,7 +62,12 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
 
 
 def build_opencti(env: Mapping[str, str]) -> OpenCTIResource:
-    """OpenCTI from the upstream connector's variables; unset OPENCTI_URL = not configured."""
+    """OpenCTI from the upstream connectors' variables; unset OPENCTI_URL = not configured.
+
+    Two connector identities: CONNECTOR_ID/NAME/SCOPE keep configuring the Livehunt connector,
+    VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID/NAME/SCOPE the enrichment one; CONNECTOR_AUTO is the
+    enrichment connector's (Livehunt is not an enrichment connector).
+    """
     return OpenCTIResource(
         url=env.get("OPENCTI_URL", ""),
         # A reference, resolved in the run; only when set, so that a deployment without
@@ -61,7 +76,14 @@ def build_opencti(env: Mapping[str, str]) -> OpenCTIResource:
         connector_id=env.get("CONNECTOR_ID") or LIVEHUNT_CONNECTOR_ID,
         connector_name=env.get("CONNECTOR_NAME") or "VirusTotal Livehunt Notifications",
         connector_scope=env.get("CONNECTOR_SCOPE") or LIVEHUNT_SCOPE,
-        connector_confidence_level=int(env.get("CONNECTOR_CONFIDENCE_LEVEL") or 100),
+        connector_confidence_level=env_int("CONNECTOR_CONFIDENCE_LEVEL", 100, env, 0, 100),
         connector_log_level=env.get("CONNECTOR_LOG_LEVEL") or "error",
         queue_protocol=(env.get("CONNECTOR_QUEUE_PROTOCOL") or "amqp").lower(),
+        enrichment_connector_id=env.get("VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID")
+        or ENRICHMENT_CONNECTOR_ID,
+        enrichment_connector_name=env.get("VIRUSTOTAL_ENRICHMENT_CONNECTOR_NAME")
+        or ENRICHMENT_CONNECTOR_NAME,
+        enrichment_connector_scope=env.get("VIRUSTOTAL_ENRICHMENT_CONNECTOR_SCOPE")
+        or ENRICHMENT_SCOPE,
+        connector_auto=env_bool("CONNECTOR_AUTO", False, env),
     )

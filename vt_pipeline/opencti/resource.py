@@ -27,10 +27,11 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pika.exceptions
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 
 LIVEHUNT_CONNECTOR_ID = "325cbb22-ee42-4898-9d99-302ca216671b"  # upstream's default id
 LIVEHUNT_SCOPE = "StixFile,Indicator,Incident,Artifact,Domain-Name,Url,IPv4-Addr,IPv6-Addr"
+# The enrichment connector: its own identity, so OpenCTI sees two connectors.
+ENRICHMENT_CONNECTOR_ID = "8a4f2b6e-3c1d-4e5f-9a7b-1c2d3e4f5a6b"
+ENRICHMENT_CONNECTOR_NAME = "VirusTotal"
+ENRICHMENT_SCOPE = "StixFile,Artifact,IPv4-Addr,Domain-Name,Hostname,Url,Indicator"
+ConnectorKind = Literal["livehunt", "enrichment"]
 
 
 class OpenCTIError(Exception):
@@ -86,6 +92,18 @@ class OpenCTIResource(dg.ConfigurableResource):
     queue_protocol: str = Field(
         default="amqp", description="CONNECTOR_QUEUE_PROTOCOL: amqp (RabbitMQ) or api (GraphQL)"
     )
+    enrichment_connector_id: str = Field(
+        default=ENRICHMENT_CONNECTOR_ID, description="VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID (UUIDv4)"
+    )
+    enrichment_connector_name: str = Field(
+        default=ENRICHMENT_CONNECTOR_NAME, description="VIRUSTOTAL_ENRICHMENT_CONNECTOR_NAME"
+    )
+    enrichment_connector_scope: str = Field(
+        default=ENRICHMENT_SCOPE, description="VIRUSTOTAL_ENRICHMENT_CONNECTOR_SCOPE"
+    )
+    connector_auto: bool = Field(
+        default=False, description="CONNECTOR_AUTO: OpenCTI auto-enriches new entities in scope"
+    )
     work_timeout_seconds: float = Field(
         default=600.0, description="How long to wait for OpenCTI to ingest one delivery."
     )
@@ -108,19 +126,34 @@ class OpenCTIResource(dg.ConfigurableResource):
     def configured(self) -> bool:
         return bool(self.url.strip())
 
-    def helper_config(self) -> dict[str, Any]:
-        """The `OpenCTIConnectorHelper` configuration, in pycti's own shape."""
+    def helper_config(self, kind: ConnectorKind = "livehunt") -> dict[str, Any]:
+        """The `OpenCTIConnectorHelper` configuration of one identity, in pycti's own shape."""
         if self.queue_protocol not in {"amqp", "api"}:
             raise OpenCTIError(
                 f"CONNECTOR_QUEUE_PROTOCOL must be amqp or api, not {self.queue_protocol!r}"
             )
-        return {
-            "opencti": {"url": self.url.rstrip("/"), "token": self.token},
-            "connector": {
+        if kind == "livehunt":
+            identity = {
                 "id": self.connector_id,
                 "type": "EXTERNAL_IMPORT",
                 "name": self.connector_name,
                 "scope": self.connector_scope,
+                "auto": False,
+            }
+        elif kind == "enrichment":
+            identity = {
+                "id": self.enrichment_connector_id,
+                "type": "INTERNAL_ENRICHMENT",
+                "name": self.enrichment_connector_name,
+                "scope": self.enrichment_connector_scope,
+                "auto": self.connector_auto,
+            }
+        else:
+            raise OpenCTIError(f"unknown connector kind {kind!r}: livehunt or enrichment")
+        return {
+            "opencti": {"url": self.url.rstrip("/"), "token": self.token},
+            "connector": {
+                **identity,
                 "confidence_level": self.connector_confidence_level,
                 "log_level": self.connector_log_level,
                 "queue_protocol": self.queue_protocol,
@@ -140,20 +173,22 @@ class OpenCTIResource(dg.ConfigurableResource):
         return OpenCTIConnector(api, self.token, self.work_timeout_seconds, backoff=self._backoff())
 
     @contextlib.contextmanager
-    def connector(self) -> Iterator[OpenCTIConnector]:
-        """Register with OpenCTI and yield the connector; its threads stop on exit."""
+    def connector(self, kind: ConnectorKind = "livehunt") -> Iterator[OpenCTIConnector]:
+        """Register one identity with OpenCTI and yield the connector; its threads stop on exit."""
         if not self.configured:
             raise OpenCTIError("OpenCTI is not configured: set OPENCTI_URL and OPENCTI_TOKEN")
         from pycti import OpenCTIConnectorHelper
 
-        config = self.helper_config()
+        config = self.helper_config(kind)
 
         def register() -> Any:
             # pycti installs a sys.excepthook that SIGTERMs the process on any uncaught
             # exception: right for a connector container, wrong in a Dagster run or a test.
             excepthook = sys.excepthook
             try:
-                return OpenCTIConnectorHelper(config)
+                with _config_over_environment():
+                    # The enrichment connector answers playbook steps too, as upstream's does.
+                    return OpenCTIConnectorHelper(config, playbook_compatible=kind == "enrichment")
             except SystemExit as exc:  # pycti exits on some registration failures
                 raise RuntimeError(f"pycti exited ({exc})") from None
             finally:
@@ -230,6 +265,45 @@ class OpenCTIResource(dg.ConfigurableResource):
                 "the platform's base URL?"
             )
         return None
+
+
+_shielded = threading.local()
+
+
+@contextlib.contextmanager
+def _config_over_environment() -> Iterator[None]:
+    """While pycti builds a helper in this thread, the config we pass wins over os.environ.
+
+    pycti reads `CONNECTOR_ID`, `CONNECTOR_NAME`, `CONNECTOR_SCOPE`, `CONNECTOR_TYPE`,
+    `CONNECTOR_AUTO`... from the environment before its config. Those variables configure the
+    Livehunt connector here, so without this the enrichment connector would register under the
+    Livehunt connector's id. Keys we do not set (MQ_*, OPENCTI_SSL_VERIFY...) still come from
+    the environment. Thread-local: other threads' pycti calls are untouched.
+    """
+    from pycti.connector import opencti_connector_helper as module
+
+    original = getattr(module.get_config_variable, "__wrapped__", module.get_config_variable)
+    if module.get_config_variable is original:
+
+        def get_config_variable(
+            env_var: str, yaml_path: Any, config: Any = None, *args: Any, **kwargs: Any
+        ) -> Any:
+            section, key = [*(yaml_path or ()), None, None][:2]
+            if (
+                getattr(_shielded, "active", False)
+                and isinstance(config, dict)
+                and key in (config.get(section) or {})
+            ):
+                env_var = "VT_PIPELINE_UNSET_"  # never set: pycti falls back to the config
+            return original(env_var, yaml_path, config, *args, **kwargs)
+
+        get_config_variable.__wrapped__ = original  # type: ignore[attr-defined]
+        module.get_config_variable = get_config_variable
+    _shielded.active = True
+    try:
+        yield
+    finally:
+        _shielded.active = False
 
 
 class OpenCTIConnector:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from vt_pipeline.config import ConfigError
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.rabbitmq import RabbitMQ, _port_open
 from vt_pipeline.opencti.resource import (
@@ -198,3 +199,94 @@ def test_registration_and_a_work_round_trip(opencti: OpenCTIEmulator) -> None:
         assert held is not None and held["entity_type"] == "Domain-Name"
         assert cti.read_entity("domain-name--00000000-0000-5000-8000-000000000000") is None
     assert resource.connector_id in opencti.connectors
+
+
+def test_two_connector_identities_from_their_own_variables() -> None:
+    resource = build_opencti(
+        {
+            "OPENCTI_URL": "http://opencti:8080",
+            "CONNECTOR_ID": "0b9a3ed4-5f7f-4d2e-9d5e-6f1f8c0c2a11",
+            "CONNECTOR_SCOPE": "vt-livehunt",
+            "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": "1c8b4fe5-6a8a-4e3f-8e6f-7a2a9d1d3b22",
+            "VIRUSTOTAL_ENRICHMENT_CONNECTOR_NAME": "VirusTotal (Dagster)",
+            "VIRUSTOTAL_ENRICHMENT_CONNECTOR_SCOPE": "StixFile,Url",
+            "CONNECTOR_AUTO": "true",
+        }
+    )
+    livehunt = resource.helper_config()["connector"]
+    enrichment = resource.helper_config("enrichment")["connector"]
+    assert (livehunt["id"], livehunt["type"], livehunt["scope"], livehunt["auto"]) == (
+        "0b9a3ed4-5f7f-4d2e-9d5e-6f1f8c0c2a11",
+        "EXTERNAL_IMPORT",
+        "vt-livehunt",
+        False,
+    )
+    assert enrichment == {
+        **enrichment,
+        "id": "1c8b4fe5-6a8a-4e3f-8e6f-7a2a9d1d3b22",
+        "type": "INTERNAL_ENRICHMENT",
+        "name": "VirusTotal (Dagster)",
+        "scope": "StixFile,Url",
+        "auto": True,
+    }
+
+
+def test_enrichment_identity_defaults_differ_from_livehunt() -> None:
+    resource = build_opencti({"OPENCTI_URL": "http://opencti:8080"})
+    enrichment = resource.helper_config("enrichment")["connector"]
+    assert enrichment["id"] != resource.helper_config()["connector"]["id"]
+    assert enrichment["name"] == "VirusTotal"
+    assert enrichment["scope"] == "StixFile,Artifact,IPv4-Addr,Domain-Name,Hostname,Url,Indicator"
+    assert enrichment["auto"] is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("CONNECTOR_AUTO", "sometimes"), ("CONNECTOR_CONFIDENCE_LEVEL", "x")]
+)
+def test_bad_connector_values_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"{variable}='{value}'"):
+        build_opencti({"OPENCTI_URL": "http://opencti:8080", variable: value})
+
+
+@pytest.mark.integration
+def test_each_identity_registers_itself_whatever_the_environment_says(
+    opencti: OpenCTIEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deployment's environment configures the Livehunt connector with the upstream names;
+    # pycti reads them before its config, which would register enrichment as Livehunt.
+    livehunt_id = "0b9a3ed4-5f7f-4d2e-9d5e-6f1f8c0c2a11"
+    for name, value in {
+        "CONNECTOR_ID": livehunt_id,
+        "CONNECTOR_NAME": "VT Livehunt",
+        "CONNECTOR_SCOPE": "vt-livehunt",
+        "CONNECTOR_TYPE": "EXTERNAL_IMPORT",
+        "CONNECTOR_AUTO": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    resource = OpenCTIResource(
+        url=opencti.url,
+        token=opencti.token,
+        connector_id=livehunt_id,
+        connector_name="VT Livehunt",
+        connector_scope="vt-livehunt",
+        connector_auto=True,
+    )
+    with resource.connector("enrichment") as cti:
+        assert cti.helper.connect_id == resource.enrichment_connector_id
+        assert cti.helper.connector_config["listen"].endswith(resource.enrichment_connector_id)
+    with resource.connector():
+        pass
+    enrichment = opencti.connectors[resource.enrichment_connector_id]
+    assert (enrichment["type"], enrichment["name"], enrichment["auto"]) == (
+        "INTERNAL_ENRICHMENT",
+        "VirusTotal",
+        True,
+    )
+    assert enrichment["scope"] == resource.enrichment_connector_scope.split(",")
+    assert enrichment["playbook_compatible"] is True
+    livehunt = opencti.connectors[livehunt_id]
+    assert (livehunt["type"], livehunt["name"], livehunt["auto"]) == (
+        "EXTERNAL_IMPORT",
+        "VT Livehunt",
+        False,
+    )

@@ -1,0 +1,171 @@
+"""Enrichment requests: OpenCTI's listen-queue message -> a request a run can carry as config.
+
+The message format is pycti's (`ListenQueue._data_handler`):
+`{"internal": {"work_id", "applicant_id", ["playbook": {...}], ["mode"]},
+  "event": {"entity_id", "entity_type", ["bundle"], ["stix_entity"], ["stix_objects"]}}`.
+A request keeps only what the job needs to answer it, and is JSON-able so that a run's config
+repeats it exactly when the run is re-executed from the UI.
+
+`request_id` is what makes a request unique, forever: the OpenCTI work id, or for a playbook
+step (no work of its own) `playbook:{execution_id}:{step_id}`. The sensor derives its run keys
+from it, so a re-delivered message never gives a second run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+ENRICHMENT_JOB = "vt_enrichment_job"  # job name (the sensor targets it by name)
+ENRICHMENT_OP = "vt_enrichment"  # the job's op that takes the requests as config
+
+# What the job knows how to enrich (OpenCTI entity types); anything else is refused.
+SUPPORTED_TYPES = (
+    "StixFile",
+    "Artifact",
+    "IPv4-Addr",
+    "Domain-Name",
+    "Hostname",
+    "Url",
+    "Indicator",
+)
+
+KIND_INTERACTIVE = "interactive"
+KIND_AUTO = "auto"
+KIND_PLAYBOOK = "playbook"
+
+
+class InvalidRequest(ValueError):
+    """A listen-queue message vt_pipeline cannot answer; the message says what is wrong.
+
+    `work_id` is the message's OpenCTI work when it could be read, so the refusal can be
+    reported on it.
+    """
+
+    def __init__(self, message: str, work_id: str | None = None) -> None:
+        super().__init__(message)
+        self.work_id = work_id
+
+
+@dataclass(frozen=True)
+class EnrichmentRequest:
+    """One entity to enrich, as OpenCTI asked for it."""
+
+    request_id: str  # OpenCTI work id; playbook messages: "playbook:{execution_id}:{step_id}"
+    entity_id: str
+    entity_type: str | None
+    work_id: str | None = None
+    playbook: dict[str, Any] | None = None  # message["internal"]["playbook"], as received
+    bundle: dict[str, Any] | None = None  # message["event"]["bundle"] (playbook messages)
+    applicant_id: str | None = None
+    mode: str | None = None  # message["internal"]["mode"]: "manual" or "auto" (OpenCTI 6+)
+
+    @property
+    def kind(self) -> str:
+        """interactive (an analyst's click), auto (auto-enrichment) or playbook."""
+        if self.playbook is not None:
+            return KIND_PLAYBOOK
+        return KIND_AUTO if self.mode == "auto" else KIND_INTERACTIVE
+
+    def pycti_playbook(self, execution_start: str) -> dict[str, Any]:
+        """pycti's playbook dict (`ListenQueue._data_handler`), what `playbook_step_execution`
+        takes: set it as `helper.playbook` before `send_stix2_bundle`, or pass it directly."""
+        if self.playbook is None or self.bundle is None:
+            raise InvalidRequest(f"request {self.request_id} is not a playbook step")
+        return {
+            "event_id": self.playbook.get("event_id"),
+            "execution_id": self.playbook.get("execution_id"),
+            "execution_start": execution_start,
+            "playbook_id": self.playbook.get("playbook_id"),
+            "data_instance_id": self.playbook.get("data_instance_id"),
+            "previous_step_id": self.playbook.get("previous_step_id"),
+            "previous_bundle": json.dumps(self.bundle),
+            "step_id": self.playbook.get("step_id"),
+        }
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-able (run config); None fields left out to keep the launchpad readable."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_config(cls, value: Mapping[str, Any]) -> EnrichmentRequest:
+        """The inverse of `to_config`; unknown keys are refused (a typo in a re-executed run)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise InvalidRequest(f"unknown enrichment request field(s): {', '.join(unknown)}")
+        for name in ("request_id", "entity_id"):
+            if not isinstance(value.get(name), str) or not value[name]:
+                raise InvalidRequest(f"enrichment request needs a non-empty string {name}")
+        return cls(**{key: value[key] for key in known if key in value})
+
+
+def parse_request(body: bytes) -> EnrichmentRequest:
+    """The listen-queue message -> request; `InvalidRequest` says what is wrong with it."""
+    try:
+        message = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(f"the message is not JSON ({exc})") from None
+    if not isinstance(message, dict):
+        raise InvalidRequest(f"the message is a JSON {type(message).__name__}, not an object")
+    internal = message.get("internal")
+    if not isinstance(internal, dict):
+        raise InvalidRequest("the message has no 'internal' object")
+    work_id = _optional_str(internal, "work_id", "internal.work_id", None)
+    event = message.get("event")
+    if not isinstance(event, dict):
+        raise InvalidRequest("the message has no 'event' object", work_id)
+    entity_id = event.get("entity_id")
+    if not isinstance(entity_id, str) or not entity_id.strip():
+        raise InvalidRequest("the message names no entity (event.entity_id)", work_id)
+    entity_type = _optional_str(event, "entity_type", "event.entity_type", work_id)
+    applicant_id = _optional_str(internal, "applicant_id", "internal.applicant_id", work_id)
+    mode = _optional_str(internal, "mode", "internal.mode", work_id)
+    playbook = internal.get("playbook")
+    if playbook is None:
+        if not work_id:
+            raise InvalidRequest("the message has neither a work id nor a playbook")
+        return EnrichmentRequest(
+            request_id=work_id,
+            entity_id=entity_id,
+            entity_type=entity_type,
+            work_id=work_id,
+            applicant_id=applicant_id,
+            mode=mode,
+        )
+    if not isinstance(playbook, dict):
+        raise InvalidRequest("internal.playbook is not an object", work_id)
+    for key in ("execution_id", "step_id"):
+        if not isinstance(playbook.get(key), str) or not playbook[key]:
+            raise InvalidRequest(f"the playbook message has no internal.playbook.{key}", work_id)
+    bundle = event.get("bundle")
+    if not isinstance(bundle, dict) or not isinstance(bundle.get("objects"), list):
+        raise InvalidRequest("the playbook message has no event.bundle with objects", work_id)
+    return EnrichmentRequest(
+        request_id=f"playbook:{playbook['execution_id']}:{playbook['step_id']}",
+        entity_id=entity_id,
+        entity_type=entity_type,
+        work_id=work_id,
+        playbook=playbook,
+        bundle=bundle,
+        applicant_id=applicant_id,
+        mode=mode,
+    )
+
+
+def enrichment_run_config(requests: Sequence[EnrichmentRequest]) -> dict[str, Any]:
+    """The run config of one batch: the requests as the job's op config."""
+    return {"ops": {ENRICHMENT_OP: {"config": {"requests": [r.to_config() for r in requests]}}}}
+
+
+def _optional_str(
+    section: Mapping[str, Any], key: str, label: str, work_id: str | None
+) -> str | None:
+    value = section.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{label} is a {type(value).__name__}, not a string", work_id)
+    return value

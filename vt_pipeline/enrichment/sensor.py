@@ -1,0 +1,396 @@
+"""`opencti_enrichment_sensor`: OpenCTI enrichment requests -> batched `vt_enrichment_job` runs.
+
+Never loses and never doubles a request, whatever crashes when:
+- messages are read from the enrichment connector's listen queue WITHOUT acknowledging;
+- new requests go into batches (one kind per batch, up to the batch size); each batch gets a
+  run key derived from its request ids, and the cursor remembers, per run key, which requests
+  it carries (`pending`);
+- on a later tick, a pending run key whose run exists in the instance moves its requests to
+  `done` (those the run's config really carries); a message whose request is done is then
+  acknowledged - a duplicate delivery included, so it never gets a second run;
+- a re-read message whose run does not exist yet re-requests the SAME run key (the daemon
+  creates a run key once, so a tick that was resumed or half-done gives no second run); a
+  request of a run key whose run exists without it is batched again, under a new key;
+- a malformed message, an entity type vt_pipeline cannot enrich, an entity outside the
+  connector's scope, an auto-enrichment with CONNECTOR_AUTO off are reported on their work
+  (in error, with the reason) - a playbook step gets its bundle passed through unchanged -
+  and acknowledged; the sensor goes on with the rest.
+
+The daemon stores a tick's cursor with the run requests it reserved and resumes an interrupted
+tick, and the cursor is lost when a tick raises: nothing here relies on more than that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+
+from vt_pipeline.config import env_int, parse_list
+from vt_pipeline.enrichment.requests import (
+    ENRICHMENT_JOB,
+    ENRICHMENT_OP,
+    SUPPORTED_TYPES,
+    EnrichmentRequest,
+    InvalidRequest,
+    enrichment_run_config,
+    parse_request,
+)
+from vt_pipeline.opencti.listen_queue import ListenQueue, QueueMessage
+from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIResource
+
+SENSOR_NAME = "opencti_enrichment_sensor"
+MINIMUM_INTERVAL_SECONDS = 5  # a click at idle is answered within seconds
+RUN_KEY_TAG = "dagster/run_key"
+TAG_REQUESTS = "vt_pipeline/enrichment_requests"
+TAG_KIND = "vt_pipeline/kind"
+CURSOR_VERSION = 1
+# A pending run key whose messages were not seen for this long is forgotten (longer than the
+# daemon's 24 h window for resuming an interrupted tick, so no resumed run can still follow).
+PENDING_TTL_SECONDS = 3 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class SensorSettings:
+    """How much one tick does. From `VT_PIPELINE_ENRICHMENT_*` with `from_env`."""
+
+    tick_seconds: float = 20.0  # well inside Dagster's 60 s evaluation limit
+    batch_size: int = 20  # requests per run
+    max_messages: int = 1000  # messages read per tick
+    done_memory: int = 2000  # finished request ids remembered (duplicate deliveries)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SensorSettings:
+        """`VT_PIPELINE_ENRICHMENT_TICK_SECONDS` (1-50), `..._BATCH_SIZE` (1-500)."""
+        return cls(
+            tick_seconds=env_int("VT_PIPELINE_ENRICHMENT_TICK_SECONDS", 20, env, 1, 50),
+            batch_size=env_int("VT_PIPELINE_ENRICHMENT_BATCH_SIZE", 20, env, 1, 500),
+        )
+
+
+@dataclass
+class EnrichmentCursor:
+    """What the sensor remembers between ticks (JSON in the sensor's cursor)."""
+
+    pending: dict[str, list[str]] = field(default_factory=dict)  # run key -> request ids
+    seen: dict[str, float] = field(default_factory=dict)  # run key -> when last requested
+    done: list[str] = field(default_factory=list)  # oldest first
+
+    @classmethod
+    def parse(cls, raw: str | None) -> EnrichmentCursor:
+        """An unreadable cursor starts afresh: messages stay queued until their run exists."""
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+            pending = {str(k): [str(i) for i in v] for k, v in data["pending"].items()}
+            seen = {str(k): float(v) for k, v in data.get("seen", {}).items()}
+            return cls(pending=pending, seen=seen, done=[str(i) for i in data["done"]])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return cls()
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": CURSOR_VERSION,
+                "pending": self.pending,
+                "seen": self.seen,
+                "done": self.done,
+            },
+            separators=(",", ":"),
+        )
+
+    def request(self, key: str, request_ids: Sequence[str], now: float) -> None:
+        self.pending.setdefault(key, list(request_ids))
+        self.seen[key] = now
+
+    def forget(self, key: str) -> None:
+        self.pending.pop(key, None)
+        self.seen.pop(key, None)
+
+    def forget_stale(self, requested: set[str], now: float) -> None:
+        """Pending keys neither requested this tick nor for `PENDING_TTL_SECONDS`: their
+        messages left the queue some other way (purged); if one comes back it is new again."""
+        for key in list(self.pending):
+            if key not in requested and now - self.seen.get(key, now) > PENDING_TTL_SECONDS:
+                self.forget(key)
+
+    def key_of(self) -> dict[str, str]:
+        return {rid: key for key, ids in self.pending.items() for rid in ids}
+
+    def finish(self, request_ids: Sequence[str], memory: int) -> None:
+        known = set(self.done)
+        self.done.extend(rid for rid in request_ids if rid not in known)
+        del self.done[: max(0, len(self.done) - memory)]
+
+
+@dataclass
+class TickReport:
+    """What one tick did, for the tick log and the skip reason."""
+
+    read: int = 0
+    new: int = 0
+    rerequested: int = 0
+    already_run: int = 0
+    refused: int = 0
+    passed_through: int = 0
+    acknowledged: int = 0
+    left: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [
+            f"read {self.read} message(s)",
+            f"{self.new} new request(s)",
+            f"{self.rerequested} re-requested",
+            f"{self.already_run} already run",
+            f"{self.refused} refused",
+            f"{self.passed_through} playbook pass-through",
+            f"{self.acknowledged} acknowledged",
+        ]
+        if self.left:
+            parts.append(f"{self.left} left for the next tick")
+        text = ", ".join(parts)
+        return text + ("; " + "; ".join(self.problems[:5]) if self.problems else "")
+
+
+def run_key(requests: Sequence[EnrichmentRequest]) -> str:
+    """Unique forever per set of requests: the first request id, the count and a digest."""
+    ids = [r.request_id for r in requests]
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    return f"vt_enrichment:{ids[0]}+{len(ids) - 1}:{digest}"
+
+
+def run_request(key: str, requests: Sequence[EnrichmentRequest]) -> dg.RunRequest:
+    kinds = sorted({r.kind for r in requests})
+    return dg.RunRequest(
+        run_key=key,
+        run_config=enrichment_run_config(requests),
+        tags={TAG_REQUESTS: str(len(requests)), TAG_KIND: ",".join(kinds)},
+    )
+
+
+def batches(requests: Sequence[EnrichmentRequest], size: int) -> Iterator[list[EnrichmentRequest]]:
+    """Arrival order, one kind per batch (the UI filters runs by kind), at most `size` each."""
+    by_kind: dict[str, list[EnrichmentRequest]] = {}
+    for request in requests:
+        by_kind.setdefault(request.kind, []).append(request)
+    for same_kind in by_kind.values():
+        for start in range(0, len(same_kind), size):
+            yield same_kind[start : start + size]
+
+
+def refusal(request: EnrichmentRequest, scope: set[str], auto_allowed: bool) -> str | None:
+    """Why vt_pipeline will not enrich this, in words a person understands; None if it will."""
+    entity_type = request.entity_type
+    if entity_type is not None:
+        if entity_type.lower() not in {t.lower() for t in SUPPORTED_TYPES}:
+            return (
+                f"VirusTotal enrichment cannot enrich a {entity_type}: it enriches "
+                f"{', '.join(SUPPORTED_TYPES)}"
+            )
+        if entity_type.lower() not in scope:
+            return (
+                f"{entity_type} is outside this connector's scope "
+                f"(VIRUSTOTAL_ENRICHMENT_CONNECTOR_SCOPE: {', '.join(sorted(scope))})"
+            )
+    if request.kind == "auto" and not auto_allowed:
+        return "automatic enrichment is off for this connector (CONNECTOR_AUTO=false)"
+    return None
+
+
+def requests_in_run(run: dg.DagsterRun) -> set[str]:
+    """The request ids a run's config carries (what it will answer)."""
+    config = (run.run_config or {}).get("ops", {}).get(ENRICHMENT_OP, {}).get("config", {})
+    return {
+        str(item.get("request_id"))
+        for item in config.get("requests", [])
+        if isinstance(item, Mapping) and item.get("request_id")
+    }
+
+
+def resolve_pending(instance: dg.DagsterInstance, cursor: EnrichmentCursor, memory: int) -> None:
+    """Pending run keys whose run exists: their requests are done (or batched again)."""
+    for key in list(cursor.pending):
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: key}))
+        if not runs:
+            continue
+        carried = set().union(*(requests_in_run(run) for run in runs))
+        cursor.finish([rid for rid in cursor.pending[key] if rid in carried], memory)
+        cursor.forget(key)  # the others (not in the run) are new again when re-read
+
+
+def evaluate(
+    context: dg.SensorEvaluationContext, opencti: OpenCTIResource, settings: SensorSettings
+) -> dg.SensorResult:
+    """One tick: bounded by `settings.tick_seconds`."""
+    deadline = time.monotonic() + settings.tick_seconds
+    if not opencti.configured:
+        return dg.SensorResult(
+            skip_reason="OpenCTI is not configured: set OPENCTI_URL and OPENCTI_TOKEN",
+            cursor=context.cursor,
+        )
+    cursor = EnrichmentCursor.parse(context.cursor)
+    resolve_pending(context.instance, cursor, settings.done_memory)
+    report = TickReport()
+    scope = {t.lower() for t in parse_list(opencti.enrichment_connector_scope)}
+    with opencti.connector("enrichment") as cti, ListenQueue.of(cti) as queue:
+        # pycti waits up to 300 s per call by default: no call may outlive the tick.
+        cti.api.session_requests_timeout = max(0.2, deadline - time.monotonic())
+        # Half of what is left for reading; the rest for reports, acks and run requests.
+        messages = queue.read(settings.max_messages, max(0.0, deadline - time.monotonic()) / 2)
+        report.read = len(messages)
+        plan = _sort(messages, cursor, scope, opencti.connector_auto, report)
+        to_ack = list(plan.finished)
+        margin = settings.tick_seconds / 10  # for the acks and the run requests
+        for message, request, reason, work_id in plan.refusals:
+            remaining = deadline - margin - time.monotonic()
+            if remaining <= 0:
+                report.left += 1  # stays queued: reported on a later tick
+                continue
+            cti.api.session_requests_timeout = max(0.2, remaining)
+            if _report_refusal(cti, request, reason, work_id, report, context.log):
+                to_ack.append(message)
+                if request is not None:
+                    cursor.finish([request.request_id], settings.done_memory)
+        report.acknowledged = queue.ack(to_ack)
+    requests: list[dg.RunRequest] = []
+    now = time.time()
+    for key, carried in plan.rerequest.items():
+        order = {rid: i for i, rid in enumerate(cursor.pending[key])}
+        requests.append(run_request(key, sorted(carried, key=lambda r: order[r.request_id])))
+        cursor.request(key, cursor.pending[key], now)
+    for batch in batches(plan.new, settings.batch_size):
+        key = run_key(batch)
+        cursor.request(key, [r.request_id for r in batch], now)
+        requests.append(run_request(key, batch))
+    cursor.forget_stale({r.run_key for r in requests if r.run_key}, now)
+    summary = report.summary()
+    context.log.info(f"{SENSOR_NAME}: {summary}; {len(requests)} run request(s)")
+    if not requests:
+        return dg.SensorResult(skip_reason=summary, cursor=cursor.to_json())
+    return dg.SensorResult(run_requests=requests, cursor=cursor.to_json())
+
+
+@dataclass
+class _Plan:
+    finished: list[QueueMessage] = field(default_factory=list)  # ack: their run exists
+    rerequest: dict[str, list[EnrichmentRequest]] = field(default_factory=dict)
+    new: list[EnrichmentRequest] = field(default_factory=list)
+    refusals: list[tuple[QueueMessage, EnrichmentRequest | None, str, str | None]] = field(
+        default_factory=list
+    )
+
+
+def _sort(
+    messages: Sequence[QueueMessage],
+    cursor: EnrichmentCursor,
+    scope: set[str],
+    auto_allowed: bool,
+    report: TickReport,
+) -> _Plan:
+    plan = _Plan()
+    done = set(cursor.done)
+    pending = cursor.key_of()
+    seen: set[str] = set()
+    for message in messages:
+        try:
+            request = parse_request(message.body)
+        except InvalidRequest as exc:
+            plan.refusals.append(
+                (message, None, f"malformed enrichment request: {exc}", exc.work_id)
+            )
+            continue
+        rid = request.request_id
+        if rid in done or rid in seen:  # its run exists, or a second copy in this read
+            plan.finished.append(message)
+            report.already_run += 1
+            continue
+        seen.add(rid)
+        if rid in pending:
+            plan.rerequest.setdefault(pending[rid], []).append(request)
+            report.rerequested += 1
+            continue
+        reason = refusal(request, scope, auto_allowed)
+        if reason is not None:
+            plan.refusals.append((message, request, reason, request.work_id))
+            continue
+        plan.new.append(request)
+        report.new += 1
+    return plan
+
+
+def _report_refusal(
+    cti: OpenCTIConnector,
+    request: EnrichmentRequest | None,
+    reason: str,
+    work_id: str | None,
+    report: TickReport,
+    log: Any,
+) -> bool:
+    """Tell OpenCTI (work in error, or the playbook bundle passed through); False: retry later."""
+    try:
+        if request is not None and request.playbook is not None:
+            playbook = request.pycti_playbook(_now())
+            cti.api.playbook.playbook_step_execution(playbook, json.dumps(request.bundle))
+            report.passed_through += 1
+            log.info(f"playbook step {request.request_id}: bundle passed through ({reason})")
+            return True
+        if work_id:
+            cti.close_work(work_id, reason, in_error=True)
+        else:
+            log.warning(f"enrichment message dropped, no work to report it on: {reason}")
+        report.refused += 1
+        return True
+    except Exception as exc:  # OpenCTI down: the message stays queued, reported next tick
+        report.problems.append(f"could not report on OpenCTI: {str(exc)[:200]}")
+        return False
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def build_enrichment_sensor(
+    settings: SensorSettings | None = None,
+    default_status: dg.DefaultSensorStatus | None = None,
+    name: str = SENSOR_NAME,
+) -> dg.SensorDefinition:
+    """The sensor with these settings (default: from the environment).
+
+    Default status: RUNNING when `OPENCTI_URL` is set (what an enrichment connector does),
+    else STOPPED; started without OpenCTI it skips, saying so.
+    """
+    settings = settings or SensorSettings.from_env()
+    if default_status is None:
+        default_status = (
+            dg.DefaultSensorStatus.RUNNING
+            if os.environ.get("OPENCTI_URL", "").strip()
+            else dg.DefaultSensorStatus.STOPPED
+        )
+
+    @dg.sensor(
+        name=name,
+        job_name=ENRICHMENT_JOB,
+        minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
+        default_status=default_status,
+        description=(
+            "OpenCTI enrichment requests (clicks, auto-enrichment, playbook steps) from the "
+            f"enrichment connector's queue, up to {settings.batch_size} per run; a request "
+            "leaves the queue once its run exists."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext, opencti: OpenCTIResource) -> dg.SensorResult:
+        return evaluate(context, opencti, settings)
+
+    return _sensor
+
+
+opencti_enrichment_sensor = build_enrichment_sensor()

@@ -19,14 +19,20 @@ import json
 import re
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
+
+from vt_pipeline.config import http_url, invalid, is_env_reference, one_of
 
 LIVEHUNT_CONNECTOR_ID = "325cbb22-ee42-4898-9d99-302ca216671b"  # upstream's default id
 LIVEHUNT_SCOPE = "StixFile,Indicator,Incident,Artifact,Domain-Name,Url,IPv4-Addr,IPv6-Addr"
+QUEUE_PROTOCOLS = ("amqp", "api")
+# pycti hands the level to `logging` upper-cased; these are the names logging knows.
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class OpenCTIError(Exception):
@@ -34,21 +40,95 @@ class OpenCTIError(Exception):
 
 
 class OpenCTIResource(dg.ConfigurableResource):
-    """OpenCTI platform access and the identity vt_pipeline registers as a connector."""
+    """OpenCTI platform access and the identity vt_pipeline registers as a connector.
 
-    url: str = Field(default="", description="OPENCTI_URL; empty = OpenCTI not configured.")
-    token: str = Field(default="", description="OPENCTI_TOKEN. A secret: set it with EnvVar.")
-    connector_id: str = Field(default=LIVEHUNT_CONNECTOR_ID, description="CONNECTOR_ID (UUIDv4)")
-    connector_name: str = "VirusTotal Livehunt Notifications"
-    connector_scope: str = LIVEHUNT_SCOPE
-    connector_confidence_level: int = Field(default=100, description="CONNECTOR_CONFIDENCE_LEVEL")
-    connector_log_level: str = Field(default="error", description="CONNECTOR_LOG_LEVEL")
+    Every field is checked when the resource is built (code location load, or run start for a
+    launchpad value), with a message naming the upstream variable. No check ever puts the token
+    in a message: only its absence is reported, by the token's own validator, whose input is then
+    empty. (A model-level validator would show pydantic every field, the token included.)
+    """
+
+    url: str = Field(
+        default="",
+        description="OPENCTI_URL (http or https; a trailing /graphql is dropped); empty = "
+        "OpenCTI not configured.",
+    )
+    token: str = Field(
+        default="",
+        description="OPENCTI_TOKEN, required with a URL. A secret: set it with EnvVar.",
+    )
+    connector_id: str = Field(default=LIVEHUNT_CONNECTOR_ID, description="CONNECTOR_ID (a UUID)")
+    connector_name: str = Field(
+        default="VirusTotal Livehunt Notifications", min_length=1, description="CONNECTOR_NAME"
+    )
+    connector_scope: str = Field(
+        default=LIVEHUNT_SCOPE, min_length=1, description="CONNECTOR_SCOPE"
+    )
+    connector_confidence_level: int = Field(
+        default=100, ge=0, le=100, description="CONNECTOR_CONFIDENCE_LEVEL (0-100)"
+    )
+    connector_log_level: str = Field(
+        default="error", description="CONNECTOR_LOG_LEVEL: debug, info, warning, error, critical"
+    )
     queue_protocol: str = Field(
         default="amqp", description="CONNECTOR_QUEUE_PROTOCOL: amqp (RabbitMQ) or api (GraphQL)"
     )
     work_timeout_seconds: float = Field(
-        default=600.0, description="How long to wait for OpenCTI to ingest one delivery."
+        default=600.0, gt=0, description="How long to wait for OpenCTI to ingest one delivery."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, value: str) -> str:
+        """Empty (not configured) or an http(s) URL with a host, without a trailing `/` or
+        `/graphql` (pycti appends `/graphql` itself; links to the platform start here too)."""
+        if is_env_reference(value):
+            return value
+        if not value.strip():
+            return ""
+        return http_url("OPENCTI_URL", value, "http://opencti:8080", strip_suffixes=("/graphql",))
+
+    @field_validator("token")
+    @classmethod
+    def _token_with_url(cls, value: str, info: ValidationInfo) -> str:
+        """A URL without a token would only fail inside a run, in pycti ("A TOKEN must be set").
+
+        Raised only when the token is empty, so the message cannot contain it.
+        """
+        if info.data.get("url") and not value.strip():
+            raise invalid(
+                "OPENCTI_TOKEN",
+                "",
+                "the API token of an OpenCTI user: it is required when OPENCTI_URL is set "
+                "(unset OPENCTI_URL to run without OpenCTI)",
+            )
+        return value
+
+    @field_validator("connector_id")
+    @classmethod
+    def _uuid_connector_id(cls, value: str) -> str:
+        if is_env_reference(value):
+            return value
+        try:
+            return str(uuid.UUID(value.strip()))
+        except ValueError:
+            raise invalid(
+                "CONNECTOR_ID", value, f"a UUID, e.g. {LIVEHUNT_CONNECTOR_ID} (upstream's)"
+            ) from None
+
+    @field_validator("connector_log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if is_env_reference(value):
+            return value
+        return one_of("CONNECTOR_LOG_LEVEL", value, LOG_LEVELS, aliases={"warn": "warning"})
+
+    @field_validator("queue_protocol")
+    @classmethod
+    def _known_queue_protocol(cls, value: str) -> str:
+        if is_env_reference(value):
+            return value
+        return one_of("CONNECTOR_QUEUE_PROTOCOL", value, QUEUE_PROTOCOLS)
 
     @property
     def configured(self) -> bool:
@@ -56,10 +136,6 @@ class OpenCTIResource(dg.ConfigurableResource):
 
     def helper_config(self) -> dict[str, Any]:
         """The `OpenCTIConnectorHelper` configuration, in pycti's own shape."""
-        if self.queue_protocol not in {"amqp", "api"}:
-            raise OpenCTIError(
-                f"CONNECTOR_QUEUE_PROTOCOL must be amqp or api, not {self.queue_protocol!r}"
-            )
         return {
             "opencti": {"url": self.url.rstrip("/"), "token": self.token},
             "connector": {

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,11 +30,12 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SAFE_COMPONENT = re.compile(r"[^A-Za-z0-9_.:=-]")
 
 
-def default_storage_dir() -> str:
+def default_storage_dir(env: Mapping[str, str] | None = None) -> str:
     """`$VT_PIPELINE_STORAGE_DIR`, else `$DAGSTER_HOME/storage`, else `./.dagster_home/storage`."""
-    if os.environ.get(STORAGE_DIR_ENV):
-        return os.environ[STORAGE_DIR_ENV]
-    home = os.environ.get("DAGSTER_HOME") or os.path.abspath(".dagster_home")
+    env = os.environ if env is None else env
+    if env.get(STORAGE_DIR_ENV):
+        return env[STORAGE_DIR_ENV]
+    home = env.get("DAGSTER_HOME") or os.path.abspath(".dagster_home")
     return os.path.join(home, "storage")
 
 

@@ -123,29 +123,39 @@ def fields_from_env(
     limits the fields read (default: all). Only the variables that are set are returned, so
     unset ones keep the model's defaults. Integer bounds come from the field's `ge`/`le`
     constraints; every value that cannot be parsed is reported in one `ConfigError` naming the
-    variables. Build the model with `build()` so that what its validators reject does too.
+    variables. `settings_from_env` also builds the model, reporting what its validators reject.
     """
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    errors: list[ConfigError] = []
-    for field_name, field in model.model_fields.items():
-        if fields is not None and field_name not in fields:
-            continue
-        variable = (names or {}).get(field_name) or prefix + field_name.upper()
-        raw = env.get(variable)
-        if raw is None or (raw.strip() == "" and field.annotation is not str):
-            continue
-        try:
-            values[field_name] = _parse(variable, raw, field)
-        except ConfigError as exc:
-            errors.append(exc)
+    values, errors = _read(model, prefix, os.environ if env is None else env, names, fields)
     if errors:
         raise combined(errors)
     return values
 
 
+def settings_from_env(
+    model: type[M],
+    prefix: str,
+    env: Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None,
+    fields: Collection[str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> M:
+    """The model from its variables (see `fields_from_env`) plus `extra` values (e.g. EnvVar
+    secrets, never read here); one `ConfigError` lists every variable that is not accepted,
+    whether it could not be parsed or the model's validators refused it."""
+    env = os.environ if env is None else env
+    values, errors = _read(model, prefix, env, names, fields)
+    variables = {name: _variable(name, prefix, names) for name in model.model_fields}
+    try:
+        built = build(model, {**values, **(extra or {})}, variables)
+    except ConfigError as exc:
+        errors.append(exc)
+    if errors:
+        raise combined(errors)
+    return built
+
+
 def build(model: type[M], values: Mapping[str, Any], variables: Mapping[str, str]) -> M:
-    """The model from values read by `fields_from_env`; what it rejects becomes a ConfigError.
+    """The model from values read from variables; what it rejects becomes a ConfigError.
 
     `variables` maps a field to its environment variable, so that a message from pydantic's own
     checks still names the variable (validators that raise `invalid()` already do).
@@ -163,6 +173,33 @@ def build(model: type[M], values: Mapping[str, Any], variables: Mapping[str, str
             name = variables.get(field, field or model.__name__)
             errors.append(invalid(name, values.get(field, ""), error["msg"]))
         raise combined(errors) from None
+
+
+def _read(
+    model: type[pydantic.BaseModel],
+    prefix: str,
+    env: Mapping[str, str],
+    names: Mapping[str, str] | None,
+    fields: Collection[str] | None,
+) -> tuple[dict[str, Any], list[ConfigError]]:
+    values: dict[str, Any] = {}
+    errors: list[ConfigError] = []
+    for field_name, field in model.model_fields.items():
+        if fields is not None and field_name not in fields:
+            continue
+        variable = _variable(field_name, prefix, names)
+        raw = env.get(variable)
+        if raw is None or (raw.strip() == "" and field.annotation is not str):
+            continue
+        try:
+            values[field_name] = _parse(variable, raw, field)
+        except ConfigError as exc:
+            errors.append(exc)
+    return values, errors
+
+
+def _variable(field_name: str, prefix: str, names: Mapping[str, str] | None) -> str:
+    return (names or {}).get(field_name) or prefix + field_name.upper()
 
 
 def http_url(name: str, raw: str, example: str, strip_suffixes: tuple[str, ...] = ()) -> str:

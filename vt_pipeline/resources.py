@@ -13,10 +13,9 @@ import dagster as dg
 
 from vt_pipeline.config import (
     ConfigError,
-    build,
     combined,
-    fields_from_env,
     invalid,
+    settings_from_env,
     writable_directory,
 )
 from vt_pipeline.livehunt.settings import LivehuntSettings
@@ -85,13 +84,13 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
 
 def build_virustotal(env: Mapping[str, str]) -> VirusTotalResource:
     """VirusTotal from the upstream variables; blank ones keep the defaults."""
-    values = fields_from_env(
-        VirusTotalResource, "", _set(env), VIRUSTOTAL_VARIABLES, VIRUSTOTAL_VARIABLES
-    )
-    return build(
+    return settings_from_env(
         VirusTotalResource,
-        {**values, "api_key": dg.EnvVar(api_key_env_name(env))},
+        "",
+        _set(env),
         VIRUSTOTAL_VARIABLES,
+        fields=VIRUSTOTAL_VARIABLES,
+        extra={"api_key": dg.EnvVar(api_key_env_name(env))},
     )
 
 
@@ -102,17 +101,22 @@ def build_opencti(env: Mapping[str, str]) -> OpenCTIResource:
     without OpenCTI can still ingest up to the bundles. A token without a URL is refused: it
     means delivery was wanted, and it would silently not happen.
     """
-    values = fields_from_env(OpenCTIResource, "", _set(env), OPENCTI_VARIABLES, OPENCTI_VARIABLES)
     has_token = bool(env.get("OPENCTI_TOKEN", "").strip())
-    if has_token and not values.get("url"):
+    if has_token and not env.get("OPENCTI_URL", "").strip():
         raise invalid(
             "OPENCTI_URL",
             env.get("OPENCTI_URL", ""),
             "the OpenCTI platform's URL, e.g. http://opencti:8080, since OPENCTI_TOKEN is set "
             "(or unset OPENCTI_TOKEN to run without OpenCTI)",
         )
-    token = dg.EnvVar("OPENCTI_TOKEN") if has_token else ""
-    return build(OpenCTIResource, {**values, "token": token}, OPENCTI_VARIABLES)
+    return settings_from_env(
+        OpenCTIResource,
+        "",
+        _set(env),
+        OPENCTI_VARIABLES,
+        fields=OPENCTI_VARIABLES,
+        extra={"token": dg.EnvVar("OPENCTI_TOKEN") if has_token else ""},
+    )
 
 
 def storage_dir(env: Mapping[str, str]) -> str:

@@ -16,12 +16,12 @@ every file).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Self, get_args
+from typing import Any, Self, get_args
 
 import dagster as dg
 from pydantic import Field, field_validator, model_validator
 
-from vt_pipeline.config import build, fields_from_env, invalid, is_env_reference
+from vt_pipeline.config import invalid, is_env_reference, settings_from_env
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.stix.livehunt import TlpLevel
 
@@ -32,10 +32,10 @@ TLP_LEVELS: tuple[str, ...] = get_args(TlpLevel)
 class LivehuntSettings(dg.ConfigurableResource):
     """Every option of the upstream Livehunt connector, plus vt_pipeline's own few."""
 
-    tlp_level: str = Field(
+    tlp_level: TlpLevel = Field(
         default="clear",
-        description="clear|white|green|amber|amber+strict|red (case, a TLP: prefix and _ for + "
-        "are accepted)",
+        description="clear|white|green|amber|amber+strict|red (from the variable, case, a TLP: "
+        "prefix and _ for + are accepted too)",
     )
     create_alert: bool = True
     alert_prefix: str = "VT "
@@ -76,12 +76,12 @@ class LivehuntSettings(dg.ConfigurableResource):
         "upstream does; only the benchmark's baseline turns it off.",
     )
 
-    @field_validator("tlp_level")
+    @field_validator("tlp_level", mode="before")
     @classmethod
-    def _known_tlp_level(cls, value: str) -> str:
+    def _known_tlp_level(cls, value: Any) -> Any:
         """Canonical level (`TLP:AMBER_STRICT` -> `amber+strict`); unknown ones refused here,
         not after the VT fetch (upstream fell back to green)."""
-        if is_env_reference(value):
+        if is_env_reference(value) or not isinstance(value, str):
             return value
         level = value.strip().lower().removeprefix("tlp:").replace("_", "+")
         if level not in TLP_LEVELS:
@@ -105,12 +105,11 @@ class LivehuntSettings(dg.ConfigurableResource):
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LivehuntSettings:
         """Settings from the upstream variable names; unset variables keep upstream defaults."""
-        variables = {name: ENV_PREFIX + name.upper() for name in cls.model_fields}
-        return build(cls, fields_from_env(cls, ENV_PREFIX, env), variables)
+        return settings_from_env(cls, ENV_PREFIX, env)
 
     def to_options(self) -> LivehuntOptions:
         return LivehuntOptions(
-            tlp_level=self.tlp_level,  # type: ignore[arg-type]  # checked by _known_tlp_level
+            tlp_level=self.tlp_level,
             create_alert=self.create_alert,
             alert_prefix=self.alert_prefix,
             create_file=self.create_file,

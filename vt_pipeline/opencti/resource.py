@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, get_args
 
 import dagster as dg
 from pydantic import Field, ValidationInfo, field_validator
@@ -30,9 +30,9 @@ from vt_pipeline.config import http_url, invalid, is_env_reference, one_of
 
 LIVEHUNT_CONNECTOR_ID = "325cbb22-ee42-4898-9d99-302ca216671b"  # upstream's default id
 LIVEHUNT_SCOPE = "StixFile,Indicator,Incident,Artifact,Domain-Name,Url,IPv4-Addr,IPv6-Addr"
-QUEUE_PROTOCOLS = ("amqp", "api")
+QueueProtocol = Literal["amqp", "api"]
 # pycti hands the level to `logging` upper-cased; these are the names logging knows.
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class OpenCTIError(Exception):
@@ -67,10 +67,10 @@ class OpenCTIResource(dg.ConfigurableResource):
     connector_confidence_level: int = Field(
         default=100, ge=0, le=100, description="CONNECTOR_CONFIDENCE_LEVEL (0-100)"
     )
-    connector_log_level: str = Field(
+    connector_log_level: LogLevel = Field(
         default="error", description="CONNECTOR_LOG_LEVEL: debug, info, warning, error, critical"
     )
-    queue_protocol: str = Field(
+    queue_protocol: QueueProtocol = Field(
         default="amqp", description="CONNECTOR_QUEUE_PROTOCOL: amqp (RabbitMQ) or api (GraphQL)"
     )
     work_timeout_seconds: float = Field(
@@ -116,19 +116,21 @@ class OpenCTIResource(dg.ConfigurableResource):
                 "CONNECTOR_ID", value, f"a UUID, e.g. {LIVEHUNT_CONNECTOR_ID} (upstream's)"
             ) from None
 
-    @field_validator("connector_log_level")
+    @field_validator("connector_log_level", mode="before")
     @classmethod
-    def _known_log_level(cls, value: str) -> str:
-        if is_env_reference(value):
+    def _known_log_level(cls, value: Any) -> Any:
+        """Upstream's spellings (any case, `warn`) made canonical before the Literal check."""
+        if is_env_reference(value) or not isinstance(value, str):
             return value
-        return one_of("CONNECTOR_LOG_LEVEL", value, LOG_LEVELS, aliases={"warn": "warning"})
+        levels = get_args(LogLevel)
+        return one_of("CONNECTOR_LOG_LEVEL", value, levels, aliases={"warn": "warning"})
 
-    @field_validator("queue_protocol")
+    @field_validator("queue_protocol", mode="before")
     @classmethod
-    def _known_queue_protocol(cls, value: str) -> str:
-        if is_env_reference(value):
+    def _known_queue_protocol(cls, value: Any) -> Any:
+        if is_env_reference(value) or not isinstance(value, str):
             return value
-        return one_of("CONNECTOR_QUEUE_PROTOCOL", value, QUEUE_PROTOCOLS)
+        return one_of("CONNECTOR_QUEUE_PROTOCOL", value, get_args(QueueProtocol))
 
     @property
     def configured(self) -> bool:

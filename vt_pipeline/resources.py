@@ -7,34 +7,51 @@ CLI and the benchmarks import it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import dagster as dg
 
-from vt_pipeline.config import env_bool, env_int
+from vt_pipeline.config import (
+    ConfigError,
+    combined,
+    invalid,
+    settings_from_env,
+    writable_directory,
+)
 from vt_pipeline.enrichment.settings import EnrichmentSettings
 from vt_pipeline.livehunt.settings import LivehuntSettings
-from vt_pipeline.opencti.resource import (
-    ENRICHMENT_CONNECTOR_ID,
-    ENRICHMENT_CONNECTOR_NAME,
-    ENRICHMENT_SCOPE,
-    LIVEHUNT_CONNECTOR_ID,
-    LIVEHUNT_SCOPE,
-    OpenCTIResource,
-)
+from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline.storage.store import (
+    STORAGE_DIR_ENV,
     PartitionedFileIOManager,
     StorageResource,
     default_storage_dir,
 )
-from vt_pipeline.virustotal.resource import (
-    DEFAULT_API_URL,
-    DEFAULT_CONCURRENCY,
-    VirusTotalResource,
-)
+from vt_pipeline.virustotal.resource import VirusTotalResource
 
 # Upstream's two names for the key: the enrichment connector's, then the Livehunt connector's.
 API_KEY_ENV_NAMES = ("VIRUSTOTAL_TOKEN", "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY")
+# The variables of each resource's fields (the token and the key travel as EnvVar, unread).
+VIRUSTOTAL_VARIABLES = {
+    "api_url": "VIRUSTOTAL_API_URL",
+    "max_concurrency": "VIRUSTOTAL_MAX_CONCURRENCY",
+}
+OPENCTI_VARIABLES = {
+    "url": "OPENCTI_URL",
+    "connector_id": "CONNECTOR_ID",
+    "connector_name": "CONNECTOR_NAME",
+    "connector_scope": "CONNECTOR_SCOPE",
+    "connector_confidence_level": "CONNECTOR_CONFIDENCE_LEVEL",
+    "connector_log_level": "CONNECTOR_LOG_LEVEL",
+    "queue_protocol": "CONNECTOR_QUEUE_PROTOCOL",
+    # Two connector identities: CONNECTOR_ID/NAME/SCOPE keep configuring the Livehunt
+    # connector, these the enrichment one; CONNECTOR_AUTO is the enrichment connector's
+    # (Livehunt is not an enrichment connector).
+    "enrichment_connector_id": "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID",
+    "enrichment_connector_name": "VIRUSTOTAL_ENRICHMENT_CONNECTOR_NAME",
+    "enrichment_connector_scope": "VIRUSTOTAL_ENRICHMENT_CONNECTOR_SCOPE",
+    "connector_auto": "CONNECTOR_AUTO",
+}
 
 
 def api_key_env_name(env: Mapping[str, str] | None = None) -> str:
@@ -44,46 +61,88 @@ def api_key_env_name(env: Mapping[str, str] | None = None) -> str:
 
 
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
-    """The deployment's resources, configured from the environment (secrets as EnvVar)."""
+    """The deployment's resources, configured from the environment (secrets as EnvVar).
+
+    Every variable is checked here, when the code location loads; one `ConfigError` lists all
+    the bad ones, each with its value and what is accepted.
+    """
     env = os.environ if env is None else env
-    base_dir = default_storage_dir()
+    builders: dict[str, Callable[[Mapping[str, str]], object]] = {
+        "virustotal": build_virustotal,
+        "livehunt_settings": LivehuntSettings.from_env,
+        "enrichment_settings": EnrichmentSettings.from_env,
+        "opencti": build_opencti,
+        "storage_dir": storage_dir,
+    }
+    built: dict[str, object] = {}
+    errors: list[ConfigError] = []
+    for name, make in builders.items():
+        try:
+            built[name] = make(env)
+        except ConfigError as exc:
+            errors.append(exc)
+    if errors:
+        raise combined(errors)
+    base_dir = str(built.pop("storage_dir"))
     return {
-        "virustotal": VirusTotalResource(
-            api_key=dg.EnvVar(api_key_env_name(env)),
-            api_url=env.get("VIRUSTOTAL_API_URL") or DEFAULT_API_URL,
-            max_concurrency=int(env.get("VIRUSTOTAL_MAX_CONCURRENCY") or DEFAULT_CONCURRENCY),
-        ),
-        "livehunt_settings": LivehuntSettings.from_env(env),
-        "enrichment_settings": EnrichmentSettings.from_env(env),
-        "opencti": build_opencti(env),
+        **built,
         "storage": StorageResource(base_dir=base_dir),
         "io_manager": PartitionedFileIOManager(base_dir=base_dir),
     }
 
 
-def build_opencti(env: Mapping[str, str]) -> OpenCTIResource:
-    """OpenCTI from the upstream connectors' variables; unset OPENCTI_URL = not configured.
-
-    Two connector identities: CONNECTOR_ID/NAME/SCOPE keep configuring the Livehunt connector,
-    VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID/NAME/SCOPE the enrichment one; CONNECTOR_AUTO is the
-    enrichment connector's (Livehunt is not an enrichment connector).
-    """
-    return OpenCTIResource(
-        url=env.get("OPENCTI_URL", ""),
-        # A reference, resolved in the run; only when set, so that a deployment without
-        # OpenCTI can still ingest up to the bundles.
-        token=dg.EnvVar("OPENCTI_TOKEN") if env.get("OPENCTI_TOKEN") else "",
-        connector_id=env.get("CONNECTOR_ID") or LIVEHUNT_CONNECTOR_ID,
-        connector_name=env.get("CONNECTOR_NAME") or "VirusTotal Livehunt Notifications",
-        connector_scope=env.get("CONNECTOR_SCOPE") or LIVEHUNT_SCOPE,
-        connector_confidence_level=env_int("CONNECTOR_CONFIDENCE_LEVEL", 100, env, 0, 100),
-        connector_log_level=env.get("CONNECTOR_LOG_LEVEL") or "error",
-        queue_protocol=(env.get("CONNECTOR_QUEUE_PROTOCOL") or "amqp").lower(),
-        enrichment_connector_id=env.get("VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID")
-        or ENRICHMENT_CONNECTOR_ID,
-        enrichment_connector_name=env.get("VIRUSTOTAL_ENRICHMENT_CONNECTOR_NAME")
-        or ENRICHMENT_CONNECTOR_NAME,
-        enrichment_connector_scope=env.get("VIRUSTOTAL_ENRICHMENT_CONNECTOR_SCOPE")
-        or ENRICHMENT_SCOPE,
-        connector_auto=env_bool("CONNECTOR_AUTO", False, env),
+def build_virustotal(env: Mapping[str, str]) -> VirusTotalResource:
+    """VirusTotal from the upstream variables; blank ones keep the defaults."""
+    return settings_from_env(
+        VirusTotalResource,
+        "",
+        _set(env),
+        VIRUSTOTAL_VARIABLES,
+        fields=VIRUSTOTAL_VARIABLES,
+        extra={"api_key": dg.EnvVar(api_key_env_name(env))},
     )
+
+
+def build_opencti(env: Mapping[str, str]) -> OpenCTIResource:
+    """OpenCTI from the upstream connector's variables; unset OPENCTI_URL = not configured.
+
+    The token is a reference, resolved in the run, and only when set, so that a deployment
+    without OpenCTI can still ingest up to the bundles. A token without a URL is refused: it
+    means delivery was wanted, and it would silently not happen.
+    """
+    has_token = bool(env.get("OPENCTI_TOKEN", "").strip())
+    if has_token and not env.get("OPENCTI_URL", "").strip():
+        raise invalid(
+            "OPENCTI_URL",
+            env.get("OPENCTI_URL", ""),
+            "the OpenCTI platform's URL, e.g. http://opencti:8080, since OPENCTI_TOKEN is set "
+            "(or unset OPENCTI_TOKEN to run without OpenCTI)",
+        )
+    return settings_from_env(
+        OpenCTIResource,
+        "",
+        _set(env),
+        OPENCTI_VARIABLES,
+        fields=OPENCTI_VARIABLES,
+        extra={"token": dg.EnvVar("OPENCTI_TOKEN") if has_token else ""},
+    )
+
+
+def storage_dir(env: Mapping[str, str]) -> str:
+    """The storage base directory, refused at load when this process could not write it.
+
+    The message names the variable that chose it: VT_PIPELINE_STORAGE_DIR, else DAGSTER_HOME.
+    """
+    path = default_storage_dir(env)
+    try:
+        return writable_directory(STORAGE_DIR_ENV, path)
+    except ConfigError:
+        if env.get(STORAGE_DIR_ENV) or not env.get("DAGSTER_HOME"):
+            raise
+        accepted = f"a directory where this process can write storage/ (or set {STORAGE_DIR_ENV})"
+        raise invalid("DAGSTER_HOME", env["DAGSTER_HOME"], accepted) from None
+
+
+def _set(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables set to something: blank ones count as unset (compose files leave them so)."""
+    return {name: value for name, value in env.items() if value.strip()}

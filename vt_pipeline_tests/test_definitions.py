@@ -1,6 +1,7 @@
 """The code location loads as `dagster dev` loads it; its schedule asks for the right windows."""
 
 import os
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -10,8 +11,11 @@ import dagster as dg
 import pytest
 
 from vt_pipeline.definitions import defs
+from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+from vt_pipeline.livehunt.partitions import START_ENV
 from vt_pipeline.livehunt.schedules import livehunt_fresh_windows
 from vt_pipeline.resources import API_KEY_ENV_NAMES
+from vt_pipeline_tests.conftest import PREMIUM_KEY, partition_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,3 +63,52 @@ def test_schedule_reads_the_open_window_and_the_previous_one() -> None:
     assert request.tags["dagster/asset_partition_range_start"] == "2026-11-20-09:00"
     assert request.tags["dagster/asset_partition_range_end"] == "2026-11-20-10:00"
     assert livehunt_fresh_windows.cron_schedule == "*/5 * * * *"
+
+
+def test_the_ui_shows_no_first_visit_community_dialog(tmp_path: Path) -> None:
+    """The instance the project's dagster.yaml configures has Dagster's `nux` turned off."""
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.nux_enabled is False
+
+
+@pytest.mark.integration
+def test_a_run_and_its_step_workers_print_no_beta_or_preview_warnings(
+    vt_emulator: VirusTotalEmulator, tmp_path: Path
+) -> None:
+    """Every process that loads the code location (CLI, run, each step worker) printed the
+    `backfill_policy` beta and the partitioned-check preview warnings: 21 blocks for two steps."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"},
+        "PYTHONPATH": str(ROOT),
+        "DAGSTER_HOME": str(tmp_path),
+        "VIRUSTOTAL_API_URL": vt_emulator.url,
+        "VIRUSTOTAL_TOKEN": PREMIUM_KEY,
+        START_ENV: partition_key(0),
+    }
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run(
+        [
+            str(dagster),
+            "asset",
+            "materialize",
+            "-m",
+            "vt_pipeline.definitions",
+            "--select",
+            "livehunt_notifications,livehunt_files",
+            "--partition",
+            partition_key(2),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:  # the steps did run
+        for asset in ("livehunt_notifications", "livehunt_files"):
+            assert instance.get_latest_materialization_event(dg.AssetKey(asset)) is not None
+    assert "BetaWarning" not in output
+    assert "PreviewWarning" not in output

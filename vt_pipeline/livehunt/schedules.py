@@ -5,7 +5,10 @@ VirusTotal publishes late, or one that arrived while the previous run was in fli
 picked up. Re-reading is cheap (one or two pages; stored samples are not downloaded again) and
 idempotent (deterministic bundles). The cadence is upstream's `CONNECTOR_DURATION_PERIOD`
 (ISO 8601, e.g. PT5M) or the older `VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC`; default 5
-minutes. The schedule starts stopped: turn it on in the UI (Automation) once VT is configured.
+minutes. Cron spells it rounded up to whole minutes, whole hours from an hour on, and at most a
+day; a tick reads back over the whole rounded interval (at least the previous hour), so a longer
+cadence never skips a window. The schedule starts stopped: turn it on in the UI (Automation) once
+VT is configured.
 """
 
 import os
@@ -15,35 +18,60 @@ from datetime import timedelta
 
 import dagster as dg
 
+from vt_pipeline.config import invalid, parse_int
 from vt_pipeline.livehunt.partitions import RANGE_END_TAG, RANGE_START_TAG, livehunt_partitions
 
+DURATION_ENV = "CONNECTOR_DURATION_PERIOD"
+INTERVAL_ENV = "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC"
 _ISO_DURATION = re.compile(
-    r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
+    r"^P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
+    r"(?:T(?=\d)(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
 )
 
 
 def livehunt_interval(env: Mapping[str, str] | None = None) -> timedelta:
+    """The cadence from the upstream variables; both are checked when set, the period wins."""
     env = os.environ if env is None else env
-    if period := env.get("CONNECTOR_DURATION_PERIOD", "").strip().upper():
-        match = _ISO_DURATION.match(period)
-        if not match or not any(match.groupdict().values()):
-            raise ValueError(
-                f"CONNECTOR_DURATION_PERIOD must be an ISO 8601 duration, not {period!r}"
+    seconds = env.get(INTERVAL_ENV, "")
+    interval = (
+        timedelta(seconds=parse_int(INTERVAL_ENV, seconds, minimum=1)) if seconds.strip() else None
+    )
+    if period := env.get(DURATION_ENV, ""):
+        match = _ISO_DURATION.match(period.strip().upper())
+        parts = {k: int(v) for k, v in (match.groupdict() if match else {}).items() if v}
+        if not parts or not timedelta(**parts):
+            accepted = (
+                "a positive ISO 8601 duration in weeks, days, hours, minutes, seconds, e.g. PT5M"
             )
-        return timedelta(**{k: int(v) for k, v in match.groupdict().items() if v})
-    if seconds := env.get("VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_INTERVAL_SEC", "").strip():
-        return timedelta(seconds=int(seconds))
-    return timedelta(minutes=5)
+            raise invalid(DURATION_ENV, period, accepted)
+        return timedelta(**parts)
+    return interval or timedelta(minutes=5)
+
+
+def tick_period(interval: timedelta) -> timedelta:
+    """The interval as cron can keep it: whole minutes, whole hours from an hour on, a day at most.
+
+    Rounded up, so the schedule never runs more often than asked (quota is money), except past a
+    day, which cron cannot spell as a step.
+    """
+    minutes = max(1, -(-int(interval.total_seconds()) // 60))
+    if minutes < 60:
+        return timedelta(minutes=minutes)
+    return timedelta(hours=min(24, -(-minutes // 60)))
 
 
 def interval_to_cron(interval: timedelta) -> str:
-    """Cron for an interval; rounded up to whole minutes (cron's resolution), capped at a day."""
-    minutes = max(1, -(-int(interval.total_seconds()) // 60))
+    """Cron for `tick_period(interval)`."""
+    period = tick_period(interval)
+    minutes = int(period.total_seconds()) // 60
     if minutes < 60:
         return f"*/{minutes} * * * *"
     if minutes < 24 * 60:
         return f"0 */{minutes // 60} * * *"
     return "0 0 * * *"
+
+
+LIVEHUNT_INTERVAL = livehunt_interval()
 
 
 livehunt_job = dg.define_asset_job(
@@ -54,18 +82,19 @@ livehunt_job = dg.define_asset_job(
 
 
 @dg.schedule(
-    cron_schedule=interval_to_cron(livehunt_interval()),
+    cron_schedule=interval_to_cron(LIVEHUNT_INTERVAL),
     job=livehunt_job,
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 def livehunt_fresh_windows(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """One run over [previous hour, current hour]: the open window and late arrivals."""
+    """One run from the previous hour (or the previous tick, if longer ago) to the open hour."""
     now = context.scheduled_execution_time.timestamp()
+    lookback = max(3600.0, tick_period(LIVEHUNT_INTERVAL).total_seconds())
     current = livehunt_partitions.get_partition_key_for_timestamp(now)
     first = livehunt_partitions.get_first_partition_key()
     previous = max(
-        livehunt_partitions.get_partition_key_for_timestamp(now - 3600), first or current
+        livehunt_partitions.get_partition_key_for_timestamp(now - lookback), first or current
     )
     return dg.RunRequest(
         run_key=None,

@@ -5,25 +5,38 @@ A docker-compose environment of the upstream connector moves over unchanged: eve
 true/false/1/0/yes/no in any case, lists are comma separated). The values become the
 `livehunt_settings` resource: visible in the Dagster UI and overridable per run or backfill from
 the launchpad (e.g. a backfill with `min_positives: 5`).
+
+Values are checked where they are read: a bad variable fails the code location's load, a bad
+launchpad value fails the run when it starts (before any VT call), naming the variable, the value
+and what is accepted. Numbers are never negative (0 is what disables a filter or a cap), the TLP
+level is one upstream knows, and a minimum file size above the maximum is refused (it would drop
+every file).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Self, get_args
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from vt_pipeline.config import fields_from_env
+from vt_pipeline.config import invalid, is_env_reference, settings_from_env
 from vt_pipeline.livehunt.options import LivehuntOptions
+from vt_pipeline.stix.livehunt import TlpLevel
 
 ENV_PREFIX = "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_"
+TLP_LEVELS: tuple[str, ...] = get_args(TlpLevel)
 
 
 class LivehuntSettings(dg.ConfigurableResource):
     """Every option of the upstream Livehunt connector, plus vt_pipeline's own few."""
 
-    tlp_level: str = Field(default="clear", description="clear|white|green|amber|amber+strict|red")
+    tlp_level: TlpLevel = Field(
+        default="clear",
+        description="clear|white|green|amber|amber+strict|red (from the variable, case, a TLP: "
+        "prefix and _ for + are accepted too)",
+    )
     create_alert: bool = True
     alert_prefix: str = "VT "
     delete_notification: bool = Field(
@@ -32,10 +45,10 @@ class LivehuntSettings(dg.ConfigurableResource):
     filter_with_tag: str = Field(default="", description="Only notifications with this tag.")
     create_file: bool = True
     extensions: list[str] = Field(default_factory=list, description="e.g. exe,dll; empty = all")
-    max_age_days: int = Field(default=3, description="0 disables. Age at notification time.")
-    min_file_size: int = Field(default=1000, description="Bytes; 0 disables.")
-    max_file_size: int = Field(default=52_428_800, description="Bytes; 0 disables.")
-    min_positives: int = Field(default=1, description="Malicious verdicts; 0 disables.")
+    max_age_days: int = Field(default=3, ge=0, description="0 disables. Age at notification time.")
+    min_file_size: int = Field(default=1000, ge=0, description="Bytes; 0 disables.")
+    max_file_size: int = Field(default=52_428_800, ge=0, description="Bytes; 0 disables.")
+    min_positives: int = Field(default=1, ge=0, description="Malicious verdicts; 0 disables.")
     upload_artifact: bool = Field(default=False, description="Download kept samples as Artifacts.")
     create_yara_rule: bool = True
     av_list: list[str] = Field(default_factory=list, description="Engines listed in descriptions.")
@@ -50,11 +63,12 @@ class LivehuntSettings(dg.ConfigurableResource):
     create_url_indicators: bool = False
     limit: int = Field(
         default=0,
+        ge=0,
         description="At most this many notifications per partition (0 = no cap). A capped "
         "partition is marked `limit_reached` in its metadata.",
     )
     artifact_max_bytes: int = Field(
-        default=52_428_800, description="Hard cap on one stored sample (0 disables)."
+        default=52_428_800, ge=0, description="Hard cap on one stored sample (0 disables)."
     )
     cache_rulesets: bool = Field(
         default=True,
@@ -62,19 +76,40 @@ class LivehuntSettings(dg.ConfigurableResource):
         "upstream does; only the benchmark's baseline turns it off.",
     )
 
+    @field_validator("tlp_level", mode="before")
+    @classmethod
+    def _known_tlp_level(cls, value: Any) -> Any:
+        """Canonical level (`TLP:AMBER_STRICT` -> `amber+strict`); unknown ones refused here,
+        not after the VT fetch (upstream fell back to green)."""
+        if is_env_reference(value) or not isinstance(value, str):
+            return value
+        level = value.strip().lower().removeprefix("tlp:").replace("_", "+")
+        if level not in TLP_LEVELS:
+            accepted = ", ".join(TLP_LEVELS) + " (case and a TLP: prefix do not matter)"
+            raise invalid(ENV_PREFIX + "TLP_LEVEL", value, accepted)
+        return level
+
+    @model_validator(mode="after")
+    def _size_range_keeps_something(self) -> Self:
+        """A minimum above the maximum would silently drop every file."""
+        low, high = self.min_file_size, self.max_file_size
+        if low and high and low > high:
+            raise invalid(
+                ENV_PREFIX + "MIN_FILE_SIZE",
+                low,
+                f"at most {ENV_PREFIX}MAX_FILE_SIZE={high} (or 0 for no minimum): "
+                "otherwise every file is dropped",
+            )
+        return self
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LivehuntSettings:
         """Settings from the upstream variable names; unset variables keep upstream defaults."""
-        return cls(**fields_from_env(cls, ENV_PREFIX, env))
+        return settings_from_env(cls, ENV_PREFIX, env)
 
     def to_options(self) -> LivehuntOptions:
-        level = self.tlp_level.strip().lower().replace("tlp:", "").replace("_", "+")
-        if level not in {"clear", "white", "green", "amber", "amber+strict", "red"}:
-            raise ValueError(
-                f"tlp_level must be clear, white, green, amber, amber+strict or red, not {level!r}"
-            )
         return LivehuntOptions(
-            tlp_level=level,  # type: ignore[arg-type]
+            tlp_level=self.tlp_level,
             create_alert=self.create_alert,
             alert_prefix=self.alert_prefix,
             create_file=self.create_file,
@@ -92,9 +127,9 @@ class LivehuntSettings(dg.ConfigurableResource):
             enable_label_enrichment=self.enable_label_enrichment,
             filter_with_tag=self.filter_with_tag.strip(),
             extensions=tuple(self.extensions),
-            min_positives=max(0, self.min_positives),
-            min_file_size=max(0, self.min_file_size),
-            max_file_size=max(0, self.max_file_size),
-            max_age_days=max(0, self.max_age_days),
-            artifact_max_bytes=max(0, self.artifact_max_bytes),
+            min_positives=self.min_positives,
+            min_file_size=self.min_file_size,
+            max_file_size=self.max_file_size,
+            max_age_days=self.max_age_days,
+            artifact_max_bytes=self.artifact_max_bytes,
         )

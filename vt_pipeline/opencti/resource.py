@@ -29,14 +29,17 @@ import re
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import dagster as dg
 import pika.exceptions
 import requests
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
+
+from vt_pipeline.config import http_url, invalid, is_env_reference, one_of
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,9 @@ ENRICHMENT_CONNECTOR_ID = "8a4f2b6e-3c1d-4e5f-9a7b-1c2d3e4f5a6b"
 ENRICHMENT_CONNECTOR_NAME = "VirusTotal"
 ENRICHMENT_SCOPE = "StixFile,Artifact,IPv4-Addr,Domain-Name,Hostname,Url,Indicator"
 ConnectorKind = Literal["livehunt", "enrichment"]
+QueueProtocol = Literal["amqp", "api"]
+# pycti hands the level to `logging` upper-cased; these are the names logging knows.
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class OpenCTIError(Exception):
@@ -80,16 +86,37 @@ class _Backoff:
 
 
 class OpenCTIResource(dg.ConfigurableResource):
-    """OpenCTI platform access and the identity vt_pipeline registers as a connector."""
+    """OpenCTI platform access and the identity vt_pipeline registers as a connector.
 
-    url: str = Field(default="", description="OPENCTI_URL; empty = OpenCTI not configured.")
-    token: str = Field(default="", description="OPENCTI_TOKEN. A secret: set it with EnvVar.")
-    connector_id: str = Field(default=LIVEHUNT_CONNECTOR_ID, description="CONNECTOR_ID (UUIDv4)")
-    connector_name: str = "VirusTotal Livehunt Notifications"
-    connector_scope: str = LIVEHUNT_SCOPE
-    connector_confidence_level: int = Field(default=100, description="CONNECTOR_CONFIDENCE_LEVEL")
-    connector_log_level: str = Field(default="error", description="CONNECTOR_LOG_LEVEL")
-    queue_protocol: str = Field(
+    Every field is checked when the resource is built (code location load, or run start for a
+    launchpad value), with a message naming the upstream variable. No check ever puts the token
+    in a message: only its absence is reported, by the token's own validator, whose input is then
+    empty. (A model-level validator would show pydantic every field, the token included.)
+    """
+
+    url: str = Field(
+        default="",
+        description="OPENCTI_URL (http or https; a trailing /graphql is dropped); empty = "
+        "OpenCTI not configured.",
+    )
+    token: str = Field(
+        default="",
+        description="OPENCTI_TOKEN, required with a URL. A secret: set it with EnvVar.",
+    )
+    connector_id: str = Field(default=LIVEHUNT_CONNECTOR_ID, description="CONNECTOR_ID (a UUID)")
+    connector_name: str = Field(
+        default="VirusTotal Livehunt Notifications", min_length=1, description="CONNECTOR_NAME"
+    )
+    connector_scope: str = Field(
+        default=LIVEHUNT_SCOPE, min_length=1, description="CONNECTOR_SCOPE"
+    )
+    connector_confidence_level: int = Field(
+        default=100, ge=0, le=100, description="CONNECTOR_CONFIDENCE_LEVEL (0-100)"
+    )
+    connector_log_level: LogLevel = Field(
+        default="error", description="CONNECTOR_LOG_LEVEL: debug, info, warning, error, critical"
+    )
+    queue_protocol: QueueProtocol = Field(
         default="amqp", description="CONNECTOR_QUEUE_PROTOCOL: amqp (RabbitMQ) or api (GraphQL)"
     )
     enrichment_connector_id: str = Field(
@@ -105,7 +132,7 @@ class OpenCTIResource(dg.ConfigurableResource):
         default=False, description="CONNECTOR_AUTO: OpenCTI auto-enriches new entities in scope"
     )
     work_timeout_seconds: float = Field(
-        default=600.0, description="How long to wait for OpenCTI to ingest one delivery."
+        default=600.0, gt=0, description="How long to wait for OpenCTI to ingest one delivery."
     )
     retry_attempts: int = Field(
         default=8, description="Tries of a call failing transiently (5xx, lost connection)."
@@ -122,16 +149,68 @@ class OpenCTIResource(dg.ConfigurableResource):
             self.retry_attempts, self.retry_backoff_seconds, self.retry_backoff_max_seconds
         )
 
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, value: str) -> str:
+        """Empty (not configured) or an http(s) URL with a host, without a trailing `/` or
+        `/graphql` (pycti appends `/graphql` itself; links to the platform start here too)."""
+        if is_env_reference(value):
+            return value
+        if not value.strip():
+            return ""
+        return http_url("OPENCTI_URL", value, "http://opencti:8080", strip_suffixes=("/graphql",))
+
+    @field_validator("token")
+    @classmethod
+    def _token_with_url(cls, value: str, info: ValidationInfo) -> str:
+        """A URL without a token would only fail inside a run, in pycti ("A TOKEN must be set").
+
+        Raised only when the token is empty, so the message cannot contain it.
+        """
+        if info.data.get("url") and not value.strip():
+            raise invalid(
+                "OPENCTI_TOKEN",
+                "",
+                "the API token of an OpenCTI user: it is required when OPENCTI_URL is set "
+                "(unset OPENCTI_URL to run without OpenCTI)",
+            )
+        return value
+
+    @field_validator("connector_id", "enrichment_connector_id")
+    @classmethod
+    def _uuid_connector_id(cls, value: str, info: ValidationInfo) -> str:
+        if is_env_reference(value):
+            return value
+        try:
+            return str(uuid.UUID(value.strip()))
+        except ValueError:
+            livehunt = info.field_name == "connector_id"
+            name = "CONNECTOR_ID" if livehunt else "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID"
+            example = LIVEHUNT_CONNECTOR_ID if livehunt else ENRICHMENT_CONNECTOR_ID
+            raise invalid(name, value, f"a UUID, e.g. {example}") from None
+
+    @field_validator("connector_log_level", mode="before")
+    @classmethod
+    def _known_log_level(cls, value: Any) -> Any:
+        """Upstream's spellings (any case, `warn`) made canonical before the Literal check."""
+        if is_env_reference(value) or not isinstance(value, str):
+            return value
+        levels = get_args(LogLevel)
+        return one_of("CONNECTOR_LOG_LEVEL", value, levels, aliases={"warn": "warning"})
+
+    @field_validator("queue_protocol", mode="before")
+    @classmethod
+    def _known_queue_protocol(cls, value: Any) -> Any:
+        if is_env_reference(value) or not isinstance(value, str):
+            return value
+        return one_of("CONNECTOR_QUEUE_PROTOCOL", value, get_args(QueueProtocol))
+
     @property
     def configured(self) -> bool:
         return bool(self.url.strip())
 
     def helper_config(self, kind: ConnectorKind = "livehunt") -> dict[str, Any]:
         """The `OpenCTIConnectorHelper` configuration of one identity, in pycti's own shape."""
-        if self.queue_protocol not in {"amqp", "api"}:
-            raise OpenCTIError(
-                f"CONNECTOR_QUEUE_PROTOCOL must be amqp or api, not {self.queue_protocol!r}"
-            )
         if kind == "livehunt":
             identity = {
                 "id": self.connector_id,

@@ -21,7 +21,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,11 +42,12 @@ STALE_TEMPORARY_SECONDS = 6 * 3600
 _TEMPORARY_PREFIXES = (".part-", ".tmp-")
 
 
-def default_storage_dir() -> str:
+def default_storage_dir(env: Mapping[str, str] | None = None) -> str:
     """`$VT_PIPELINE_STORAGE_DIR`, else `$DAGSTER_HOME/storage`, else `./.dagster_home/storage`."""
-    if os.environ.get(STORAGE_DIR_ENV):
-        return os.environ[STORAGE_DIR_ENV]
-    home = os.environ.get("DAGSTER_HOME") or os.path.abspath(".dagster_home")
+    env = os.environ if env is None else env
+    if env.get(STORAGE_DIR_ENV):
+        return env[STORAGE_DIR_ENV]
+    home = env.get("DAGSTER_HOME") or os.path.abspath(".dagster_home")
     return os.path.join(home, "storage")
 
 

@@ -32,8 +32,9 @@ from urllib.parse import quote
 import aiohttp
 import dagster as dg
 import vt
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from vt_pipeline.config import http_url, is_env_reference
 from vt_pipeline.storage.store import ArtifactHashMismatch, ArtifactStore, ArtifactTooLarge
 from vt_pipeline.virustotal import objects as n
 
@@ -54,6 +55,7 @@ LOOKUP_PATHS = {
     "url": "/urls/{}",
 }
 DEFAULT_CONCURRENCY = 32
+API_URL_ENV = "VIRUSTOTAL_API_URL"
 RETRYABLE_CODES = frozenset(
     {
         "QuotaExceededError",
@@ -129,17 +131,25 @@ class VirusTotalResource(dg.ConfigurableResource):
         description="VirusTotal API key (VIRUSTOTAL_TOKEN or "
         "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY). A secret: set it with EnvVar."
     )
-    api_url: str = Field(default=DEFAULT_API_URL, description="Base URL, without /api/v3.")
-    timeout_seconds: float = Field(default=120.0, description="Per request, body included.")
+    api_url: str = Field(
+        default=DEFAULT_API_URL,
+        description="VIRUSTOTAL_API_URL: base URL (http or https); a trailing /api/v3 is dropped.",
+    )
+    timeout_seconds: float = Field(default=120.0, gt=0, description="Per request, body included.")
     max_concurrency: int = Field(
         default=DEFAULT_CONCURRENCY,
-        description="Requests in flight at once per run. VT limits premium keys by quota, not "
-        "by concurrency; each download is two round trips (API, then a redirect to storage), "
-        "so latency, not bandwidth, bounds a window's downloads.",
+        ge=1,
+        le=1000,
+        description="VIRUSTOTAL_MAX_CONCURRENCY: requests in flight at once per run. VT limits "
+        "premium keys by quota, not by concurrency; each download is two round trips (API, then "
+        "a redirect to storage), so latency, not bandwidth, bounds a window's downloads.",
     )
-    max_attempts: int = Field(default=8, description="Attempts per call before failing.")
-    backoff_base_seconds: float = Field(default=1.0, description="First retry delay (doubles).")
-    backoff_max_seconds: float = Field(default=60.0, description="Longest retry delay.")
+    max_attempts: int = Field(default=8, ge=1, description="Attempts per call before failing.")
+    backoff_base_seconds: float = Field(
+        default=1.0, ge=0, description="First retry delay (doubles)."
+    )
+    backoff_max_seconds: float = Field(default=60.0, ge=0, description="Longest retry delay.")
+
     analysis_poll_seconds: float = Field(
         default=5.0, description="First wait before polling an upload's analysis (doubles)."
     )
@@ -154,6 +164,21 @@ class VirusTotalResource(dg.ConfigurableResource):
     max_upload_bytes: int = Field(
         default=MAX_UPLOAD, description="Refuse uploads above this size (VirusTotal: 650 MB)."
     )
+
+    @field_validator("api_url")
+    @classmethod
+    def _usable_api_url(cls, value: str) -> str:
+        """An http(s) URL with a host, normalized: no trailing `/`, no trailing `/api/v3`.
+
+        vt-py appends `/api/v3` itself, and VT's documentation shows the base with it, so a
+        pasted `https://www.virustotal.com/api/v3` is taken as meant rather than refused. A URL
+        without a scheme is refused here: vt-py could not send it, and retrying would only wait.
+        """
+        if is_env_reference(value):
+            return value
+        return http_url(
+            API_URL_ENV, value, "https://www.virustotal.com", strip_suffixes=("/api/v3",)
+        )
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[VirusTotalSession]:
@@ -474,6 +499,12 @@ class VirusTotalSession:
                     if exc.code not in RETRYABLE_CODES:
                         raise _permanent(exc, what) from None
                     last = f"{exc.code}: {_clip(exc.message)}"
+                except aiohttp.InvalidURL as exc:  # a ClientError, but no retry can fix it
+                    raise VirusTotalError(
+                        f"VirusTotal {endpoint}: the URL {_clip(str(exc))} is not valid; "
+                        f"check {API_URL_ENV}",
+                        code="InvalidURL",
+                    ) from None
                 except (_Retryable, json.JSONDecodeError, aiohttp.ContentTypeError) as exc:
                     last = f"{type(exc).__name__}: {_clip(str(exc))}"
                 except (TimeoutError, aiohttp.ClientError) as exc:

@@ -1,10 +1,20 @@
 """Upstream environment variables configure the Livehunt chain unchanged."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+import dagster as dg
 import pytest
 
-from vt_pipeline.livehunt.schedules import interval_to_cron, livehunt_interval
+from vt_pipeline.config import ConfigError
+from vt_pipeline.livehunt import schedules
+from vt_pipeline.livehunt.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    START_ENV,
+    livehunt_start,
+)
+from vt_pipeline.livehunt.schedules import interval_to_cron, livehunt_interval, tick_period
+from vt_pipeline.livehunt.settings import ENV_PREFIX as PREFIX
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.resources import api_key_env_name
 
@@ -48,17 +58,52 @@ def test_upstream_variable_names_and_formats() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"),
-    [("CREATE_FILE", "maybe"), ("MIN_FILE_SIZE", "1kb")],
+    ("name", "value", "accepted"),
+    [
+        ("CREATE_FILE", "maybe", "true or false"),
+        ("MIN_FILE_SIZE", "1kb", "an integer >= 0"),
+        # negative numbers were silently taken as "disabled", the sample-size cap included
+        ("MIN_FILE_SIZE", "-1", "an integer >= 0"),
+        ("MAX_FILE_SIZE", "-1", "an integer >= 0"),
+        ("ARTIFACT_MAX_BYTES", "-1", "an integer >= 0"),
+        ("LIMIT", "-5", "an integer >= 0"),
+        ("MAX_AGE_DAYS", "-3", "an integer >= 0"),
+        ("MIN_POSITIVES", "-1", "an integer >= 0"),
+        ("MIN_POSITIVES", "five", "an integer >= 0"),
+        # an unknown TLP passed loading and failed in the run, after the VT fetch
+        ("TLP_LEVEL", "purple", "clear, white, green, amber, amber+strict, red"),
+        ("TLP_LEVEL", "TLP:AMBER-STRICT", "clear, white, green, amber, amber+strict, red"),
+    ],
 )
-def test_bad_values_name_the_variable(name: str, value: str) -> None:
-    with pytest.raises(ValueError, match=f"VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_{name}"):
-        LivehuntSettings.from_env({f"VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_{name}": value})
+def test_bad_values_name_the_variable_the_value_and_what_is_accepted(
+    name: str, value: str, accepted: str
+) -> None:
+    variable = f"{PREFIX}{name}"
+    with pytest.raises(ConfigError) as caught:
+        LivehuntSettings.from_env({variable: value})
+    assert f"{variable}={value!r} is not accepted: expected {accepted}" in str(caught.value)
 
 
-def test_unknown_tlp_level_is_refused() -> None:
-    with pytest.raises(ValueError, match="tlp_level"):
-        LivehuntSettings(tlp_level="purple").to_options()
+def test_a_minimum_size_above_the_maximum_is_refused() -> None:
+    """It would drop every file, silently."""
+    env = {f"{PREFIX}MIN_FILE_SIZE": "2000", f"{PREFIX}MAX_FILE_SIZE": "1000"}
+    with pytest.raises(ConfigError, match=f"{PREFIX}MIN_FILE_SIZE='2000' is not accepted") as e:
+        LivehuntSettings.from_env(env)
+    assert f"at most {PREFIX}MAX_FILE_SIZE=1000" in str(e.value)
+    # 0 disables either bound, so it never conflicts
+    LivehuntSettings.from_env({**env, f"{PREFIX}MAX_FILE_SIZE": "0"})
+
+
+@pytest.mark.parametrize("spelling", ["TLP:AMBER+STRICT", "amber_strict", " Amber+Strict "])
+def test_tlp_spellings_upstream_accepts_are_made_canonical(spelling: str) -> None:
+    settings = LivehuntSettings.from_env({f"{PREFIX}TLP_LEVEL": spelling})
+    assert settings.tlp_level == "amber+strict"
+    assert LivehuntSettings(tlp_level=spelling).to_options().tlp_level == "amber+strict"
+
+
+def test_unknown_tlp_level_is_refused_when_the_resource_is_built() -> None:
+    with pytest.raises(ValueError, match=f"{PREFIX}TLP_LEVEL='purple' is not accepted"):
+        LivehuntSettings(tlp_level="purple")
 
 
 def test_api_key_variable_prefers_enrichment_name_then_livehunt_name() -> None:
@@ -104,6 +149,68 @@ def test_schedule_cadence_from_upstream_variables(
     assert interval_to_cron(interval) == cron
 
 
-def test_bad_duration_period_is_refused() -> None:
-    with pytest.raises(ValueError, match="CONNECTOR_DURATION_PERIOD"):
-        livehunt_interval({"CONNECTOR_DURATION_PERIOD": "5 minutes"})
+@pytest.mark.parametrize(
+    ("variable", "value", "accepted"),
+    [
+        ("CONNECTOR_DURATION_PERIOD", "5 minutes", "a positive ISO 8601 duration"),
+        ("CONNECTOR_DURATION_PERIOD", "PT0S", "a positive ISO 8601 duration"),
+        ("CONNECTOR_DURATION_PERIOD", "P", "a positive ISO 8601 duration"),
+        ("CONNECTOR_DURATION_PERIOD", "PT", "a positive ISO 8601 duration"),
+        (f"{PREFIX}INTERVAL_SEC", "5m", "an integer >= 1"),
+        (f"{PREFIX}INTERVAL_SEC", "0", "an integer >= 1"),
+        (f"{PREFIX}INTERVAL_SEC", "-300", "an integer >= 1"),
+    ],
+)
+def test_bad_cadence_names_the_variable(variable: str, value: str, accepted: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        livehunt_interval({variable: value})
+    assert f"{variable}={value!r} is not accepted: expected {accepted}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("interval", "period", "cron"),
+    [
+        (timedelta(minutes=90), timedelta(hours=2), "0 */2 * * *"),  # rounded up, not down
+        (timedelta(hours=6), timedelta(hours=6), "0 */6 * * *"),
+        (timedelta(days=2), timedelta(days=1), "0 0 * * *"),
+        (timedelta(weeks=1), timedelta(days=1), "0 0 * * *"),
+    ],
+)
+def test_long_cadences_round_up_to_whole_hours_and_at_most_a_day(
+    interval: timedelta, period: timedelta, cron: str
+) -> None:
+    assert tick_period(interval) == period
+    assert interval_to_cron(interval) == cron
+
+
+def test_a_tick_reads_back_over_its_whole_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PT6H, reading only [previous hour, open hour] would never read 4 of every 6 hours."""
+    monkeypatch.setattr(schedules, "LIVEHUNT_INTERVAL", timedelta(hours=6))
+    tick = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    request = schedules.livehunt_fresh_windows(
+        dg.build_schedule_context(scheduled_execution_time=tick)
+    )
+    assert request.tags[RANGE_START_TAG] == "2026-11-20-06:00"
+    assert request.tags[RANGE_END_TAG] == "2026-11-20-12:00"
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("2026-01-01", "a UTC hour as YYYY-MM-DD-HH:00"),
+        ("2026-01-01T00:00:00Z", "a UTC hour as YYYY-MM-DD-HH:00"),
+        ("2026-13-01-00:00", "a UTC hour as YYYY-MM-DD-HH:00"),
+        ("2026-01-01-10:30", "on the hour"),
+    ],
+)
+def test_bad_partition_start_names_the_variable(value: str, accepted: str) -> None:
+    """Dagster's own error is a bare strptime message that names no variable."""
+    with pytest.raises(ConfigError) as caught:
+        livehunt_start({START_ENV: value})
+    assert f"{START_ENV}={value!r} is not accepted: expected" in str(caught.value)
+    assert accepted in str(caught.value)
+
+
+def test_partition_start_default_and_a_good_value() -> None:
+    assert livehunt_start({}) == "2026-01-01-00:00"
+    assert livehunt_start({START_ENV: " 2025-06-01-13:00 "}) == "2025-06-01-13:00"

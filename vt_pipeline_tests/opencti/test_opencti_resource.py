@@ -63,8 +63,9 @@ def test_unconfigured_opencti_says_what_to_set() -> None:
 
 
 def test_unknown_queue_protocol_is_refused() -> None:
-    with pytest.raises(OpenCTIError, match="amqp or api"):
-        OpenCTIResource(url="http://x", token="t", queue_protocol="kafka").helper_config()
+    """Refused when the resource is built (load or run start), not when pycti registers."""
+    with pytest.raises(ValueError, match=r"CONNECTOR_QUEUE_PROTOCOL='kafka'.*amqp, api"):
+        OpenCTIResource(url="http://x", token="t", queue_protocol="kafka")
 
 
 def patient(emulator: OpenCTIEmulator, attempts: int = 20, **options: Any) -> OpenCTIResource:

@@ -206,6 +206,7 @@ def test_two_connector_identities_from_their_own_variables() -> None:
     resource = build_opencti(
         {
             "OPENCTI_URL": "http://opencti:8080",
+            "OPENCTI_TOKEN": "a-token",
             "CONNECTOR_ID": "0b9a3ed4-5f7f-4d2e-9d5e-6f1f8c0c2a11",
             "CONNECTOR_SCOPE": "vt-livehunt",
             "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": "1c8b4fe5-6a8a-4e3f-8e6f-7a2a9d1d3b22",
@@ -233,7 +234,7 @@ def test_two_connector_identities_from_their_own_variables() -> None:
 
 
 def test_enrichment_identity_defaults_differ_from_livehunt() -> None:
-    resource = build_opencti({"OPENCTI_URL": "http://opencti:8080"})
+    resource = build_opencti({"OPENCTI_URL": "http://opencti:8080", "OPENCTI_TOKEN": "a-token"})
     enrichment = resource.helper_config("enrichment")["connector"]
     assert enrichment["id"] != resource.helper_config()["connector"]["id"]
     assert enrichment["name"] == "VirusTotal"
@@ -246,7 +247,9 @@ def test_enrichment_identity_defaults_differ_from_livehunt() -> None:
 )
 def test_bad_connector_values_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"{variable}='{value}'"):
-        build_opencti({"OPENCTI_URL": "http://opencti:8080", variable: value})
+        build_opencti(
+            {"OPENCTI_URL": "http://opencti:8080", "OPENCTI_TOKEN": "a-token", variable: value}
+        )
 
 
 @pytest.mark.integration
@@ -291,3 +294,14 @@ def test_each_identity_registers_itself_whatever_the_environment_says(
         "VT Livehunt",
         False,
     )
+
+
+def test_a_bad_enrichment_connector_id_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match="VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID='not-a-uuid'"):
+        build_opencti(
+            {
+                "OPENCTI_URL": "http://opencti:8080",
+                "OPENCTI_TOKEN": "a-token",
+                "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": "not-a-uuid",
+            }
+        )

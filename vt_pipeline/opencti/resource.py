@@ -40,6 +40,7 @@ import requests
 from pydantic import Field, ValidationInfo, field_validator
 
 from vt_pipeline.config import http_url, invalid, is_env_reference, one_of
+from vt_pipeline.stix.common import clean_name
 
 log = logging.getLogger(__name__)
 
@@ -620,11 +621,11 @@ class OpenCTIConnector:
 
 
 def display_name(name: Any, fallback: str) -> str:
-    """A name safe to show in OpenCTI: VT-supplied, so no control characters, no path parts."""
-    text = str(name or "")
-    text = re.sub(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]", "", text)
+    """A name safe to show in OpenCTI: VT-supplied, so cleaned as every name put into STIX is
+    (`stix.common.clean_name`), and without path parts."""
+    text = clean_name(str(name) if name else "")
     text = text.replace("\\", "/").rsplit("/", 1)[-1].strip().strip(".")
-    return text[:255] or fallback
+    return text or fallback
 
 
 def _watch_status(api: Any) -> None:

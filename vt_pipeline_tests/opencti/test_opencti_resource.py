@@ -25,7 +25,7 @@ from vt_pipeline.resources import build_opencti
         ("invoice.exe", "invoice.exe"),
         ("../../etc/passwd", "passwd"),
         ("..\\..\\Windows\\evil.dll", "evil.dll"),
-        ("a|b\nc\x00d\u202egnp.exe", "a|bcdgnp.exe"),
+        ("a|b\nc\x00d\u202egnp.exe", "a|b cdgnp.exe"),
         ("", "fallback"),
         ("../..", "fallback"),
         ("x" * 5000, "x" * 255),

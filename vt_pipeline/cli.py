@@ -86,8 +86,9 @@ def demo_home() -> Path:
     return home
 
 
-def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> str:
-    """Start the VT emulator with the last 24 hours of synthetic notifications; return its URL."""
+def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> tuple[str, Any]:
+    """Start the VT emulator with the last 24 hours of synthetic notifications; return its URL
+    and its corpus."""
     from vt_pipeline.emulators.virustotal.corpus import generate_corpus
     from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 
@@ -95,10 +96,12 @@ def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> str:
     corpus = generate_corpus(
         seed=seed, notifications=notifications, start=end - timedelta(hours=24), end=end
     )
-    url = stack.enter_context(VirusTotalEmulator(corpus, api_keys={"demo": True}).serve())
+    # Uploaded samples are analysed at once (VT takes minutes; the demo shows the flow).
+    emulator = VirusTotalEmulator(corpus, api_keys={"demo": True}, analysis_polls=0)
+    url = stack.enter_context(emulator.serve())
     os.environ.update({"VIRUSTOTAL_API_URL": url, "VIRUSTOTAL_TOKEN": "demo"})
     os.environ.setdefault("VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_UPLOAD_ARTIFACT", "true")
-    return url
+    return url, corpus
 
 
 def demo_opencti(stack: ExitStack) -> Any:
@@ -129,7 +132,7 @@ def opencti_summary(opencti: Any) -> str:
 def run_demo(notifications: int, windows: int, seed: int) -> int:
     home = demo_home()
     with ExitStack() as stack:
-        url = demo_emulator(stack, notifications, seed)
+        url, corpus = demo_emulator(stack, notifications, seed)
         print("Starting RabbitMQ and the OpenCTI emulator...", flush=True)
         opencti = demo_opencti(stack)
         from vt_pipeline.livehunt.partitions import livehunt_partitions
@@ -152,13 +155,79 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
                 raise_on_error=False,
             )
             print(livehunt_summary(result))
-        print(opencti_summary(opencti))
+            print(opencti_summary(opencti))
+            print()
+            enriched = demo_enrichment(instance, opencti, corpus, build_resources())
     print()
     print(
         "See these runs in the Dagster UI (same Dagster home, emulators started again with the "
         "same seed):  .venv/bin/vt-pipeline ui   then open http://127.0.0.1:3000"
     )
-    return 0 if result.success else 1
+    return 0 if result.success and enriched else 1
+
+
+# One entity of each type the enrichment connector takes, from the corpus's fixed targets.
+DEMO_ENTITIES: tuple[tuple[str, str], ...] = (
+    ("StixFile", "malicious_file"),
+    ("Artifact", "unknown_file_content"),
+    ("IPv4-Addr", "ip"),
+    ("Domain-Name", "domain"),
+    ("Hostname", "hostname"),
+    ("Url", "url"),
+    ("Indicator", "domain"),
+)
+
+
+def demo_enrichment(
+    instance: dg.DagsterInstance, opencti: Any, corpus: Any, resources: dict[str, Any]
+) -> bool:
+    """Ask OpenCTI to enrich one entity of each type, let the sensor and the job answer, and
+    print what OpenCTI then holds about each. True when every work completed without error."""
+    from vt_pipeline.enrichment.summary import answer_enrichment_requests
+
+    cti = resources["opencti"].process_config_and_initialize()  # the EnvVar token resolved
+    with cti.connector("enrichment"):
+        pass  # registered: OpenCTI now has the connector's listen queue
+    targets = corpus.targets()
+    entities: list[tuple[str, str]] = []
+    for entity_type, target in DEMO_ENTITIES:
+        value = getattr(targets, target)
+        if entity_type == "StixFile":
+            entity = opencti.create_observable(entity_type, hashes={"SHA-256": value})
+        elif entity_type == "Artifact":
+            entity = opencti.create_artifact(value, name="never-seen.txt", mime_type="text/plain")
+        elif entity_type == "Indicator":
+            entity = opencti.create_indicator(
+                f"[domain-name:value = '{value}']",
+                observable_values=[{"type": "Domain-Name", "value": value}],
+            )
+        else:
+            entity = opencti.create_observable(entity_type, value)
+        entities.append((entity_type, entity))
+    works = {
+        entity: opencti.ask_enrichment(entity, cti.enrichment_connector_id)
+        for _, entity in entities
+    }
+    print(f"Asked OpenCTI to enrich {len(entities)} entities; the sensor and the job answer...")
+    runs = answer_enrichment_requests(
+        instance, resources, expected=len(entities), log_level="WARNING"
+    )
+    print(f"  {len(runs)} run(s) of vt_enrichment_job: {sum(r.success for r in runs)} succeeded")
+    ok = True
+    for entity_type, entity in entities:
+        work = opencti.work(works[entity])
+        summary = opencti.entity_summary(entity)
+        in_error = bool(work is None or work.in_error or work.status != "complete")
+        ok = ok and not in_error
+        relations = sorted({r["relationship_type"] for r in summary.get("relationships", [])})
+        print(
+            f"  {entity_type:12s} score {summary.get('score')}, "
+            f"notes {len(summary.get('notes', []))}, "
+            f"indicators {len(summary.get('indicators', []))}, "
+            f"relationships {', '.join(relations) or 'none'}; "
+            f"work {'in error' if in_error else 'complete'}"
+        )
+    return ok
 
 
 def run_sweep() -> int:
@@ -176,7 +245,7 @@ def run_ui(port: int, notifications: int, seed: int) -> int:
     """Serve `dagster dev` with the VT emulator running, so runs and backfills work offline."""
     home = demo_home()
     with ExitStack() as stack:
-        url = demo_emulator(stack, notifications, seed)
+        url, _ = demo_emulator(stack, notifications, seed)
         opencti = demo_opencti(stack)
         print(
             f"VirusTotal emulator: {url}; OpenCTI emulator: {opencti.url}; Dagster home: {home}",

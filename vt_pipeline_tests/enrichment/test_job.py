@@ -497,3 +497,21 @@ def test_a_failed_playbook_step_passes_its_bundle_on(
     (row,) = rows(result).values()
     assert row["outcome"] == "failed" and "above VIRUSTOTAL_MAX_TLP" in row["message"]
     assert vt_emulator.count("ip_address") == 0
+
+
+def test_the_demo_enriches_one_entity_of_each_type(
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    job_resources: Callable[..., dict[str, Any]],
+    dagster_instance: dg.DagsterInstance,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The README's demo command: one click per type, answered by the sensor and the job."""
+    from vt_pipeline.cli import DEMO_ENTITIES, demo_enrichment
+
+    assert demo_enrichment(dagster_instance, opencti, vt_corpus, job_resources())
+    shown = capsys.readouterr().out
+    assert [line.split()[0] for line in shown.splitlines() if "work complete" in line] == [
+        entity_type for entity_type, _ in DEMO_ENTITIES
+    ]
+    assert len(opencti.works()) == len(DEMO_ENTITIES)

@@ -416,3 +416,12 @@ def test_pending_keys_whose_messages_are_gone_are_forgotten_after_days() -> None
     cursor.forget_stale({"k-requested"}, now=1_001.0 + 3 * 24 * 3600)
     assert set(cursor.pending) == {"k-fresh", "k-requested"}
     assert EnrichmentCursor.parse(cursor.to_json()) == cursor
+
+
+def test_the_sensor_is_evaluated_on_every_daemon_loop() -> None:
+    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+
+    sensor = build_enrichment_sensor(SensorSettings())
+    assert sensor.job_name == ENRICHMENT_JOB
+    assert sensor.minimum_interval_seconds is not None
+    assert sensor.minimum_interval_seconds < MIN_INTERVAL_LOOP_TIME

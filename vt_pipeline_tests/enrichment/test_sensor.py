@@ -425,3 +425,14 @@ def test_the_sensor_is_evaluated_on_every_daemon_loop() -> None:
     assert sensor.job_name == ENRICHMENT_JOB
     assert sensor.minimum_interval_seconds is not None
     assert sensor.minimum_interval_seconds < MIN_INTERVAL_LOOP_TIME
+
+
+def test_default_status_follows_whether_opencti_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENCTI_URL", raising=False)
+    stopped = build_enrichment_sensor(SensorSettings())
+    assert stopped.default_status == dg.DefaultSensorStatus.STOPPED
+    monkeypatch.setenv("OPENCTI_URL", "http://opencti:8080")
+    running = build_enrichment_sensor(SensorSettings())
+    assert running.default_status == dg.DefaultSensorStatus.RUNNING

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from vt_pipeline.config import env_bool, env_int
+from vt_pipeline.enrichment.settings import EnrichmentSettings
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import (
     ENRICHMENT_CONNECTOR_ID,
@@ -53,6 +54,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
             max_concurrency=int(env.get("VIRUSTOTAL_MAX_CONCURRENCY") or DEFAULT_CONCURRENCY),
         ),
         "livehunt_settings": LivehuntSettings.from_env(env),
+        "enrichment_settings": EnrichmentSettings.from_env(env),
         "opencti": build_opencti(env),
         "storage": StorageResource(base_dir=base_dir),
         "io_manager": PartitionedFileIOManager(base_dir=base_dir),

@@ -1,0 +1,1 @@
+"""Enrichment on request: the OpenCTI enrichment sensor, the VirusTotal enrichment job, settings."""

@@ -290,14 +290,16 @@ def note(
     created: str,
     created_by_ref: str,
     object_marking_refs: Sequence[str],
+    created_in_id: bool = False,
 ) -> StixObject:
     """A Note whose id depends on its content only (pycti `Note.generate_id(None, content)`):
     the same content re-sent upserts one note instead of adding a copy, as upstream's
-    clock-based ids did."""
+    clock-based ids did. `created_in_id` also hashes `created` (pycti's full id, what OpenCTI
+    computes for a note that has a date): one note per dated event, such as a VT analysis."""
     return {
         "type": "note",
         "spec_version": "2.1",
-        "id": Note.generate_id(None, content),
+        "id": Note.generate_id(created if created_in_id else None, content),
         "created": created,
         "modified": created,
         "abstract": abstract,

@@ -1,4 +1,5 @@
-"""Pure accessors for raw VirusTotal Livehunt notifications (`/ioc_stream` items).
+"""Pure accessors for raw VirusTotal objects: Livehunt notifications (`/ioc_stream` items) and
+looked-up files, URLs, domains and IPs.
 
 A notification is kept exactly as VirusTotal returned it (a dict). Everything downstream reads
 it through these helpers, so the filters and the STIX mapping agree on what a field means and
@@ -12,6 +13,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from hashlib import sha256
+from math import isfinite
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -235,3 +238,123 @@ def gui_url(obs: Observable, item: dict[str, Any]) -> str:
 def url_identifier(url: str) -> str:
     """VT's URL id: base64url of the URL without padding (computed, never taken from VT)."""
     return base64.urlsafe_b64encode(url.encode()).decode().rstrip("=")
+
+
+# -- readers of looked-up VT objects (enrichment: /files, /ip_addresses, /domains, /urls) -------
+
+
+def gti_threat_score(item: dict[str, Any]) -> int | None:
+    """Google Threat Intelligence's `gti_assessment.threat_score.value` (0-100), None when VT
+    sent none (it only does for requests carrying `x-tool`), sent it empty or out of range."""
+    assessment = attributes(item).get("gti_assessment")
+    threat = assessment.get("threat_score") if isinstance(assessment, dict) else None
+    value = threat.get("value") if isinstance(threat, dict) else None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    count = valid_count(value)
+    return count if count is not None and count <= 100 else None
+
+
+def safe_timestamp(value: Any) -> int | None:
+    """`parse_timestamp` that never raises: NaN, Infinity and dates no calendar holds are None."""
+    if isinstance(value, float) and not isfinite(value):
+        return None
+    try:
+        seconds = parse_timestamp(value)
+        if seconds is not None:
+            datetime.fromtimestamp(seconds, UTC)  # raises past what a date can spell
+    except (ValueError, OverflowError, OSError):
+        return None
+    return seconds
+
+
+def analysis_timestamp(item: dict[str, Any]) -> int | None:
+    """When VT last analysed the object (unix seconds): `last_analysis_date`, else the latest
+    submission or modification date VT gives; None when VT gives no usable date."""
+    attrs = attributes(item)
+    for key in ("last_analysis_date", "last_submission_date", "last_modification_date"):
+        value = safe_timestamp(attrs.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+# More engines than VirusTotal will ever have: a larger count is corrupt data, not a verdict.
+MAX_COUNT = 1_000_000
+
+
+def valid_count(value: Any) -> int | None:
+    """A count VT sent as an int (or an integral float), None when it is not a sane count."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if 0 <= value <= MAX_COUNT else None
+
+
+def analysis_counts(item: dict[str, Any]) -> dict[str, int]:
+    """`last_analysis_stats` with only sane counts (see `valid_count`): NaN, Infinity, negative
+    or absurd values are left out instead of raising or skewing a score."""
+    stats = attributes(item).get("last_analysis_stats")
+    if not isinstance(stats, dict):
+        return {}
+    return {str(k): count for k, v in stats.items() if (count := valid_count(v)) is not None}
+
+
+def analysis_results(item: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`last_analysis_results` by engine, the entries that are objects (others are dropped)."""
+    results = attributes(item).get("last_analysis_results")
+    if not isinstance(results, dict):
+        return {}
+    return {str(name): entry for name, entry in results.items() if isinstance(entry, dict)}
+
+
+def dns_a_records(item: dict[str, Any]) -> tuple[list[str], int]:
+    """The IPv4 addresses of a domain's `last_dns_records` of type A, distinct and in VT's
+    order, and how many A records were unusable (not an IPv4 address)."""
+    records = attributes(item).get("last_dns_records")
+    addresses: dict[str, None] = {}
+    invalid = 0
+    for record in records if isinstance(records, list) else []:
+        if not isinstance(record, dict) or record.get("type") != "A":
+            continue
+        try:
+            address = ipaddress.IPv4Address(str(record.get("value")).strip())
+        except ValueError:
+            invalid += 1
+            continue
+        addresses[str(address)] = None
+    return list(addresses), invalid
+
+
+def autonomous_system_number(item: dict[str, Any]) -> int | None:
+    """The IP's `asn`, when it is a valid 32-bit AS number."""
+    value = attributes(item).get("asn")
+    if isinstance(value, str) and value.strip().upper().removeprefix("AS").isdigit():
+        value = int(value.strip().upper().removeprefix("AS"))
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= 0xFFFFFFFF else None
+
+
+def country_code(item: dict[str, Any]) -> str | None:
+    """The IP's `country` as an upper-case ISO 3166-1 alpha-2 code (syntax only)."""
+    value = attributes(item).get("country")
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z]{2}", value.strip()):
+        return value.strip().upper()
+    return None
+
+
+def crowdsourced_yara_results(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The file's `crowdsourced_yara_results` entries that are objects."""
+    results = attributes(item).get("crowdsourced_yara_results")
+    if not isinstance(results, list):
+        return []
+    return [entry for entry in results if isinstance(entry, dict)]
+
+
+def url_object_id(url: str, item: dict[str, Any] | None = None) -> str:
+    """VT's object id of a URL (the SHA-256 VT names it by): the looked-up object's own id when it
+    is one, else the SHA-256 of the URL as given."""
+    own = valid_hash((item or {}).get("id"))
+    return own or sha256(url.encode("utf-8", "surrogatepass")).hexdigest()

@@ -41,6 +41,18 @@ T = TypeVar("T")
 
 DEFAULT_API_URL = "https://www.virustotal.com"
 IOC_STREAM_PAGE_SIZE = 40  # the API's maximum
+MAX_DIRECT_UPLOAD = 32 * 1024 * 1024  # POST /files; larger files go to /files/upload_url
+MAX_UPLOAD = 650 * 1024 * 1024  # VirusTotal's limit through the upload URL
+# VT returns the Google Threat Intelligence assessment (gti_assessment) only to requests that name
+# their tool in this header, as upstream's connector does.
+TOOL_HEADER = {"x-tool": "vt_pipeline"}
+# The VT object type of each lookup, and its endpoint
+LOOKUP_PATHS = {
+    "file": "/files/{}",
+    "ip_address": "/ip_addresses/{}",
+    "domain": "/domains/{}",
+    "url": "/urls/{}",
+}
 DEFAULT_CONCURRENCY = 32
 RETRYABLE_CODES = frozenset(
     {
@@ -128,6 +140,20 @@ class VirusTotalResource(dg.ConfigurableResource):
     max_attempts: int = Field(default=8, description="Attempts per call before failing.")
     backoff_base_seconds: float = Field(default=1.0, description="First retry delay (doubles).")
     backoff_max_seconds: float = Field(default=60.0, description="Longest retry delay.")
+    analysis_poll_seconds: float = Field(
+        default=5.0, description="First wait before polling an upload's analysis (doubles)."
+    )
+    analysis_poll_max_seconds: float = Field(
+        default=60.0, description="Longest wait between two polls of an analysis."
+    )
+    analysis_timeout_seconds: float = Field(
+        default=900.0,
+        description="Give up on an analysis not completed after this long (upstream: ~25 min, "
+        "blocking its only worker; here other requests go on meanwhile).",
+    )
+    max_upload_bytes: int = Field(
+        default=MAX_UPLOAD, description="Refuse uploads above this size (VirusTotal: 650 MB)."
+    )
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[VirusTotalSession]:
@@ -136,6 +162,7 @@ class VirusTotalResource(dg.ConfigurableResource):
             agent="vt_pipeline",
             host=self.api_url.rstrip("/"),
             timeout=int(max(1, self.timeout_seconds)),
+            headers=dict(TOOL_HEADER),
         )
         try:
             yield VirusTotalSession(client, self)
@@ -152,6 +179,10 @@ class VirusTotalSession:
         self._slots = asyncio.Semaphore(max(1, config.max_concurrency))
         self.log = CallLog.empty()
         self._scoped: dict[str, CallLog] = {}
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self._config.max_upload_bytes
 
     def log_for(self, scope: str) -> CallLog:
         """The calls made under `call_scope(scope)`."""
@@ -271,6 +302,110 @@ class VirusTotalSession:
                 return False
             raise
         return True
+
+    # -- enrichment lookups ------------------------------------------------------------------
+
+    async def lookup(self, object_type: str, object_id: str) -> dict[str, Any] | None:
+        """The raw response for a file (by any hash), IP, domain or URL (VT's URL id).
+
+        None when VirusTotal has no record of it (404); any other failure raises.
+        """
+        path = LOOKUP_PATHS.get(object_type)
+        if path is None:
+            raise ValueError(f"no VirusTotal lookup for object type {object_type!r}")
+        try:
+            body = await self.get_json(
+                object_type, path, object_id, what=f"VirusTotal {object_type} lookups"
+            )
+        except VirusTotalError as exc:
+            if exc.code == "NotFoundError":
+                return None
+            raise
+        _data(body, object_type)
+        return body
+
+    async def yara_ruleset(self, ruleset_id: str) -> dict[str, Any]:
+        """The raw response for a crowdsourced YARA ruleset (`/yara_rulesets/{id}`)."""
+        if not n.is_valid_ruleset_id(ruleset_id):
+            raise VirusTotalError(f"refusing to fetch ruleset with unsafe id {ruleset_id[:80]!r}")
+        body = await self.get_json(
+            "yara_ruleset", "/yara_rulesets/{}", ruleset_id, what="Crowdsourced YARA rulesets"
+        )
+        _data(body, "yara_ruleset")
+        return body
+
+    async def upload_file(self, data: bytes, file_name: str) -> str:
+        """Submit a file for analysis; returns the analysis id.
+
+        Up to 32 MiB through `POST /files`, above through a single-use `/files/upload_url`
+        (fetched again on each attempt); above `max_upload_bytes` (650 MB) it is refused.
+        """
+        size = len(data)
+        if size > self._config.max_upload_bytes:
+            raise VirusTotalError(
+                f"the file is {size} bytes, above VirusTotal's upload limit of "
+                f"{self._config.max_upload_bytes} bytes: not uploaded",
+                code="FileTooLarge",
+            )
+        safe_name = re.sub(r'["\\\r\n]', "_", file_name)[:200] or "sample"
+
+        async def attempt() -> str:
+            target = "/files"
+            if size > MAX_DIRECT_UPLOAD:
+                target = str(await self._client.get_data_async("/files/upload_url"))
+            form = aiohttp.MultipartWriter("form-data")
+            part = form.append(data, {"Content-Type": "application/octet-stream"})
+            part.headers["Content-Disposition"] = f'form-data; name="file"; filename="{safe_name}"'
+            return await self._analysis_id(await self._client.post_async(target, data=form))
+
+        return await self._call("file_upload", attempt, what="File uploads")
+
+    async def submit_url(self, url: str) -> str:
+        """Submit a URL for analysis (`POST /urls`); returns the analysis id."""
+
+        async def attempt() -> str:
+            form = aiohttp.FormData()
+            form.add_field("url", url)
+            return await self._analysis_id(await self._client.post_async("/urls", data=form))
+
+        return await self._call("url_submit", attempt, what="URL submissions")
+
+    async def wait_for_analysis(self, analysis_id: str) -> dict[str, Any]:
+        """Poll `/analyses/{id}` with bounded backoff until it is completed; its raw response.
+
+        Only an asyncio sleep between polls: other lookups of the run go on meanwhile.
+        """
+        config = self._config
+        deadline = asyncio.get_running_loop().time() + config.analysis_timeout_seconds
+        delay = max(0.0, config.analysis_poll_seconds)
+        while True:
+            await asyncio.sleep(delay)
+            body = await self.get_json(
+                "analysis", "/analyses/{}", analysis_id, what="VirusTotal analyses"
+            )
+            status = (_data(body, "analysis")["attributes"]).get("status")
+            if status == "completed":
+                return body
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise VirusTotalError(
+                    f"VirusTotal analysis {analysis_id} not completed after "
+                    f"{config.analysis_timeout_seconds:.0f} s (status {status!r})",
+                    code="AnalysisTimeout",
+                )
+            delay = min(max(delay * 2, 0.01), max(config.analysis_poll_max_seconds, 0.01))
+
+    async def _analysis_id(self, response: Any) -> str:
+        try:
+            error = await self._client.get_error_async(response)
+            if error:
+                raise error
+            body = await response.json_async()
+        finally:
+            response.release()
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict) or not data.get("id"):
+            raise _Retryable("VirusTotal accepted a submission without an analysis id")
+        return str(data["id"])
 
     async def get_json(
         self,

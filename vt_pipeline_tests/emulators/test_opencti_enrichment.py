@@ -8,11 +8,13 @@ import base64
 import copy
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
 import pytest
+import requests
 from pycti import Note, StixCoreRelationship
 
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
@@ -346,3 +348,96 @@ def test_markings_are_tlp_names_type_values_or_ids(opencti: OpenCTIEmulator) -> 
         opencti.create_observable("Url", "http://y.example/", markings=["nonsense"])
     with pytest.raises(ValueError, match="unknown observable type"):
         opencti.create_observable("Weird-Type", "x")
+
+
+def test_a_playbook_round_trip_through_pycti_listen(
+    opencti: OpenCTIEmulator, enricher: Any, entities: dict[str, str]
+) -> None:
+    """pycti's ListenQueue takes the playbook message, and `send_stix2_bundle` answers the
+    step with `playbookStepExecution` instead of a work."""
+    seen: list[dict[str, Any]] = []
+
+    def enrich(event: dict[str, Any]) -> str:
+        seen.append(event)
+        note = {
+            "type": "note",
+            "spec_version": "2.1",
+            "id": Note.generate_id(T0, "from the playbook"),
+            "created": T0,
+            "modified": T0,
+            "content": "from the playbook",
+            "object_refs": [event["entity_id"]],
+        }
+        objects = [*event["stix_objects"], note]
+        enricher.send_stix2_bundle(
+            json.dumps({"type": "bundle", "id": "bundle--4", "objects": objects})
+        )
+        return "sent"
+
+    threading.Thread(target=enricher.listen, args=(enrich,), daemon=True).start()
+    execution_id = opencti.ask_playbook_enrichment(entities["Domain-Name"], enricher.connect_id)
+    assert opencti.wait_until(lambda: bool(opencti.playbook_results(execution_id)), timeout=15)
+
+    [event] = seen
+    assert event["stix_entity"]["id"] == entities["Domain-Name"]
+    assert event["enrichment_entity"]["observable_value"] == "example.org"
+    [result] = opencti.playbook_results(execution_id)
+    assert {o["type"] for o in result["objects"]} == {"domain-name", "note"}
+    [step] = opencti.playbook_steps(execution_id)
+    assert step.previous_bundle is not None and step.execution_start
+    assert opencti.works(enricher.connect_id) == []  # a playbook request has no work
+
+
+def test_an_indicator_on_several_observables_reads_every_value(opencti: OpenCTIEmulator) -> None:
+    digest = hashlib.sha256(b"indicated").hexdigest()
+    pattern = f"[file:hashes.'SHA-256' = '{digest}'] OR [ipv4-addr:value = '192.0.2.9']"
+    indicator_id = opencti.create_indicator(
+        pattern,
+        observable_values=[
+            {"type": "StixFile", "hashes": {"SHA-256": digest}},
+            {"type": "IPv4-Addr", "value": "192.0.2.9"},
+        ],
+    )
+    entity, stix_indicator, _ = pycti_enrichment_read(
+        opencti.api_client(), "Indicator", indicator_id
+    )
+    assert entity["x_opencti_observable_values"] == [
+        {"type": "StixFile", "value": digest, "hashes": [{"algorithm": "SHA-256", "hash": digest}]},
+        {"type": "IPv4-Addr", "value": "192.0.2.9", "hashes": None},
+    ]
+    assert entity["x_opencti_main_observable_type"] == "StixFile"
+    assert stix_indicator["pattern"] == pattern
+
+
+def test_another_process_sets_up_and_reads_over_http(
+    opencti: OpenCTIEmulator, enricher: Any, rabbitmq: RabbitMQ
+) -> None:
+    """The demo and `ui` run the emulator in another process: the same set-up over HTTP."""
+    base = opencti.url + "/_emulator"
+    created = requests.post(
+        f"{base}/entities",
+        json={"entity_type": "Hostname", "value": "cdn.example.net", "markings": ["TLP:GREEN"]},
+        timeout=10,
+    )
+    assert created.status_code == 200
+    host_id = created.json()["id"]
+    artifact = requests.post(
+        f"{base}/entities",
+        json={"entity_type": "Artifact", "data_base64": base64.b64encode(SAMPLE).decode()},
+        timeout=10,
+    ).json()["id"]
+    assert opencti.artifacts()[0].data == SAMPLE and opencti.get(artifact) is not None
+    request = {"entity_id": host_id, "connector_id": enricher.connect_id}
+    asked = requests.post(f"{base}/enrich", json=request, timeout=10).json()
+    played = requests.post(f"{base}/enrich", json={**request, "playbook": True}, timeout=10).json()
+    first, second = (json.loads(b) for b in take(rabbitmq, enricher.connector_config["listen"]))
+    assert first["internal"]["work_id"] == asked["work_id"]
+    assert second["internal"]["playbook"]["execution_id"] == played["execution_id"]
+
+    summary = requests.get(f"{base}/entities/{host_id}", timeout=10).json()
+    assert (summary["entity_type"], summary["observable_value"]) == ("Hostname", "cdn.example.net")
+    assert (summary["markings"], summary["notes"], summary["score"]) == (["TLP:GREEN"], [], None)
+    bad = requests.post(f"{base}/entities", json={"entity_type": "Nope", "value": "x"}, timeout=10)
+    assert bad.status_code == 400 and "unknown observable type" in bad.json()["message"]
+    unknown = requests.get(f"{base}/entities/url--00000000-0000-5000-8000-000000000000", timeout=10)
+    assert unknown.status_code == 404

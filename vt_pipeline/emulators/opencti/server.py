@@ -11,14 +11,29 @@ accessors or `GET /_emulator/state`, and simulate an outage with `set_outage` or
     with RabbitMQ() as mq, OpenCTIEmulator(amqp=mq) as opencti:
         OpenCTIApiClient(opencti.url, opencti.token)
 
+Enrichment tests set the platform up and read the outcome from Python:
+
+    file_id = opencti.create_observable("StixFile", hashes={"SHA-256": sha}, markings=["TLP:AMBER"])
+    work_id = opencti.ask_enrichment(file_id, connector_id)        # an analyst's click
+    execution_id = opencti.ask_playbook_enrichment(file_id, connector_id)   # a playbook step
+    opencti.publish_raw(connector_id, b"not json")                 # a malformed request
+    opencti.work(work_id).in_error, opencti.score_of(file_id), opencti.notes_about(file_id)
+    opencti.indicators_based_on(file_id), opencti.playbook_results(execution_id)
+
+Requests carry OpenCTI's `internal.mode`: `manual` (click / API) or `auto` (auto-enrichment of
+a new entity, `internal.trigger` = `create`); playbook requests carry `internal.playbook`.
+
 Modules: `graphql` (schema-less executor), `store` (STIX upsert store),
-`views` (GraphQL shapes), `platform` (connectors, works, queues, resolvers).
+`views` (GraphQL shapes), `platform` (connectors, works, queues, resolvers),
+`entities` (STIX builders for the test set-up).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -293,6 +308,7 @@ class OpenCTIEmulator:
                     for c in self.platform.connectors.values()
                 ],
                 "works": [w.summary() for w in self.platform.works.values()],
+                "playbook_steps": len(self.platform.playbook_steps),
                 "operations": dict(self.platform.operations),
                 "outage": self._outage.to_json() if self._outage else {"enabled": False},
             }
@@ -546,6 +562,38 @@ class OpenCTIEmulator:
         """Indicators with a `based-on` relationship to the entity (an observable), as STIX."""
         return [e for e in self.related(entity_id, "based-on", "to") if e["type"] == "indicator"]
 
+    def entity_summary(self, entity_id: str) -> dict[str, Any]:
+        """What OpenCTI holds about an entity, for a person (the demo) or another process
+        (`GET /_emulator/entities/{id}`): its STIX form, score, labels, markings, external
+        references, notes, relationships and the indicators based on it."""
+        record = self._known(entity_id)
+        return {
+            "id": record.standard_id,
+            "entity_type": record.entity_type,
+            "observable_value": self.store.observable_value(record),
+            "score": self.score_of(entity_id),
+            "labels": self.labels_of(entity_id),
+            "markings": self.markings_of(entity_id),
+            "external_references": self.external_references_of(entity_id),
+            "notes": self.notes_about(entity_id),
+            "relationships": self.relationships_of(entity_id),
+            "indicators": self.indicators_based_on(entity_id),
+            "stix": self.store.export_stix(record),
+        }
+
+    def create_from_spec(self, spec: Mapping[str, Any]) -> str:
+        """`create_observable` / `create_artifact` / `create_indicator` from a JSON object
+        (`POST /_emulator/entities`): `entity_type` plus their keyword arguments; an
+        Artifact's bytes as `data_base64`. ValueError on a bad spec."""
+        args = dict(spec)
+        entity_type = str(args.pop("entity_type", ""))
+        if entity_type == "Artifact":
+            data = base64.b64decode(str(args.pop("data_base64", "")), validate=True)
+            return self.create_artifact(data, **args)
+        if entity_type == "Indicator":
+            return self.create_indicator(str(args.pop("pattern", "")), **args)
+        return self.create_observable(entity_type, **args)
+
     def _known(self, entity_id: str) -> Record:
         record = self.store.get(entity_id)
         if record is None:
@@ -609,6 +657,9 @@ class OpenCTIEmulator:
         app.router.add_get("/health", self._health)
         app.router.add_get("/_emulator/state", self._state)
         app.router.add_post("/_emulator/outage", self._outage_endpoint)
+        app.router.add_post("/_emulator/entities", self._entities_endpoint)
+        app.router.add_get("/_emulator/entities/{id}", self._entity_endpoint)
+        app.router.add_post("/_emulator/enrich", self._enrich_endpoint)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await self._listen()
@@ -737,6 +788,49 @@ class OpenCTIEmulator:
         else:
             await self._apply_outage(None)
         return web.json_response(self._outage.to_json() if self._outage else {"enabled": False})
+
+    # -- test set-up over HTTP (the demo, benchmarks and `ui` run the emulator elsewhere) ------
+    async def _in_executor(self, call: Callable[[], Any]) -> web.Response:
+        """Run a blocking set-up call off the event loop; errors as 400/404 JSON."""
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._executor, call)
+        except KeyError as error:
+            return web.json_response({"message": str(error)}, status=404)
+        except (ValueError, TypeError, GraphQLFault, binascii.Error) as error:
+            return web.json_response({"message": str(error)}, status=400)
+        return web.json_response(result)
+
+    async def _entities_endpoint(self, request: web.Request) -> web.Response:
+        """`POST /_emulator/entities` {"entity_type", "value" | "hashes" | "pattern" ...}."""
+        try:
+            spec = await request.json()
+        except ValueError:
+            return web.json_response({"message": "expected a JSON object"}, status=400)
+        if not isinstance(spec, dict):
+            return web.json_response({"message": "expected a JSON object"}, status=400)
+        return await self._in_executor(lambda: {"id": self.create_from_spec(spec)})
+
+    async def _entity_endpoint(self, request: web.Request) -> web.Response:
+        entity_id = request.match_info["id"]
+        return await self._in_executor(lambda: self.entity_summary(entity_id))
+
+    async def _enrich_endpoint(self, request: web.Request) -> web.Response:
+        """`POST /_emulator/enrich` {"entity_id", "connector_id", "playbook": false}: an
+        enrichment request (work id back) or a playbook one (execution id back)."""
+        try:
+            body = await request.json()
+            entity_id, connector_id = str(body["entity_id"]), str(body["connector_id"])
+        except (ValueError, KeyError, TypeError):
+            message = "expected {entity_id, connector_id, playbook?}"
+            return web.json_response({"message": message}, status=400)
+
+        def ask() -> dict[str, str]:
+            if body.get("playbook"):
+                return {"execution_id": self.ask_playbook_enrichment(entity_id, connector_id)}
+            return {"work_id": self.ask_enrichment(entity_id, connector_id)}
+
+        return await self._in_executor(ask)
 
 
 def _set_path(target: Any, path: list[str], value: Any) -> None:

@@ -29,6 +29,7 @@ from vt_pipeline.emulators.opencti.graphql import GraphQLFault
 
 Node = dict[str, Any]
 OPENCTI_EXTENSION = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba"
+OPENCTI_SCO_EXTENSION = "extension-definition--f93e2c80-4231-4f9a-af8b-95c9bd566a82"
 _LABEL_NAMESPACE = uuid.UUID("8f4bd5a4-6d8e-4bd7-9d35-5f5b64bc4c30")
 
 _SCO_ENTITY_TYPES = {
@@ -231,11 +232,17 @@ class Record:
         """A property from the STIX object or, failing that, OpenCTI's extension."""
         if name in self.stix:
             return self.stix[name]
-        extension = (self.stix.get("extensions") or {}).get(OPENCTI_EXTENSION) or {}
-        for ext_key, field_name in EXTENSION_FIELDS.items():
-            if field_name == name and ext_key in extension:
-                return extension[ext_key]
-        return extension.get(name)
+        extensions = self.stix.get("extensions") or {}
+        # pycti writes observables' attributes in the SCO extension, others in the main one,
+        # and reads both (`get_attribute_in_extension`).
+        for extension in (extensions.get(OPENCTI_EXTENSION), extensions.get(OPENCTI_SCO_EXTENSION)):
+            extension = extension or {}
+            for ext_key, field_name in EXTENSION_FIELDS.items():
+                if field_name == name and ext_key in extension:
+                    return extension[ext_key]
+            if name in extension:
+                return extension[name]
+        return None
 
 
 @dataclass

@@ -144,6 +144,9 @@ class Views:
             node["hashes"] = [{"algorithm": a, "hash": h} for a, h in record.hashes().items()]
         if record.entity_type == "Indicator":
             node["observables"] = lambda **kw: connection(self._based_on(record))
+            node["x_opencti_observable_values"] = _observable_values(
+                record.stix.get("x_opencti_observable_values")
+            )
         if "Container" in record.parent_types:
             refs = [store.get(ref) for ref in record.stix.get("object_refs") or ()]
             node["objects"] = lambda **kw: connection(self.nodes(r for r in refs if r))
@@ -272,3 +275,24 @@ class Views:
             "modified": None,
             "importFiles": connection([]),
         }
+
+
+def _observable_values(values: Any) -> list[Node] | None:
+    """An Indicator's observable values in GraphQL's shape: `hashes` as a list of
+    `{algorithm, hash}` (STIX keeps a dict), `value` defaulting to the best hash."""
+    if values is None:
+        return None
+    nodes = []
+    for value in values:
+        hashes = value.get("hashes") or {}
+        if isinstance(hashes, Mapping):
+            hashes = [{"algorithm": a, "hash": h} for a, h in hashes.items()]
+        best = next((h["hash"] for h in hashes if h.get("algorithm") == "SHA-256"), None)
+        nodes.append(
+            {
+                "type": value.get("type"),
+                "value": value.get("value") or best or (hashes[0]["hash"] if hashes else None),
+                "hashes": hashes or None,
+            }
+        )
+    return nodes

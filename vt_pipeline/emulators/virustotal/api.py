@@ -5,6 +5,12 @@ privilege (403), injected status fault (429/500/503/timeout), quota (429, a refu
 not count), the handler, then an injected body fault (truncated/malformed) on a 200. The
 emulator's own state (deleted notifications, uploads, analyses, statistics) lives here; the
 corpus is never modified.
+
+For enrichment: file, URL, domain and IP lookups add `gti_assessment` only when the request
+carries VirusTotal's `x-tool` header (see `gti`); an unknown file or URL is a 404 until it is
+uploaded (`POST /files` <= 32 MiB, else `GET /files/upload_url`, single use, <= 650 MB) or
+submitted (`POST /urls`) and its analysis has completed (`set_analysis_time`: polls and seconds,
+default the third poll); `GET /_emulator/targets` gives another process `Corpus.targets()`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from aiohttp import BodyPartReader, web
 from vt_pipeline.emulators.virustotal.corpus import Corpus, StreamEntry
 from vt_pipeline.emulators.virustotal.faults import BODY_FAULTS, STATUS_FAULTS, FaultInjector
 from vt_pipeline.emulators.virustotal.filetypes import sniff
+from vt_pipeline.emulators.virustotal.gti import with_gti
 from vt_pipeline.emulators.virustotal.ioc_stream import (
     StreamIndex,
     StreamQueryError,
@@ -73,7 +80,6 @@ _ROUTES: tuple[tuple[str, str, str, Access, str], ...] = (
     ("GET", "/analyses/{id}", "analysis", "key", "_analysis"),
     ("GET", "/users/{id}/overall_quotas", "overall_quotas", "key", "_overall_quotas"),
 )
-_ANALYSIS_STATUSES = ("queued", "in-progress", "completed")
 _PREMIUM_MESSAGE = (
     "You are not allowed to perform the requested operation: it requires a premium "
     "(privileged) API key"
@@ -122,12 +128,14 @@ async def send_stream(
 
 @dataclass(slots=True)
 class _Analysis:
-    """A submitted file or URL; it completes on the third poll, then its object is known."""
+    """A submitted file or URL: queued, in progress, then completed once it has been polled
+    `analysis_polls` times and `analysis_seconds` have passed; then its object is known."""
 
     kind: Literal["file", "url"]
     target: dict
     meta: dict
     date: int
+    started: float = 0.0  # the emulator clock when submitted
     polls: int = 0
 
 
@@ -184,8 +192,11 @@ class VirusTotalAPI:
         quota_per_minute: int = 0,
         quota_per_day: int = 0,
         clock: Callable[[], float] = time.time,
+        analysis_polls: int = 2,
+        analysis_seconds: float = 0.0,
     ) -> None:
         self.corpus = corpus
+        self.set_analysis_time(analysis_polls, analysis_seconds)
         self.fault_timeout_seconds = fault_timeout_seconds
         self._keys = dict(api_keys if api_keys is not None else {"demo": True})
         self._latency = latency_ms / 1000
@@ -211,6 +222,15 @@ class VirusTotalAPI:
     @property
     def faults(self) -> str:
         return self._faults.spec
+
+    def set_analysis_time(self, polls: int = 2, seconds: float = 0.0) -> None:
+        """How long an upload or URL submission takes to analyse: it completes at the first
+        `GET /analyses/{id}` after `polls` earlier polls and `seconds` on the emulator clock
+        (default: queued, in-progress, completed on the third poll)."""
+        if polls < 0 or seconds < 0:
+            raise ValueError("analysis polls and seconds must be >= 0")
+        self._analysis_polls = int(polls)
+        self._analysis_seconds = float(seconds)
 
     def set_latency(self, ms: float) -> None:
         if ms < 0:
@@ -255,6 +275,8 @@ class VirusTotalAPI:
         app.router.add_delete("/_emulator/stats", self._delete_stats)
         app.router.add_post("/_emulator/faults", self._post_faults)
         app.router.add_post("/_emulator/latency", self._post_latency)
+        app.router.add_post("/_emulator/analysis", self._post_analysis)
+        app.router.add_get("/_emulator/targets", self._get_targets)
         return app
 
     def _gate(self, endpoint: str, access: Access, handler: Handler) -> Handler:
@@ -379,7 +401,9 @@ class VirusTotalAPI:
 
     async def _file(self, request: web.Request) -> web.Response:
         found = self._file_or_error(request.match_info["id"])
-        return found if isinstance(found, web.Response) else json_ok({"data": found})
+        if isinstance(found, web.Response):
+            return found
+        return json_ok({"data": with_gti(found, request.headers)})
 
     async def _file_download(self, request: web.Request) -> web.Response:
         """Redirect to a key-less, unguessable storage URL, as VirusTotal does."""
@@ -439,7 +463,9 @@ class VirusTotalAPI:
         )
         info = {**upload.hashes.as_dict(), "size": upload.size}
         analysis_id = base64.urlsafe_b64encode(f"{upload.hashes.md5}:{now}".encode()).decode()
-        self._analyses[analysis_id] = _Analysis("file", target, {"file_info": info}, now)
+        self._analyses[analysis_id] = _Analysis(
+            "file", target, {"file_info": info}, now, self._clock()
+        )
         return self._analysis_created(analysis_id)
 
     # -- URLs, domains, IPs ------------------------------------------------------------------
@@ -455,7 +481,7 @@ class VirusTotalAPI:
         )
         analysis_id = f"u-{key}-{now}"
         meta = {"url_info": {"id": key, "url": url}}
-        self._analyses[analysis_id] = _Analysis("url", target, meta, now)
+        self._analyses[analysis_id] = _Analysis("url", target, meta, now, self._clock())
         return self._analysis_created(analysis_id)
 
     async def _url(self, request: web.Request) -> web.Response:
@@ -463,11 +489,15 @@ class VirusTotalAPI:
         for key in _url_keys(raw):
             obj = self.corpus.urls.get(key) or self._submitted_urls.get(key)
             if obj is not None:
-                return json_ok({"data": obj})
+                return json_ok({"data": with_gti(obj, request.headers)})
         return api_error(404, "NotFoundError", f'URL "{raw}" not found')
 
     async def _domain(self, request: web.Request) -> web.Response:
-        return self._lookup(self.corpus.domains, request.match_info["id"], "Domain")
+        domain = request.match_info["id"]
+        obj = self.corpus.domains.get(domain)
+        if obj is None:
+            return api_error(404, "NotFoundError", f'Domain "{domain}" not found')
+        return json_ok({"data": with_gti(obj, request.headers)})
 
     async def _resolutions(self, request: web.Request) -> web.Response:
         domain = request.match_info["id"]
@@ -496,7 +526,10 @@ class VirusTotalAPI:
             ipaddress.ip_address(address)
         except ValueError:
             return api_error(400, "InvalidArgumentError", f'"{address}" is not a valid IP address')
-        return self._lookup(self.corpus.ip_addresses, address, "IP address")
+        obj = self.corpus.ip_addresses.get(address)
+        if obj is None:
+            return api_error(404, "NotFoundError", f'IP address "{address}" not found')
+        return json_ok({"data": with_gti(obj, request.headers)})
 
     # -- analyses and quotas -----------------------------------------------------------------
 
@@ -510,7 +543,11 @@ class VirusTotalAPI:
         analysis = self._analyses.get(analysis_id)
         if analysis is None:
             return api_error(404, "NotFoundError", f'Analysis "{analysis_id}" not found')
-        status = _ANALYSIS_STATUSES[min(analysis.polls, len(_ANALYSIS_STATUSES) - 1)]
+        elapsed = self._clock() - analysis.started
+        if analysis.polls >= self._analysis_polls and elapsed >= self._analysis_seconds:
+            status = "completed"
+        else:
+            status = "queued" if analysis.polls == 0 else "in-progress"
         analysis.polls += 1
         target = analysis.target["attributes"]
         stats = dict.fromkeys(target["last_analysis_stats"], 0)
@@ -567,6 +604,24 @@ class VirusTotalAPI:
         except (ValueError, AttributeError) as err:
             return api_error(400, "InvalidArgumentError", str(err))
         return json_ok({"spec": self.faults})
+
+    async def _post_analysis(self, request: web.Request) -> web.Response:
+        """`{"polls": 2, "seconds": 0}`: how long uploads and URL submissions take."""
+        try:
+            payload = await request.json()
+            self.set_analysis_time(int(payload.get("polls", 2)), float(payload.get("seconds", 0)))
+        except (ValueError, TypeError, AttributeError) as err:
+            return api_error(400, "InvalidArgumentError", f"invalid analysis time: {err}")
+        return json_ok({"polls": self._analysis_polls, "seconds": self._analysis_seconds})
+
+    async def _get_targets(self, request: web.Request) -> web.Response:
+        """The corpus's enrichment targets (`Corpus.targets()`), for another process."""
+        try:
+            targets = self.corpus.targets().as_dict()
+        except LookupError as err:
+            return api_error(404, "NotFoundError", str(err))
+        targets["unknown_file_content"] = base64.b64encode(targets["unknown_file_content"]).decode()
+        return json_ok(targets)
 
     async def _post_latency(self, request: web.Request) -> web.Response:
         try:

@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 from urllib.parse import urlsplit
 
 from vt_pipeline.emulators.virustotal import objects as vtobjects
@@ -30,8 +30,12 @@ from vt_pipeline.emulators.virustotal.rulesets import (
 )
 from vt_pipeline.emulators.virustotal.samples import MIB, Hashes, SampleLayout, SyntheticSamples
 
+if TYPE_CHECKING:
+    from vt_pipeline.emulators.virustotal.targets import EnrichmentTargets
+
 COLLECTIONS = {"file": "files", "url": "urls", "domain": "domains", "ip_address": "ip_addresses"}
 T = TypeVar("T")
+_HOST_PREFIXES = ("cdn", "mail", "update", "login")
 _Specs = dict[str, tuple[str, int]]  # object id -> (value, first seen) of a network object
 _Draft = tuple[str, int | str, dict[str, Any]]  # (type, file index or value, context_attributes)
 
@@ -156,6 +160,12 @@ class Corpus:
         key = file_hash.lower()
         sha256 = key if key in self.files else self._aliases.get(key)
         return self.files[sha256] if sha256 else None
+
+    def targets(self) -> EnrichmentTargets:
+        """Deterministic lookup targets for enrichment tests (see `EnrichmentTargets`)."""
+        from vt_pipeline.emulators.virustotal.targets import enrichment_targets
+
+        return enrichment_targets(self)
 
     def sample_size(self, sha256: str) -> int | None:
         """Size of the downloadable sample, or None when the corpus has no bytes for it."""
@@ -481,6 +491,9 @@ def _network_subjects(
     for c2 in c2s:
         add_host(c2.host, end)
         urls.setdefault(vtobjects.url_id(c2.url), (c2.url, end))
+    for c2 in c2s:  # hostnames (a subdomain) for Hostname lookups, after every other domain
+        if not _is_ip(c2.host):
+            add_host(f"{_HOST_PREFIXES[len(c2.host) % len(_HOST_PREFIXES)]}.{c2.host}", end)
     return domains, ips, urls
 
 

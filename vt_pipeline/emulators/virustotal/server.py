@@ -53,6 +53,8 @@ class VirusTotalEmulator:
         clock: Callable[[], float] = time.time,
         host: str = "127.0.0.1",
         port: int = 0,
+        analysis_polls: int = 2,
+        analysis_seconds: float = 0.0,
     ) -> None:
         self.api = VirusTotalAPI(
             corpus,
@@ -64,6 +66,8 @@ class VirusTotalEmulator:
             quota_per_minute=quota_per_minute,
             quota_per_day=quota_per_day,
             clock=clock,
+            analysis_polls=analysis_polls,
+            analysis_seconds=analysis_seconds,
         )
         self.host = host
         self.port = port
@@ -152,6 +156,10 @@ class VirusTotalEmulator:
     def set_faults(self, spec: str, seed: int = 0) -> None:
         """Replace the fault rules (see ``faults``); ValueError on a bad spec."""
         self.api.set_faults(spec, seed)
+
+    def set_analysis_time(self, polls: int = 2, seconds: float = 0.0) -> None:
+        """Polls and seconds an upload / URL submission needs before its analysis completes."""
+        self.api.set_analysis_time(polls, seconds)
 
     def set_latency(self, ms: float) -> None:
         self.api.set_latency(ms)

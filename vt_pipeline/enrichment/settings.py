@@ -1,0 +1,150 @@
+"""Enrichment configuration, read from the upstream enrichment connector's variable names.
+
+A docker-compose environment of upstream's `internal-enrichment/virustotal` connector moves over
+unchanged: `VIRUSTOTAL_MAX_TLP`, `VIRUSTOTAL_REPLACE_WITH_LOWER_SCORE`, `VIRUSTOTAL_FILE_*`,
+`VIRUSTOTAL_IP_*`, `VIRUSTOTAL_DOMAIN_*`, `VIRUSTOTAL_URL_*` and
+`VIRUSTOTAL_INCLUDE_ATTRIBUTES_IN_NOTE` mean what they meant there. Defaults are the seed
+README's; where upstream's code disagrees with its README, the README wins:
+`VIRUSTOTAL_FILE_IMPORT_YARA` false (code: true), `VIRUSTOTAL_IP_ADD_RELATIONSHIPS` and
+`VIRUSTOTAL_DOMAIN_ADD_RELATIONSHIPS` true (code: false). vt_pipeline adds
+`VT_PIPELINE_ENRICHMENT_CACHE_HOURS` (default 24): a lookup of the same observable within that
+time reuses the stored VirusTotal response instead of spending quota (0 disables the cache).
+
+The values become the `enrichment_settings` resource, visible in the UI and overridable per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, field_validator
+
+from vt_pipeline.config import ConfigError, fields_from_env, invalid
+from vt_pipeline.stix.enrichment import EnrichmentMappingOptions
+
+ENV_PREFIX = "VIRUSTOTAL_"
+CACHE_HOURS_ENV = "VT_PIPELINE_ENRICHMENT_CACHE_HOURS"
+MAX_TLP_ENV = "VIRUSTOTAL_MAX_TLP"
+
+# OpenCTI's TLP order (TLP:CLEAR is TLP 2.0's name for TLP:WHITE).
+TLP_RANKS: dict[str, int] = {
+    "TLP:CLEAR": 0,
+    "TLP:WHITE": 0,
+    "TLP:GREEN": 1,
+    "TLP:AMBER": 2,
+    "TLP:AMBER+STRICT": 3,
+    "TLP:RED": 4,
+}
+_TLP_ACCEPTED = "one of TLP:CLEAR, TLP:WHITE, TLP:GREEN, TLP:AMBER, TLP:AMBER+STRICT, TLP:RED"
+
+
+def normalize_tlp(value: str) -> str:
+    """`amber`, `tlp:amber`, `TLP:AMBER` -> `TLP:AMBER`; ValueError for anything else."""
+    text = value.strip().upper().replace("_", "+")
+    if not text.startswith("TLP:"):
+        text = "TLP:" + text
+    if text not in TLP_RANKS:
+        raise ValueError(f"{value!r} is not a TLP level: expected {_TLP_ACCEPTED}")
+    return text
+
+
+class EnrichmentSettings(dg.ConfigurableResource):
+    """Every option of the upstream VirusTotal enrichment connector, plus the lookup cache."""
+
+    max_tlp: str = Field(
+        default="TLP:AMBER",
+        description="Entities whose highest TLP marking is above this are refused. "
+        + _TLP_ACCEPTED,
+    )
+    replace_with_lower_score: bool = Field(
+        default=True, description="Let a lower VirusTotal score replace a higher existing one."
+    )
+    include_attributes_in_note: bool = False
+    file_create_note_full_report: bool = True
+    file_upload_unseen_artifacts: bool = Field(
+        default=True, description="Upload Artifacts VirusTotal has never seen, then analyse them."
+    )
+    file_import_yara: bool = Field(
+        default=False, description="Crowdsourced YARA rules as Indicators (upstream code: true)."
+    )
+    file_indicator_create_positives: int = Field(default=10, ge=0)
+    file_indicator_valid_minutes: int = Field(default=2880, ge=1)
+    file_indicator_detect: bool = True
+    ip_indicator_create_positives: int = Field(default=10, ge=0)
+    ip_indicator_valid_minutes: int = Field(default=2880, ge=1)
+    ip_indicator_detect: bool = True
+    ip_add_relationships: bool = Field(
+        default=True, description="Autonomous System and Country (upstream code: false)."
+    )
+    domain_indicator_create_positives: int = Field(default=10, ge=0)
+    domain_indicator_valid_minutes: int = Field(default=2880, ge=1)
+    domain_indicator_detect: bool = True
+    domain_add_relationships: bool = Field(
+        default=True, description="A records as IPv4-Addr (upstream code: false)."
+    )
+    url_upload_unseen: bool = Field(
+        default=True, description="Submit URLs VirusTotal has never seen, then analyse them."
+    )
+    url_indicator_create_positives: int = Field(default=10, ge=0)
+    url_indicator_valid_minutes: int = Field(default=2880, ge=1)
+    url_indicator_detect: bool = True
+    lookup_cache_hours: int = Field(
+        default=24,
+        ge=0,
+        description=f"{CACHE_HOURS_ENV}: reuse a stored VirusTotal response younger than this "
+        "instead of spending quota (0 = always ask VirusTotal).",
+    )
+
+    @field_validator("max_tlp")
+    @classmethod
+    def _known_tlp(cls, value: str) -> str:
+        return normalize_tlp(value)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EnrichmentSettings:
+        """Settings from the upstream variable names; a bad value fails naming its variable."""
+        values: dict[str, Any] = fields_from_env(
+            cls, ENV_PREFIX, env, names={"lookup_cache_hours": CACHE_HOURS_ENV}
+        )
+        if "max_tlp" in values:
+            raw = values["max_tlp"]
+            if not str(raw).strip():
+                del values["max_tlp"]
+            else:
+                try:
+                    values["max_tlp"] = normalize_tlp(str(raw))
+                except ValueError:
+                    raise invalid(MAX_TLP_ENV, raw, _TLP_ACCEPTED) from None
+        return cls(**values)
+
+    @property
+    def max_tlp_rank(self) -> int:
+        return TLP_RANKS[normalize_tlp(self.max_tlp)]
+
+    def to_options(self) -> EnrichmentMappingOptions:
+        """The pure mapping's options (everything but the lookup and upload switches)."""
+        return EnrichmentMappingOptions(
+            replace_with_lower_score=self.replace_with_lower_score,
+            include_attributes_in_note=self.include_attributes_in_note,
+            file_create_note_full_report=self.file_create_note_full_report,
+            file_import_yara=self.file_import_yara,
+            file_indicator_create_positives=self.file_indicator_create_positives,
+            file_indicator_valid_minutes=self.file_indicator_valid_minutes,
+            file_indicator_detect=self.file_indicator_detect,
+            ip_indicator_create_positives=self.ip_indicator_create_positives,
+            ip_indicator_valid_minutes=self.ip_indicator_valid_minutes,
+            ip_indicator_detect=self.ip_indicator_detect,
+            ip_add_relationships=self.ip_add_relationships,
+            domain_indicator_create_positives=self.domain_indicator_create_positives,
+            domain_indicator_valid_minutes=self.domain_indicator_valid_minutes,
+            domain_indicator_detect=self.domain_indicator_detect,
+            domain_add_relationships=self.domain_add_relationships,
+            url_indicator_create_positives=self.url_indicator_create_positives,
+            url_indicator_valid_minutes=self.url_indicator_valid_minutes,
+            url_indicator_detect=self.url_indicator_detect,
+        )
+
+
+__all__ = ["TLP_RANKS", "ConfigError", "EnrichmentSettings", "normalize_tlp"]

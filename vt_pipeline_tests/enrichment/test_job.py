@@ -1,0 +1,499 @@
+"""End to end: OpenCTI's enrichment requests answered by `vt_enrichment_job`.
+
+The OpenCTI emulator publishes the requests on the enrichment connector's listen queue (real
+RabbitMQ), the test reads them as the sensor does (`parse_request`), the job runs in process
+against the VirusTotal emulator and sends its bundles through real pycti; the assertions read
+what OpenCTI then holds and each work's status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pika
+import pytest
+from vt import url_id
+
+from vt_pipeline.emulators.opencti.amqp import listen_queue
+from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
+from vt_pipeline.emulators.rabbitmq import RabbitMQ
+from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+from vt_pipeline.enrichment.definitions import defs as enrichment_defs
+from vt_pipeline.enrichment.job import vt_enrichment_job
+from vt_pipeline.enrichment.requests import (
+    ENRICHMENT_JOB,
+    ENRICHMENT_OP,
+    EnrichmentRequest,
+    enrichment_run_config,
+    parse_request,
+)
+from vt_pipeline.enrichment.sensor import opencti_enrichment_sensor
+from vt_pipeline.enrichment.settings import EnrichmentSettings
+from vt_pipeline.opencti.resource import ENRICHMENT_CONNECTOR_ID, OpenCTIResource
+from vt_pipeline.storage.responses import ResponseStore
+from vt_pipeline.storage.store import StorageResource
+from vt_pipeline.virustotal.resource import VirusTotalResource
+from vt_pipeline_tests.conftest import PREMIUM_KEY
+
+pytestmark = pytest.mark.integration
+
+Enrich = Callable[..., tuple[dg.ExecuteInProcessResult, list[EnrichmentRequest]]]
+
+
+def malicious_file(corpus: Corpus, minimum: int = 10) -> str:
+    """A corpus file VT flags with at least `minimum` engines and crowdsourced YARA results."""
+    return next(
+        sha256
+        for sha256, obj in sorted(corpus.files.items())
+        if obj["attributes"]["last_analysis_stats"]["malicious"] >= minimum
+        and obj["attributes"].get("crowdsourced_yara_results")
+    )
+
+
+def vt_score(attributes: dict[str, Any]) -> int:
+    gti = ((attributes.get("gti_assessment") or {}).get("threat_score") or {}).get("value")
+    if gti:
+        return int(gti)
+    stats = attributes["last_analysis_stats"]
+    total = stats["malicious"] + stats["harmless"] + stats["undetected"]
+    return round(100 * stats["malicious"] / total)
+
+
+def take(rabbitmq: RabbitMQ, queue: str) -> list[bytes]:
+    """Every message waiting on the listen queue (the sensor's part, done by hand here)."""
+    connection = pika.BlockingConnection(rabbitmq.connection_parameters())
+    try:
+        channel = connection.channel()
+        bodies = []
+        while True:
+            method, _, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return bodies
+            bodies.append(body)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def cti_resource(opencti: OpenCTIEmulator) -> Iterator[OpenCTIResource]:
+    resource = OpenCTIResource(url=opencti.url, token=opencti.token, work_timeout_seconds=30)
+    with resource.connector("enrichment"):
+        pass  # registered: OpenCTI can now send it requests
+    yield resource
+
+
+@pytest.fixture
+def job_resources(
+    vt_emulator: VirusTotalEmulator, cti_resource: OpenCTIResource, tmp_path: Path
+) -> Callable[..., dict[str, Any]]:
+    """The job's resources against the emulators (fast retries and polls); override by name."""
+
+    def make(virustotal: dict[str, Any] | None = None, **settings: Any) -> dict[str, Any]:
+        vt_config: dict[str, Any] = {
+            "api_key": PREMIUM_KEY,
+            "api_url": vt_emulator.url,
+            "timeout_seconds": 5.0,
+            "backoff_base_seconds": 0.01,
+            "backoff_max_seconds": 0.05,
+            "max_attempts": 10,
+            "analysis_poll_seconds": 0.01,
+            "analysis_poll_max_seconds": 0.05,
+        }
+        return {
+            "virustotal": VirusTotalResource(**{**vt_config, **(virustotal or {})}),
+            "opencti": cti_resource,
+            "enrichment_settings": EnrichmentSettings(**settings),
+            "storage": StorageResource(base_dir=str(tmp_path / "storage")),
+        }
+
+    return make
+
+
+@pytest.fixture
+def enrich(
+    opencti: OpenCTIEmulator,
+    rabbitmq: RabbitMQ,
+    job_resources: Callable[..., dict[str, Any]],
+    dagster_instance: dg.DagsterInstance,
+) -> Enrich:
+    """Ask OpenCTI to enrich entities, run the job on the requests, wait for the works."""
+
+    def run(
+        *entity_ids: str,
+        requests: list[EnrichmentRequest] | None = None,
+        virustotal: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> tuple[dg.ExecuteInProcessResult, list[EnrichmentRequest]]:
+        for entity_id in entity_ids:
+            opencti.ask_enrichment(entity_id, ENRICHMENT_CONNECTOR_ID)
+        bodies = take(rabbitmq, listen_queue(ENRICHMENT_CONNECTOR_ID))
+        requests = [parse_request(body) for body in bodies] + (requests or [])
+        result = vt_enrichment_job.execute_in_process(
+            run_config=enrichment_run_config(requests),
+            resources=job_resources(virustotal, **settings),
+            instance=dagster_instance,
+            raise_on_error=False,
+        )
+        for request in requests:
+            if request.work_id:
+                opencti.wait_for_work(request.work_id, timeout=20)
+        return result, requests
+
+    return run
+
+
+def metadata(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    event = next(e for e in result.all_events if e.event_type_value == "STEP_OUTPUT")
+    return {k: v.value for k, v in event.step_output_data.metadata.items()}
+
+
+def rows(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, Any]]:
+    table = metadata(result)["requests"]
+    return {r.data["request_id"]: r.data for r in table.records}
+
+
+def work_message(opencti: OpenCTIEmulator, work_id: str | None) -> tuple[str, bool, str]:
+    assert work_id
+    work = opencti.wait_for_work(work_id, timeout=20)
+    summary = work.summary()
+    messages = " | ".join(str(m) for m in summary.get("messages") or [])
+    errors = " | ".join(str(m) for m in summary.get("errors") or [])
+    return summary["status"], bool(work.in_error), messages + " " + errors
+
+
+def stored(tmp_path: Path, object_type: str, object_id: str) -> dict[str, Any]:
+    """The VT response the job stored (and then used) for an object."""
+    found = ResponseStore(tmp_path / "storage").latest(object_type, object_id)
+    assert found is not None, f"no stored {object_type} {object_id}"
+    return found.body["data"]["attributes"]
+
+
+def test_one_entity_of_each_type_is_enriched(
+    enrich: Enrich,
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    tmp_path: Path,
+) -> None:
+    targets = vt_corpus.targets()
+    ids = {
+        "StixFile": opencti.create_observable(
+            "StixFile", hashes={"SHA-256": targets.yara_file}, markings=["TLP:GREEN"], score=5
+        ),
+        "Artifact": opencti.create_artifact(
+            targets.unknown_file_content, "unseen.exe", markings=["TLP:CLEAR"]
+        ),
+        "IPv4-Addr": opencti.create_observable("IPv4-Addr", targets.ip),
+        "Domain-Name": opencti.create_observable("Domain-Name", targets.domain),
+        "Hostname": opencti.create_observable("Hostname", targets.hostname),
+        "Url": opencti.create_observable("Url", targets.url),
+        "unseen Url": opencti.create_observable("Url", targets.unknown_url),
+        "Indicator": opencti.create_indicator(
+            f"[domain-name:value = '{targets.domain}' OR "
+            f"file:hashes.'SHA-256' = '{targets.malicious_file}']",
+            observable_values=[
+                {"type": "Domain-Name", "value": targets.domain},
+                {
+                    "type": "StixFile",
+                    "value": targets.malicious_file,
+                    "hashes": {"SHA-256": targets.malicious_file},
+                },
+            ],
+            name=targets.domain,
+        ),
+    }
+    result, requests = enrich(
+        *ids.values(), file_import_yara=True, file_indicator_create_positives=1
+    )
+    assert result.success, result.all_events
+    table = rows(result)
+    assert len(table) == 8 and {r["outcome"] for r in table.values()} == {"enriched"}
+    for request in requests:
+        status, in_error, message = work_message(opencti, request.work_id)
+        assert status == "complete" and not in_error, message
+        assert "VirusTotal enrichment of" in message
+
+    # StixFile: score, note, indicator valid for the configured minutes, YARA, reference
+    file_id = ids["StixFile"]
+    assert opencti.score_of(file_id) == vt_score(stored(tmp_path, "file", targets.yara_file))
+    assert opencti.notes_about(file_id)
+    (indicator,) = opencti.indicators_based_on(file_id)
+    valid_from = datetime.fromisoformat(indicator["valid_from"].replace("Z", "+00:00"))
+    valid_until = datetime.fromisoformat(indicator["valid_until"].replace("Z", "+00:00"))
+    assert (valid_until - valid_from).total_seconds() == 2880 * 60
+    assert targets.yara_file in indicator["pattern"]
+    yara = [e for e in opencti.objects("Indicator") if e.get("pattern_type") == "yara"]
+    assert yara
+    rulesets = {  # each fetched once in the run, though two requests' files match some
+        r["ruleset_id"]
+        for sha256 in (targets.yara_file, targets.malicious_file)
+        for r in stored(tmp_path, "file", sha256).get("crowdsourced_yara_results") or []
+    }
+    assert vt_emulator.count("yara_ruleset") == len(rulesets)
+    refs = opencti.external_references_of(file_id)
+    assert any(targets.yara_file in str(r.get("url")) for r in refs)
+    assert opencti.labels_of(file_id)  # VT's tags
+
+    # Artifact unseen by VT: its file read from OpenCTI, uploaded, analysed, then enriched
+    assert vt_emulator.count("file_upload") == 1
+    sha256 = hashlib.sha256(targets.unknown_file_content).hexdigest()
+    assert opencti.score_of(ids["Artifact"]) == vt_score(stored(tmp_path, "file", sha256))
+
+    # IPv4: AS (belongs-to) and a named country (located-at)
+    (system,) = opencti.related(ids["IPv4-Addr"], "belongs-to")
+    assert system["type"] == "autonomous-system"
+    (country,) = opencti.related(ids["IPv4-Addr"], "located-at")
+    assert country["type"] == "location" and country.get("name")
+    # Domain / Hostname: A records as IPv4-Addr (resolves-to)
+    for key, name in (("Domain-Name", targets.domain), ("Hostname", targets.hostname)):
+        resolved = opencti.related(ids[key], "resolves-to")
+        records = stored(tmp_path, "domain", name)["last_dns_records"]
+        assert sorted(e["value"] for e in resolved) == sorted(
+            r["value"] for r in records if r["type"] == "A"
+        )
+    # Url: looked up by VT's URL id (base64url, no padding); an unseen one submitted first
+    assert opencti.score_of(ids["Url"]) == vt_score(stored(tmp_path, "url", url_id(targets.url)))
+    assert vt_emulator.count("url_submit") == 1
+    assert opencti.score_of(ids["unseen Url"]) is not None
+    # Indicator: each value enriched as its observable (based-on from the indicator), and one
+    # score for the indicator: the most dangerous value's
+    observables = opencti.related(ids["Indicator"], "based-on")
+    assert sorted(o["type"] for o in observables) == ["domain-name", "file"]
+    assert opencti.score_of(ids["Indicator"]) == max(
+        vt_score(stored(tmp_path, "domain", targets.domain)),
+        vt_score(stored(tmp_path, "file", targets.malicious_file)),
+    )
+
+    totals = metadata(result)
+    assert totals["requests_enriched"] == 8 and totals["requests_failed"] == 0
+    assert all(r["vt_calls"] + r["cache_hits"] >= 1 for r in table.values())
+    assert totals["vt_calls"] == sum(vt_emulator.count(e) for e in vt_emulator.stats())
+
+
+def test_the_gti_score_comes_back_and_wins_over_the_ratio(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, tmp_path: Path
+) -> None:
+    """Only requests with VT's x-tool header get the GTI assessment: vt_pipeline sends it."""
+    targets = vt_corpus.targets()
+    gti, ratio_only = (
+        opencti.create_observable("StixFile", hashes={"SHA-256": targets.file_gti}),
+        opencti.create_observable("StixFile", hashes={"SHA-256": targets.file_no_gti}),
+    )
+    result, _ = enrich(gti, ratio_only)
+    assert result.success
+    gti_attributes = stored(tmp_path, "file", targets.file_gti)
+    threat_score = gti_attributes["gti_assessment"]["threat_score"]["value"]
+    assert opencti.score_of(gti) == threat_score
+    stats = gti_attributes["last_analysis_stats"]
+    ratio = round(
+        100 * stats["malicious"] / (stats["malicious"] + stats["harmless"] + stats["undetected"])
+    )
+    assert threat_score != ratio  # the test tells the two apart
+    assert opencti.score_of(ratio_only) == vt_score(stored(tmp_path, "file", targets.file_no_gti))
+
+
+def test_refusals_end_their_work_in_error_and_spare_their_batch_mates(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, vt_emulator: VirusTotalEmulator
+) -> None:
+    domain = sorted(vt_corpus.domains)[2]
+    ids = {
+        "red": opencti.create_observable(
+            "Domain-Name", domain, markings=["TLP:CLEAR", "TLP:RED", "TLP:GREEN"]
+        ),
+        "unknown_to_vt": opencti.create_observable("StixFile", hashes={"SHA-256": "ab" * 32}),
+        "no_hash": opencti.create_observable("StixFile", name="nohash.exe"),
+        "too_big": opencti.create_artifact(b"MZ" + os.urandom(5000), "big.exe"),
+        "upload_off_url": opencti.create_observable("Url", "http://never.example/x"),
+        "no_file": opencti.create_artifact(b"MZ" + os.urandom(64), "gone.exe", with_file=False),
+        "fine": opencti.create_observable("IPv4-Addr", sorted(vt_corpus.ip_addresses)[1]),
+    }
+    unknown_type = EnrichmentRequest(
+        request_id="work-unknown-type", entity_id=ids["fine"], entity_type="Malware"
+    )
+    result, requests = enrich(
+        *ids.values(),
+        requests=[unknown_type],
+        virustotal={"max_upload_bytes": 4096},
+        url_upload_unseen=False,
+    )
+    assert not result.success  # the run shows failed, so it can be re-executed
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "7 of 8 enrichment request(s) failed" in str(failure.step_failure_data.user_failure_data)
+    by_entity = {r.entity_id: r for r in requests if r.work_id}
+    expected = {
+        "red": "is marked TLP:RED, above VIRUSTOTAL_MAX_TLP=TLP:AMBER",
+        "unknown_to_vt": "VirusTotal has no record of file " + "ab" * 32,
+        "no_hash": "has no SHA-256, SHA-1 or MD5 hash",
+        "too_big": "above VirusTotal's upload limit of 4096 bytes",
+        "upload_off_url": "VIRUSTOTAL_URL_UPLOAD_UNSEEN is off",
+        "no_file": "the Artifact holds no file to upload",
+    }
+    for key, text in expected.items():
+        status, in_error, message = work_message(opencti, by_entity[ids[key]].work_id)
+        assert in_error and text in message, (key, message)
+        assert PREMIUM_KEY not in message and opencti.token not in message
+    status, in_error, message = work_message(opencti, by_entity[ids["fine"]].work_id)
+    assert status == "complete" and not in_error, message
+    assert opencti.score_of(ids["fine"]) is not None
+    table = rows(result)
+    assert "does not support entities of type Malware" in table["work-unknown-type"]["message"]
+    assert opencti.score_of(ids["red"]) is None  # nothing sent for the refused entity
+    assert vt_emulator.count("domain") == 0  # the TLP:RED domain never reached VirusTotal
+    assert vt_emulator.count("file_upload") == 0 and vt_emulator.count("url_submit") == 0
+
+
+def test_re_enrichment_adds_no_note_and_the_cache_saves_the_quota(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, vt_emulator: VirusTotalEmulator
+) -> None:
+    entity = opencti.create_observable("StixFile", hashes={"SHA-256": malicious_file(vt_corpus)})
+    first, _ = enrich(entity)
+    assert first.success
+    notes = opencti.notes_about(entity)
+    assert len(notes) >= 1
+    calls = vt_emulator.count("file")
+    assert calls == 1
+
+    second, _ = enrich(entity)
+    assert second.success
+    assert vt_emulator.count("file") == calls  # the stored response was reused
+    (row,) = rows(second).values()
+    assert (row["type"], row["outcome"], row["kind"]) == ("StixFile", "enriched", "interactive")
+    assert row["cache_hits"] == 1 and row["vt_calls"] == 0
+    assert "cache, no quota spent" in row["message"]
+    assert len(opencti.notes_about(entity)) == len(notes)  # same analysis: no new note
+
+    third, _ = enrich(entity, lookup_cache_hours=0)  # cache off: VT asked again, same analysis
+    assert third.success and vt_emulator.count("file") == calls + 1
+    assert len(opencti.notes_about(entity)) == len(notes)
+
+
+def test_a_429_burst_still_ends_in_success_with_the_same_result(
+    enrich: Enrich,
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+) -> None:
+    domain = sorted(vt_corpus.domains)[3]
+    calm = opencti.create_observable("Domain-Name", domain)
+    result, _ = enrich(calm, lookup_cache_hours=0)
+    assert result.success
+    expected = (opencti.score_of(calm), len(opencti.related(calm, "resolves-to")))
+
+    vt_emulator.set_faults("domain:429:1.0:4")
+    result, requests = enrich(calm, lookup_cache_hours=0)
+    assert result.success
+    assert vt_emulator.count("domain", 429) == 4
+    status, in_error, _ = work_message(opencti, requests[0].work_id)
+    assert status == "complete" and not in_error
+    assert (opencti.score_of(calm), len(opencti.related(calm, "resolves-to"))) == expected
+
+
+def test_a_playbook_request_is_answered_with_the_bundle(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus
+) -> None:
+    ip = sorted(vt_corpus.ip_addresses)[2]
+    entity = opencti.create_observable("IPv4-Addr", ip, markings=["TLP:GREEN"])
+    execution = opencti.ask_playbook_enrichment(entity, ENRICHMENT_CONNECTOR_ID)
+    out_of_scope = opencti.create_observable("Email-Addr", "someone@example.org")
+    passed = opencti.ask_playbook_enrichment(out_of_scope, ENRICHMENT_CONNECTOR_ID)
+    result, requests = enrich()
+    assert result.success, result.all_events
+    assert {r.kind for r in requests} == {"playbook"}
+    (answer,) = opencti.playbook_results(execution)
+    types = {o["type"] for o in answer["objects"]}
+    assert {"ipv4-addr", "autonomous-system", "location", "relationship"} <= types
+    edited = next(o for o in answer["objects"] if o["id"] == entity)
+    assert edited.get("x_opencti_score") is not None or "extensions" in edited
+    # Out of scope: the incoming bundle goes on unchanged instead of failing the playbook
+    incoming = next(r.bundle for r in requests if r.entity_id == out_of_scope)
+    assert opencti.playbook_results(passed) == [incoming]
+    outcomes = sorted(r["outcome"] for r in rows(result).values())
+    assert outcomes == ["enriched", "passed through"]
+
+
+def test_a_failed_run_is_re_executed_with_the_same_requests(
+    enrich: Enrich, opencti: OpenCTIEmulator, dagster_instance: dg.DagsterInstance
+) -> None:
+    entity = opencti.create_observable("StixFile", hashes={"MD5": hashlib.md5(b"x").hexdigest()})
+    result, requests = enrich(entity)
+    assert not result.success
+    run = dagster_instance.get_run_by_id(result.run_id)
+    assert run is not None
+    config = run.run_config["ops"][ENRICHMENT_OP]["config"]["requests"]
+    assert [EnrichmentRequest.from_config(c) for c in config] == requests
+
+
+def test_clicks_answered_through_the_sensor(
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    cti_resource: OpenCTIResource,
+    job_resources: Callable[..., dict[str, Any]],
+    dagster_instance: dg.DagsterInstance,
+) -> None:
+    """As a deployment runs it: sensor tick -> run (the daemon's part by hand) -> tick acks."""
+    targets = vt_corpus.targets()
+    entities = [
+        opencti.create_observable("Domain-Name", targets.domain),
+        opencti.create_observable("IPv4-Addr", targets.ip),
+    ]
+    works = [opencti.ask_enrichment(e, ENRICHMENT_CONNECTOR_ID) for e in entities]
+
+    def tick(cursor: str | None) -> dg.SensorExecutionData:
+        context = dg.build_sensor_context(
+            instance=dagster_instance,
+            cursor=cursor,
+            resources={"opencti": cti_resource},
+            definitions=dg.Definitions.merge(
+                enrichment_defs, dg.Definitions(resources=job_resources())
+            ),
+        )
+        return opencti_enrichment_sensor.evaluate_tick(context)
+
+    first = tick(None)
+    (run_request,) = first.run_requests or []
+    result = vt_enrichment_job.execute_in_process(
+        run_config=run_request.run_config,
+        resources=job_resources(),
+        instance=dagster_instance,
+        tags={**run_request.tags, "dagster/run_key": run_request.run_key},
+    )
+    assert result.success
+    assert not tick(first.cursor).run_requests  # acknowledged now that the run exists
+    for work_id in works:
+        status, in_error, message = work_message(opencti, work_id)
+        assert status == "complete" and not in_error, message
+    assert all(opencti.score_of(e) is not None for e in entities)
+    assert opencti.related(entities[0], "resolves-to") and opencti.related(
+        entities[1], "belongs-to"
+    )
+
+
+def test_the_code_location_runs_the_sensor_and_the_job() -> None:
+    from vt_pipeline.definitions import defs
+
+    job = defs.resolve_job_def(ENRICHMENT_JOB)
+    assert job.graph.node_named(ENRICHMENT_OP).definition.pool == "virustotal"
+    sensor = defs.resolve_sensor_def("opencti_enrichment_sensor")
+    assert sensor.job_name == ENRICHMENT_JOB
+    assert "enrichment_settings" in defs.resources
+
+
+def test_a_failed_playbook_step_passes_its_bundle_on(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, vt_emulator: VirusTotalEmulator
+) -> None:
+    """A playbook has no work to fail: the step answers with the bundle unchanged, the run fails."""
+    red = opencti.create_observable("IPv4-Addr", vt_corpus.targets().ip, markings=["TLP:RED"])
+    execution = opencti.ask_playbook_enrichment(red, ENRICHMENT_CONNECTOR_ID)
+    result, (request,) = enrich()
+    assert not result.success
+    assert opencti.playbook_results(execution) == [request.bundle]
+    (row,) = rows(result).values()
+    assert row["outcome"] == "failed" and "above VIRUSTOTAL_MAX_TLP" in row["message"]
+    assert vt_emulator.count("ip_address") == 0

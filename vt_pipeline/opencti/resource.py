@@ -7,6 +7,11 @@
 `OpenCTIConnectorHelper` and yields an `OpenCTIConnector`: the operations vt_pipeline needs,
 each failing with an `OpenCTIError` that says what went wrong and never contains the token.
 
+Two identities: `connector()` is the Livehunt connector (EXTERNAL_IMPORT, `CONNECTOR_ID`...),
+`connector("enrichment")` the enrichment one (INTERNAL_ENRICHMENT, playbook-compatible,
+`VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID/NAME/SCOPE`, `CONNECTOR_AUTO`); the configuration passed to
+pycti wins over the same names in the environment, which pycti would otherwise prefer.
+
 Bundles travel as pycti sends them: split, then through RabbitMQ (`amqp`, the connector's push
 queue) or the GraphQL API (`api`, `stixBundlePush`). A delivery counts as accepted only when the
 OpenCTI work that carries it is complete without errors.

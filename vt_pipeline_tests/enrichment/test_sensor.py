@@ -416,3 +416,23 @@ def test_pending_keys_whose_messages_are_gone_are_forgotten_after_days() -> None
     cursor.forget_stale({"k-requested"}, now=1_001.0 + 3 * 24 * 3600)
     assert set(cursor.pending) == {"k-fresh", "k-requested"}
     assert EnrichmentCursor.parse(cursor.to_json()) == cursor
+
+
+def test_the_sensor_is_evaluated_on_every_daemon_loop() -> None:
+    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+
+    sensor = build_enrichment_sensor(SensorSettings())
+    assert sensor.job_name == ENRICHMENT_JOB
+    assert sensor.minimum_interval_seconds is not None
+    assert sensor.minimum_interval_seconds < MIN_INTERVAL_LOOP_TIME
+
+
+def test_default_status_follows_whether_opencti_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENCTI_URL", raising=False)
+    stopped = build_enrichment_sensor(SensorSettings())
+    assert stopped.default_status == dg.DefaultSensorStatus.STOPPED
+    monkeypatch.setenv("OPENCTI_URL", "http://opencti:8080")
+    running = build_enrichment_sensor(SensorSettings())
+    assert running.default_status == dg.DefaultSensorStatus.RUNNING

@@ -90,3 +90,16 @@ def test_an_unreachable_broker_fails_clearly_without_the_password(rabbitmq: Rabb
     connection["pass"] = info.password
     with pytest.raises(ListenQueueError, match="listen_missing"):
         ListenQueue(connection, "listen_missing", timeout_seconds=2)
+
+
+def test_acks_on_a_lost_connection_fail_softly_and_lose_nothing(
+    opencti: OpenCTIEmulator, enrichment: OpenCTIConnector
+) -> None:
+    bodies = publish(opencti, enrichment, 3)
+    queue = ListenQueue.of(enrichment)
+    read = queue.read(10, 5)
+    queue._connection.close()  # the broker connection drops between read and ack
+    assert queue.ack(read) == 0
+    queue.close()
+    with ListenQueue.of(enrichment) as again:
+        assert [m.body for m in again.read(10, 5)] == bodies

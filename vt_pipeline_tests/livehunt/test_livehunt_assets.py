@@ -428,3 +428,51 @@ def test_a_re_read_only_adds_what_is_new_and_never_replaces_a_stored_item(
     meta = materialization_metadata(result, "livehunt_notifications")
     assert meta["notifications_already_known"] == 3
     assert meta["notifications_new"] == len(expected) - 3
+
+
+def kept_files_by_window(corpus: Corpus, hours: range) -> dict[str, set[int]]:
+    """SHA-256 of every file the default filters keep -> the corpus hours that keep it."""
+    kept_in: dict[str, set[int]] = {}
+    for hour in hours:
+        frame = filter_notifications(in_window(corpus, hour), LivehuntOptions())
+        for sha256 in frame[frame["kept"] & (frame["object_type"] == "file")]["subject"]:
+            kept_in.setdefault(str(sha256), set()).add(hour)
+    return kept_in
+
+
+def test_a_file_kept_in_two_windows_of_a_run_is_downloaded_once(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    """One download per distinct SHA-256 per run; every window keeping it records it stored."""
+    hours = range(6)
+    cap = LivehuntOptions().artifact_max_bytes
+    kept_in = {
+        sha256: found
+        for sha256, found in kept_files_by_window(vt_corpus, hours).items()
+        if vt_corpus.files[sha256]["attributes"].get("size", 0) <= cap
+    }
+    shared = {sha256: found for sha256, found in kept_in.items() if len(found) > 1}
+    assert shared, "the fixed corpus must keep some file in two windows"
+
+    result = run(dagster_instance, livehunt_resources(), hours[0], hours[-1])
+    assert result.success
+    assert vt_emulator.count("file_download") == len(kept_in)
+    for sha256, found in shared.items():
+        for hour in found:
+            records = json.loads(
+                stored(tmp_path / "storage", "livehunt_artifacts", hour).read_bytes()
+            )
+            (record,) = [r for r in records if r["sha256"] == sha256]
+            assert record["status"] == "downloaded", (hour, record)
+            assert record["mime_type"]
+            bundle = json.loads(
+                stored(tmp_path / "storage", "livehunt_stix_bundles", hour).read_bytes()
+            )
+            assert any(
+                o["type"] == "artifact" and o["hashes"]["SHA-256"] == sha256
+                for o in bundle["objects"]
+            )

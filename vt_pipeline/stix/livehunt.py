@@ -94,7 +94,7 @@ _RULE_OBSERVABLE_TYPE = {
     "ip": "IPv4-Addr",
     "ip_address": "IPv4-Addr",
 }
-# String literals of a YARA condition, and its regexes (`matches /.../`; YARA divides with `\\`).
+# String literals of a YARA condition, and its regexes (`matches /.../`; YARA divides with `\`).
 _LITERALS = re.compile(r'"(?:\\.|[^"\\])*"|\bmatches\s*/(?:\\.|[^/\\\n])+/')
 # A hostname from a malware config that is not a DNS name (no TLD): a plain token only.
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")

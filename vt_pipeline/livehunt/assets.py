@@ -8,17 +8,26 @@ dicts, so a run covers one window or, in a backfill, up to a day of windows at o
 memory, one process start per day instead of per hour). VirusTotal is called only by the
 first asset, the rulesets and the artifacts; every raw response is stored before use, so the
 bundles can be rebuilt after a mapping change without spending quota.
+
+VirusTotal calls in the metadata: a window's `vt_calls`, `vt_calls_<endpoint>` and `vt_retries`
+are the calls that served that window. A call that serves several windows of one run (a ruleset
+fetched once for the run, a sample kept in two windows and downloaded once) is counted on every
+window it serves, so a window shows what it cost, the same whether it ran alone or in a
+backfill, and `rulesets 4` comes with the 4 fetches behind it. What the step really spent in the
+run, each call once, is `run_vt_calls` / `run_vt_calls_<endpoint>`: the same figure on every
+window of the run (add it up per run, not per window). Every endpoint, drop reason and artifact
+status has its own integer entry, 0 when nothing happened, so the UI plots them over time.
 """
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import dagster as dg
 import pandas as pd
 
-from vt_pipeline.livehunt.filters import MALFORMED, filter_notifications
+from vt_pipeline.livehunt.filters import DROP_REASONS, MALFORMED, filter_notifications
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
@@ -26,6 +35,7 @@ from vt_pipeline.stix.livehunt import build_livehunt_bundle
 from vt_pipeline.storage.store import StorageResource, dumps_json, sniff_mime_type
 from vt_pipeline.virustotal import objects as n
 from vt_pipeline.virustotal.resource import (
+    CallLog,
     VirusTotalError,
     VirusTotalResource,
     VirusTotalSession,
@@ -35,13 +45,24 @@ from vt_pipeline.virustotal.resource import (
 T = TypeVar("T")
 # Artifact statuses whose sample exists (locally or in OpenCTI) and so appears in the bundle.
 AVAILABLE = frozenset({"downloaded", "already_stored", "in_opencti"})
+# Every artifact status, each an integer metadata entry `artifacts_<status>`.
+ARTIFACT_STATUSES = ("downloaded", "already_stored", "in_opencti", "too_large", "not_available")
+# The VirusTotal endpoints the Livehunt chain calls, each an entry `vt_calls_<endpoint>`.
+LIVEHUNT_ENDPOINTS = ("ioc_stream", "hunting_ruleset", "file_download", "ioc_stream_delete")
 Partitioned = dict[str, T]
+
+# Who answers for the Livehunt assets in the UI (Dagster owner syntax: a team or an e-mail).
+LIVEHUNT_OWNERS = ["team:threat-intel"]
+# The upstream OpenCTI connector the Livehunt assets replace, as an asset tag.
+REPLACES_TAG = {"replaces": "virustotal-livehunt-notifications"}
 
 # What every Livehunt asset shares: the hourly windows, the group, a day of windows per run.
 LIVEHUNT_ASSET: dict[str, Any] = {
     "partitions_def": livehunt_partitions,
     "group_name": "livehunt",
     "backfill_policy": dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
+    "owners": LIVEHUNT_OWNERS,
+    "tags": REPLACES_TAG,
 }
 # Runs that call VirusTotal share the `virustotal` pool (limit set in dagster.yaml).
 _VT = {"pool": "virustotal"}
@@ -63,9 +84,19 @@ def for_each_partition(
     keys: list[str], work: Callable[[VirusTotalSession, str], Awaitable[T]]
 ) -> Callable[[VirusTotalSession], Awaitable[dict[str, T]]]:
     """Run `work` for every partition concurrently, each task's calls counted under its key."""
+    return for_each(keys, work, scope=lambda key: key)
+
+
+def for_each(
+    keys: Iterable[str],
+    work: Callable[[VirusTotalSession, str], Awaitable[T]],
+    scope: Callable[[str], str],
+) -> Callable[[VirusTotalSession], Awaitable[dict[str, T]]]:
+    """Run `work` for every key concurrently, each task's calls counted under `scope(key)`."""
+    keys = list(keys)
 
     async def scoped(session: VirusTotalSession, key: str) -> T:
-        call_scope(key)
+        call_scope(scope(key))
         return await work(session, key)
 
     async def gather(session: VirusTotalSession) -> dict[str, T]:
@@ -75,8 +106,32 @@ def for_each_partition(
     return gather
 
 
-def _calls(session: VirusTotalSession, key: str) -> dict[str, Any]:
-    return session.log_for(key).as_metadata()
+def vt_calls_metadata(
+    session: VirusTotalSession | None, scopes: Iterable[str] = ()
+) -> dict[str, Any]:
+    """A window's VirusTotal calls: those made under any of `scopes` (its own, and the shared
+    calls that served it, each once), per endpoint as integers, with the run's total beside."""
+    window, run = CallLog.empty(), session.log if session else CallLog.empty()
+    for scope in dict.fromkeys(scopes):
+        if session is not None:
+            log = session.log_for(scope)
+            window.calls.update(log.calls)
+            window.retries.update(log.retries)
+    endpoints = sorted({*LIVEHUNT_ENDPOINTS, *window.calls, *run.calls})
+    return {
+        **window.as_metadata(),
+        **{f"vt_calls_{e}": dg.MetadataValue.int(window.calls[e]) for e in endpoints},
+        "run_vt_calls": dg.MetadataValue.int(run.total),
+        **{f"run_vt_calls_{e}": dg.MetadataValue.int(run.calls[e]) for e in endpoints},
+        "run_vt_calls_by_endpoint": dg.MetadataValue.json(dict(sorted(run.calls.items()))),
+    }
+
+
+def counts_metadata(prefix: str, counts: Mapping[str, int], names: Iterable[str]) -> dict[str, Any]:
+    """One integer entry `<prefix><name>` per name, 0 when absent (continuous plots), and one
+    per unexpected name found in `counts`."""
+    every = [*names, *sorted(set(counts) - set(names))]
+    return {f"{prefix}{name}": dg.MetadataValue.int(int(counts.get(name, 0))) for name in every}
 
 
 @dg.asset(kinds={"virustotal", "json"}, **LIVEHUNT_ASSET, **_VT)
@@ -116,7 +171,7 @@ def livehunt_notifications(
                 "notifications_new": new,
                 "notifications_by_type": dg.MetadataValue.json(dict(sorted(types.items()))),
                 "limit_reached": truncated,
-                **_calls(session, key),
+                **vt_calls_metadata(session, [key]),
             },
             partition_key=key,
         )
@@ -171,10 +226,11 @@ def livehunt_files(
                 "kept": int(frame["kept"].sum()),
                 "dropped": int((~frame["kept"]).sum()),
                 "dropped_by_reason": dg.MetadataValue.json({k: int(v) for k, v in reasons.items()}),
+                **counts_metadata("dropped_", reasons.to_dict(), DROP_REASONS),
                 "malformed_notification_ids": dg.MetadataValue.json(
                     [str(i) for i in malformed["notification_id"].fillna("(no id)")]
                 ),
-                "vt_calls": 0,
+                **vt_calls_metadata(None),
             },
             partition_key=key,
         )
@@ -191,7 +247,9 @@ def livehunt_rulesets(
     """The raw Livehunt rulesets the kept notifications name, fetched once per run.
 
     Only kept notifications count: a dropped file costs no ruleset fetch. A ruleset VirusTotal
-    no longer has (404) is left out; the bundle then counts the YARA rule as missing.
+    no longer has (404) is left out; the bundle then counts the YARA rule as missing. A fetch
+    is counted on every window whose notifications name the ruleset (see the module docstring);
+    `run_vt_calls` is what the run spent.
     """
     # partition -> ruleset id per kept notification (the frame lists the valid ones)
     wanted: dict[str, list[str]] = {
@@ -206,8 +264,6 @@ def livehunt_rulesets(
         for key, frame in livehunt_files.items()
     }
 
-    cache: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
-
     async def fetch(session: VirusTotalSession, ruleset_id: str) -> dict[str, Any] | None:
         try:
             return await session.hunting_ruleset(ruleset_id)
@@ -217,30 +273,43 @@ def livehunt_rulesets(
                 return None
             raise
 
-    async def for_partition(session: VirusTotalSession, key: str) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        for ruleset_id in wanted[key]:
-            if not livehunt_settings.cache_rulesets:
-                ruleset = await fetch(session, ruleset_id)  # upstream: one fetch per notification
-            else:
-                if ruleset_id not in cache:
-                    cache[ruleset_id] = asyncio.ensure_future(fetch(session, ruleset_id))
-                ruleset = await cache[ruleset_id]
-            if ruleset is not None:
-                found[ruleset_id] = ruleset
-        return dict(sorted(found.items()))
+    if livehunt_settings.cache_rulesets:
+        # One fetch per distinct ruleset for the whole run, under the ruleset's own scope.
+        distinct = sorted({ruleset_id for ids in wanted.values() for ruleset_id in ids})
+        fetched, session = run_vt(virustotal, for_each(distinct, fetch, scope=_ruleset_scope))
+        found_by_key = {key: {r: fetched[r] for r in set(ids)} for key, ids in wanted.items()}
+        scopes = {key: [_ruleset_scope(r) for r in sorted(set(ids))] for key, ids in wanted.items()}
+    else:
 
-    rulesets, session = run_vt(virustotal, for_each_partition(list(wanted), for_partition))
-    for key, found in rulesets.items():
+        async def for_partition(
+            session: VirusTotalSession, key: str
+        ) -> dict[str, dict[str, Any] | None]:
+            # upstream: one fetch per notification, counted on the window that made it
+            return {ruleset_id: await fetch(session, ruleset_id) for ruleset_id in wanted[key]}
+
+        found_by_key, session = run_vt(virustotal, for_each_partition(list(wanted), for_partition))
+        scopes = {key: [key] for key in wanted}
+
+    rulesets: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, found in found_by_key.items():
+        rulesets[key] = {r: ruleset for r, ruleset in sorted(found.items()) if ruleset is not None}
         context.add_asset_metadata(
             {
-                "rulesets": len(found),
-                "missing_rulesets": len(set(wanted[key]) - set(found)),
-                **_calls(session, key),
+                "rulesets": len(rulesets[key]),
+                "missing_rulesets": len(set(wanted[key]) - set(rulesets[key])),
+                **vt_calls_metadata(session, scopes[key]),
             },
             partition_key=key,
         )
     return rulesets
+
+
+def _ruleset_scope(ruleset_id: str) -> str:
+    return f"ruleset {ruleset_id}"
+
+
+def _sample_scope(sha256: str) -> str:
+    return f"sample {sha256}"
 
 
 @dg.asset(kinds={"virustotal", "filesystem"}, **LIVEHUNT_ASSET, **_VT)
@@ -257,29 +326,24 @@ def livehunt_artifacts(
     A sample already stored costs no call; one OpenCTI already holds (with its file) is not
     downloaded at all (`in_opencti`). A sample above the size cap (by VT's size, or found while
     streaming) is skipped with reason `too_large`; one VT cannot serve, `not_available`.
+    One download per distinct SHA-256 per run: a sample kept in several windows of the run is
+    fetched once, and every one of those windows records the same result (e.g. `downloaded`)
+    and counts the call (see the module docstring).
     """
     options = livehunt_settings.to_options()
     store = storage.artifact_store()
-    targets: dict[str, list[tuple[str, int | None]]] = {}
-    for key, frame in livehunt_files.items():
+    targets: dict[str, list[str]] = {}
+    sizes: dict[str, int | None] = {}  # every distinct sample of the run, with VT's size
+    for key, frame in sorted(livehunt_files.items()):
         kept = frame[frame["kept"] & (frame["object_type"] == "file")]
-        unique = kept.drop_duplicates("subject")
-        targets[key] = (
-            [
-                (str(row.subject), None if pd.isna(row.size) else int(row.size))
-                for row in unique.itertuples()
-            ]
-            if options.upload_artifact
-            else []
-        )
-    in_opencti = _held_by_opencti(
-        context, opencti, {sha256 for wanted in targets.values() for sha256, _ in wanted}
-    )
+        unique = kept.drop_duplicates("subject") if options.upload_artifact else kept.iloc[:0]
+        targets[key] = [str(row.subject) for row in unique.itertuples()]
+        for row in unique.itertuples():
+            sizes.setdefault(str(row.subject), None if pd.isna(row.size) else int(row.size))
+    in_opencti = _held_by_opencti(context, opencti, set(sizes))
 
-    async def fetch_one(
-        session: VirusTotalSession, sha256: str, size: int | None
-    ) -> dict[str, Any]:
-        cap = options.artifact_max_bytes
+    async def fetch_one(session: VirusTotalSession, sha256: str) -> dict[str, Any]:
+        cap, size = options.artifact_max_bytes, sizes[sha256]
         if sha256 in in_opencti:
             record = _artifact(sha256, "in_opencti", size, "OpenCTI already holds this sample")
             return {**record, "mime_type": in_opencti[sha256]}
@@ -292,11 +356,10 @@ def livehunt_artifacts(
                 record["mime_type"] = sniff_mime_type(handle.read(16))
         return record
 
-    async def for_partition(session: VirusTotalSession, key: str) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(fetch_one(session, *t) for t in targets[key])))
-
-    artifacts, session = run_vt(virustotal, for_each_partition(list(targets), for_partition))
-    for key, records in artifacts.items():
+    results, session = run_vt(virustotal, for_each(sorted(sizes), fetch_one, scope=_sample_scope))
+    artifacts: dict[str, list[dict[str, Any]]] = {}
+    for key in livehunt_files:
+        records = artifacts[key] = [dict(results[sha256]) for sha256 in targets[key]]
         statuses = Counter(record["status"] for record in records)
         stored = [r for r in records if r["status"] in AVAILABLE]
         context.add_asset_metadata(
@@ -305,7 +368,8 @@ def livehunt_artifacts(
                 "artifacts": len(stored),
                 "artifact_bytes": sum(int(r["size"] or 0) for r in stored),
                 "artifacts_by_status": dg.MetadataValue.json(dict(sorted(statuses.items()))),
-                **_calls(session, key),
+                **counts_metadata("artifacts_", statuses, ARTIFACT_STATUSES),
+                **vt_calls_metadata(session, [_sample_scope(s) for s in targets[key]]),
             },
             partition_key=key,
         )
@@ -336,7 +400,7 @@ def livehunt_stix_bundles(
                 "stix_objects": len(result.bundle["objects"]),
                 "stix_objects_by_type": dg.MetadataValue.json(dict(sorted(types.items()))),
                 "mapping_stats": dg.MetadataValue.json(dict(sorted(result.stats.items()))),
-                "vt_calls": 0,
+                **vt_calls_metadata(None),
             },
             partition_key=key,
         )

@@ -17,10 +17,17 @@ No OpenCTI work is left in progress: a failed delivery closes its work in error 
 a work that could not be closed then (OpenCTI down, run killed) is closed in error by the next
 delivery of the same window, once it is older than the work timeout (so that a delivery still
 running elsewhere is left alone).
+
+Links out, as metadata of each delivered window: `opencti_work`, the OpenCTI page of the
+connector that lists its works (this window's is named "VirusTotal Livehunt <window>"), and
+`opencti_incidents`, a table of the window's Incidents, each linked to its OpenCTI page
+(OpenCTI resolves a STIX id in the URL) and to the VirusTotal report of its subject.
 """
 
 import asyncio
+import re
 from typing import Any
+from urllib.parse import quote
 
 import dagster as dg
 
@@ -30,6 +37,7 @@ from vt_pipeline.livehunt.assets import (
     Partitioned,
     for_each_partition,
     run_vt,
+    vt_calls_metadata,
 )
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import (
@@ -43,6 +51,9 @@ from vt_pipeline.virustotal import objects as n
 from vt_pipeline.virustotal.resource import VirusTotalResource, VirusTotalSession
 
 ARTIFACT_DESCRIPTION = "Sample downloaded from VirusTotal Livehunt by vt_pipeline."
+# Incidents listed in a window's `opencti_incidents` table; the rest are counted.
+INCIDENT_ROWS = 50
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~-])")
 
 
 @dg.asset(kinds={"opencti"}, pool="opencti", **LIVEHUNT_ASSET)
@@ -77,11 +88,60 @@ def livehunt_opencti_delivery(
         deleted, session = _delete_notifications(virustotal, livehunt_notifications)
     for key, record in records.items():
         record["notifications_deleted"] = deleted[key]
-        calls = session.log_for(key).as_metadata() if session else {"vt_calls": 0}
         context.add_asset_metadata(
-            {**{k: v for k, v in record.items() if v is not None}, **calls}, partition_key=key
+            {
+                **{k: v for k, v in record.items() if v is not None},
+                **opencti_links(opencti, record, livehunt_stix_bundles[key]),
+                **vt_calls_metadata(session, [key]),
+            },
+            partition_key=key,
         )
     return records
+
+
+def opencti_links(
+    opencti: OpenCTIResource, record: dict[str, Any], bundle: dict[str, Any]
+) -> dict[str, Any]:
+    """URL metadata into OpenCTI for a delivered window: its work's connector page and its
+    Incidents (with their VirusTotal reports). Nothing for a window that sent nothing."""
+    if not record.get("work_id"):
+        return {}
+    base = opencti.url.rstrip("/")
+    links: dict[str, Any] = {
+        "opencti_work": dg.MetadataValue.url(
+            f"{base}/dashboard/data/ingestion/connectors/{quote(opencti.connector_id, safe='')}"
+        )
+    }
+    incidents = sorted(
+        (o for o in bundle.get("objects") or [] if o.get("type") == "incident"),
+        key=lambda o: (str(o.get("created")), str(o.get("id"))),
+    )
+    if incidents:
+        links["opencti_incidents"] = dg.MetadataValue.md(incident_table(base, incidents))
+    return links
+
+
+def incident_table(base: str, incidents: list[dict[str, Any]]) -> str:
+    """Markdown table: each Incident's name, its OpenCTI page and its subject's VT report."""
+    rows = ["| Incident | OpenCTI | VirusTotal |", "| --- | --- | --- |"]
+    for incident in incidents[:INCIDENT_ROWS]:
+        opencti_url = f"{base}/dashboard/events/incidents/{quote(str(incident['id']), safe='')}"
+        vt_urls = [
+            str(ref["url"])
+            for ref in incident.get("external_references") or []
+            if ref.get("source_name") == "VirusTotal" and ref.get("url")
+        ]
+        vt_link = f"[report](<{_url_text(vt_urls[0])}>)" if vt_urls else ""
+        name = _MARKDOWN_SPECIAL.sub(r"\\\1", str(incident.get("name") or incident["id"]))
+        rows.append(f"| {name} | [open](<{_url_text(opencti_url)}>) | {vt_link} |")
+    if len(incidents) > INCIDENT_ROWS:
+        rows.append(f"\n{len(incidents) - INCIDENT_ROWS} more Incidents in this window.")
+    return "\n".join(rows)
+
+
+def _url_text(url: str) -> str:
+    """A URL safe inside a Markdown `<...>` link target (no spaces, brackets or line breaks)."""
+    return quote(url, safe=":/?&=#%@+,;~!$'*")
 
 
 def _deliver(

@@ -46,6 +46,17 @@ FILE_COLUMNS: dict[str, str] = {
     "kept": "bool",
 }
 MALFORMED = "malformed"
+# Every drop reason, in the order the filters apply (metadata: one integer entry per reason).
+DROP_REASONS = (
+    MALFORMED,
+    "invalid_subject",
+    "extension",
+    "positives",
+    "min_size",
+    "max_size",
+    "age",
+    "duplicate",
+)
 
 
 def drop_reason(item: dict[str, Any], options: LivehuntOptions) -> str | None:

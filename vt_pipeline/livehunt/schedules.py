@@ -71,13 +71,26 @@ def interval_to_cron(interval: timedelta) -> str:
     return "0 0 * * *"
 
 
+def spelled(period: timedelta) -> str:
+    """A tick period in words for the UI: `5 minutes`, `1 hour`, `24 hours`."""
+    minutes = int(period.total_seconds()) // 60
+    count, unit = (minutes // 60, "hour") if minutes >= 60 else (minutes, "minute")
+    return f"{count} {unit}{'' if count == 1 else 's'}"
+
+
 LIVEHUNT_INTERVAL = livehunt_interval()
 
 
 livehunt_job = dg.define_asset_job(
     "livehunt_job",
     selection=dg.AssetSelection.groups("livehunt"),
-    description="Livehunt notifications -> files -> rulesets/artifacts -> STIX bundles.",
+    description=(
+        "VirusTotal Livehunt to OpenCTI, per hourly window: notifications -> files (filtered, "
+        "with drop reasons) -> rulesets and samples -> STIX bundles (checked) -> delivered to "
+        "OpenCTI, samples uploaded, then, with delete_notification on, the notifications "
+        "deleted on VirusTotal. Replaces the "
+        "virustotal-livehunt-notifications connector."
+    ),
 )
 
 
@@ -86,6 +99,12 @@ livehunt_job = dg.define_asset_job(
     job=livehunt_job,
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
+    description=(
+        f"Every {spelled(tick_period(LIVEHUNT_INTERVAL))} (CONNECTOR_DURATION_PERIOD, upstream's "
+        "cadence): one livehunt_job run over the open hour and the previous one, so late "
+        "notifications are still read; re-reading is idempotent and downloads nothing twice. "
+        "Starts stopped: turn it on once VirusTotal and OpenCTI are configured."
+    ),
 )
 def livehunt_fresh_windows(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     """One run from the previous hour (or the previous tick, if longer ago) to the open hour."""

@@ -53,6 +53,7 @@ def livehunt_totals(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         "artifacts": 0,
         "artifact_bytes": 0,
     }
+    run_calls: dict[str, dict[str, int]] = {}
     for event in result.get_asset_materialization_events():
         materialization = event.materialization
         asset = materialization.asset_key.to_user_string()
@@ -67,7 +68,11 @@ def livehunt_totals(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         elif asset == "livehunt_artifacts":
             totals["artifacts"] += meta["artifacts"]
             totals["artifact_bytes"] += meta["artifact_bytes"]
-        totals["vt_calls_by_endpoint"].update(meta.get("vt_calls_by_endpoint") or {})
+        # What each step spent in the run, counted once (a window's own figure also counts
+        # the calls it shared with the run's other windows).
+        run_calls[asset] = meta.get("run_vt_calls_by_endpoint") or {}
+    for calls in run_calls.values():
+        totals["vt_calls_by_endpoint"].update(calls)
     totals["windows"] = sorted(totals["windows"])
     return totals
 

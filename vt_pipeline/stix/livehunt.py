@@ -6,10 +6,31 @@ YARA rule is the one the notification names, looked up in the notification's own
 matched by ruleset label), network subjects (URL, domain, IP) are mapped instead of crashing,
 malware-config hosts are classified without a DNS lookup, and every id is derived from content.
 
-Determinism: notifications are processed sorted by (notification date, notification id). An
-object reached from several notifications (a File, a YARA Indicator, a relationship) is built at
-its first occurrence; later occurrences only add labels. A subject's observable is built from its
-latest notification (the freshest VT data), dated by its first. The bundle is sorted by id.
+Determinism: notifications are processed sorted by (notification date, notification id), and
+the bundle is sorted by id. One id always carries one content, in any window and in any order:
+an object that several notifications reach (a YARA Indicator, a File and what hangs on it, a
+relationship between two such objects) takes every field from the VT objects it describes -
+the rule and its ruleset, the file - never from whichever notification comes first:
+- YARA Indicator: pattern, name and description from the rule (description: its `description`
+  metadata, else the ruleset's name); `valid_from` = the rule's `date` metadata, else the
+  ruleset's creation date, else its modification date; `x_opencti_main_observable_type` from
+  the rule (`rule_observable_type`): what its condition hunts (`vt.net.url` -> Url, else
+  `vt.net.domain` -> Domain-Name, else `vt.net.ip` -> IPv4-Addr), else the ruleset's
+  `match_object_type`, else StixFile. VT's `vt.net.ip` matches IPv4 and IPv6 addresses alike
+  and OpenCTI wants one type: such a rule is IPv4-Addr, whatever address it matched; its
+  `based-on` relationships still point at the IPv6-Addr observable when that is the subject.
+- A subject's observable (File, URL, ...) and Artifact: from its latest notification (VT's
+  freshest data on it), which does not depend on input order; a value that is both a subject
+  and in some file's malware config is the subject's observable (configs are mapped last, and
+  only add their labels to it).
+- File Indicator, malware-config observables, indicators and Note: dated by the file's
+  `first_submission_date`.
+- A relationship between two shared objects is dated by its source: `based-on` by the
+  Indicator's `valid_from`, the malware config's `related-to` by the file's first submission.
+  Only relationships from an Incident (one Incident per notification) take the notification's
+  date, the Incident's own.
+The notification date remains a last resort only where VT gave no date at all (a ruleset with
+neither creation nor modification date, a file without first submission date).
 """
 
 from __future__ import annotations
@@ -18,7 +39,7 @@ import ipaddress
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -64,6 +85,17 @@ _OPENCTI_TYPE = {
     "hostname": "Hostname",
 }
 _NAME_KEY = {"file": "file", "url": "url", "domain": "domain", "ipv4": "ip", "ipv6": "ip"}
+# What a Livehunt rule hunts (VT's `vt.net.<entity>` or a ruleset's `match_object_type`) ->
+# OpenCTI's observable type.
+_RULE_OBSERVABLE_TYPE = {
+    "file": "StixFile",
+    "url": "Url",
+    "domain": "Domain-Name",
+    "ip": "IPv4-Addr",
+    "ip_address": "IPv4-Addr",
+}
+# String literals of a YARA condition, and its regexes (`matches /.../`; YARA divides with `\`).
+_LITERALS = re.compile(r'"(?:\\.|[^"\\])*"|\bmatches\s*/(?:\\.|[^/\\\n])+/')
 # A hostname from a malware config that is not a DNS name (no TLD): a plain token only.
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
 
@@ -117,6 +149,8 @@ def build_livehunt_bundle(
         builder.latest[notification.subject] = notification.item
     for notification in ordered:
         builder.add_notification(notification)
+    for deferred in builder.deferred:
+        deferred()
     return LivehuntBundle(builder.bundle(), {key: builder.stats[key] for key in STAT_KEYS})
 
 
@@ -181,6 +215,8 @@ class _Builder:
         # subject -> ids of the objects built once per subject (observable, artifact, ...)
         self.subjects: dict[vt.Observable, _SubjectIds] = {}
         self.latest: dict[vt.Observable, dict[str, Any]] = {}
+        # objects built once every notification's own objects exist (malware configs)
+        self.deferred: list[Callable[[], None]] = []
 
     # -- bundle --------------------------------------------------------------------------
 
@@ -228,7 +264,7 @@ class _Builder:
                 if target:
                     self.relate("related-to", incident_id, target, created)
         if yara_id and ids.observable:
-            self.relate("based-on", yara_id, ids.observable, created)
+            self.relate("based-on", yara_id, ids.observable, self.objects[yara_id]["valid_from"])
         self.stats["notifications_mapped"] += 1
 
     def subject_objects(self, subject: vt.Observable, created: str) -> _SubjectIds:
@@ -239,6 +275,8 @@ class _Builder:
             return known
         item = self.latest[subject]
         options = self.options
+        # Shared objects about a file are dated by the file, not by this notification.
+        created = _timestamp_or(vt.attributes(item).get("first_submission_date"), created)
         ids = _SubjectIds()
         config = _MalwareConfig()
         if subject.kind == "file" and options.get_malware_config and options.create_file:
@@ -250,9 +288,13 @@ class _Builder:
             if options.create_file_indicators:
                 ids.file_indicator = self.add_file_indicator(subject.value, item, created)
                 if ids.observable:
-                    self.relate("based-on", ids.file_indicator, ids.observable, created)
+                    valid_from = self.objects[ids.file_indicator]["valid_from"]
+                    self.relate("based-on", ids.file_indicator, ids.observable, valid_from)
             if config.raw and ids.observable:
-                self.add_malware_config(subject.value, item, config, ids.observable, created)
+                # after every notification's own objects: a subject's observable is never
+                # replaced by the same value extracted from some file's malware config
+                args = (subject.value, item, config, ids.observable, created)
+                self.deferred.append(lambda: self.add_malware_config(*args))
         self.subjects[subject] = ids
         return ids
 
@@ -462,6 +504,7 @@ class _Builder:
         valid_from = (
             _timestamp_or(rule.date, None)
             or _timestamp_or(attrs.get("creation_date"), None)
+            or _timestamp_or(attrs.get("modification_date"), None)
             or created
         )
         modified = max(valid_from, _timestamp_or(attrs.get("modification_date"), valid_from))
@@ -478,7 +521,7 @@ class _Builder:
                 modified=modified,
                 created_by_ref=self.author_id,
                 object_marking_refs=self.markings,
-                main_observable_type=_OPENCTI_TYPE[_SCO_TYPE[notification.subject.kind]],
+                main_observable_type=rule_observable_type(rule, attrs),
             )
         )
 
@@ -624,6 +667,29 @@ class _SubjectIds:
     observable: str | None = None
     artifact: str | None = None
     file_indicator: str | None = None
+
+
+def rule_observable_type(rule: YaraRule, ruleset_attributes: Mapping[str, Any]) -> str:
+    """OpenCTI's main observable type of a Livehunt rule, from the rule alone (never from the
+    notification that matched it): the VT network entity its condition hunts - `vt.net.url`,
+    else `vt.net.domain`, else `vt.net.ip` (a URL rule may test its domain and IP too, a domain
+    rule its IP) - else its ruleset's `match_object_type`, else StixFile. `vt.net.ip` matches
+    both address families; OpenCTI wants one type, so it is IPv4-Addr."""
+    condition = _condition(rule.source)
+    for entity in ("url", "domain", "ip"):
+        if re.search(rf"\bvt\.net\.{entity}\b", condition):
+            return _RULE_OBSERVABLE_TYPE[entity]
+    match_type = ruleset_attributes.get("match_object_type")
+    if isinstance(match_type, str) and match_type in _RULE_OBSERVABLE_TYPE:
+        return _RULE_OBSERVABLE_TYPE[match_type]
+    return "StixFile"
+
+
+def _condition(source: str) -> str:
+    """The condition of a rebuilt rule, its string and regex literals blanked out (a literal
+    that spells `vt.net.url` says nothing about what the rule hunts)."""
+    _, _, condition = source.rpartition("condition:")
+    return _LITERALS.sub('""', condition)
 
 
 def classify_host(host: Any) -> tuple[str, str] | None:

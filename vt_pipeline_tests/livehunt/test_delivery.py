@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import dagster as dg
 import pandas as pd
@@ -13,6 +14,7 @@ import pytest
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.virustotal.corpus import Corpus
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+from vt_pipeline.livehunt.delivery import INCIDENT_ROWS, incident_table
 from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline_tests.conftest import (
     ResourcesFactory,
@@ -294,3 +296,59 @@ def test_the_next_delivery_closes_a_work_an_earlier_one_left_in_progress(
     assert opencti.work(live).processed_time is None and not opencti.work(live).errors
     done = opencti.work(delivery_metadata(result)["work_id"])
     assert done.status == "complete" and not done.errors
+
+
+def test_a_delivered_window_links_to_its_work_and_incidents_in_opencti(
+    dagster_instance: dg.DagsterInstance,
+    opencti: OpenCTIEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    resource = cti(opencti)
+    result = deliver(dagster_instance, livehunt_resources(opencti=resource))
+    assert result.success
+    event = next(
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("livehunt_opencti_delivery")
+    )
+    metadata = event.materialization.metadata
+    base = opencti.url.rstrip("/")
+    assert metadata["opencti_work"] == dg.MetadataValue.url(
+        f"{base}/dashboard/data/ingestion/connectors/{resource.connector_id}"
+    )
+    table = metadata["opencti_incidents"]
+    assert isinstance(table, dg.MarkdownMetadataValue)
+    incidents = [
+        o for o in stored_bundle(tmp_path / "storage")["objects"] if o["type"] == "incident"
+    ]
+    assert incidents
+    for incident in incidents[:INCIDENT_ROWS]:
+        assert f"({base}/dashboard/events/incidents/{incident['id']})" in table.value.replace(
+            "<", ""
+        ).replace(">", "")
+        vt_report = incident["external_references"][0]["url"]
+        assert vt_report.startswith("https://www.virustotal.com/gui/")
+        assert quote(vt_report, safe=":/?&=#%@+,;~!$'*") in table.value
+    # the VT call figures are there too, 0 without deletion
+    assert metadata["vt_calls_ioc_stream_delete"].value == 0
+
+
+def test_incident_table_escapes_what_virustotal_named() -> None:
+    hostile = {
+        "type": "incident",
+        "id": "incident--00000000-0000-4000-8000-000000000000",
+        "created": "2025-11-20T10:00:00.000Z",
+        "name": "VT rule|x [click](https://evil.example) url=http://a.example/<b>",
+        "external_references": [
+            {"source_name": "VirusTotal", "url": "https://www.virustotal.com/gui/url/a b)c"}
+        ],
+    }
+    table = incident_table("https://opencti.example", [hostile] * (INCIDENT_ROWS + 2))
+    _header, _separator, row, *rest = table.split("\n")
+    assert row.count("|") - row.count("\\|") == 4  # the name's pipe cannot add a column
+    assert "[click](" not in row and "\\[click\\]\\(" in row  # no link VT could forge
+    assert "<b>" not in row
+    assert "(<https://www.virustotal.com/gui/url/a%20b%29c>)" in row
+    assert rest[-1] == "2 more Incidents in this window."
+    assert len([line for line in rest if line.startswith("| ")]) == INCIDENT_ROWS - 1

@@ -428,3 +428,118 @@ def test_a_re_read_only_adds_what_is_new_and_never_replaces_a_stored_item(
     meta = materialization_metadata(result, "livehunt_notifications")
     assert meta["notifications_already_known"] == 3
     assert meta["notifications_new"] == len(expected) - 3
+
+
+def kept_files_by_window(corpus: Corpus, hours: range) -> dict[str, set[int]]:
+    """SHA-256 of every file the default filters keep -> the corpus hours that keep it."""
+    kept_in: dict[str, set[int]] = {}
+    for hour in hours:
+        frame = filter_notifications(in_window(corpus, hour), LivehuntOptions())
+        for sha256 in frame[frame["kept"] & (frame["object_type"] == "file")]["subject"]:
+            kept_in.setdefault(str(sha256), set()).add(hour)
+    return kept_in
+
+
+def test_a_file_kept_in_two_windows_of_a_run_is_downloaded_once(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+    tmp_path: Path,
+) -> None:
+    """One download per distinct SHA-256 per run; every window keeping it records it stored."""
+    hours = range(6)
+    cap = LivehuntOptions().artifact_max_bytes
+    kept_in = {
+        sha256: found
+        for sha256, found in kept_files_by_window(vt_corpus, hours).items()
+        if vt_corpus.files[sha256]["attributes"].get("size", 0) <= cap
+    }
+    shared = {sha256: found for sha256, found in kept_in.items() if len(found) > 1}
+    assert shared, "the fixed corpus must keep some file in two windows"
+
+    result = run(dagster_instance, livehunt_resources(), hours[0], hours[-1])
+    assert result.success
+    assert vt_emulator.count("file_download") == len(kept_in)
+    for sha256, found in shared.items():
+        for hour in found:
+            records = json.loads(
+                stored(tmp_path / "storage", "livehunt_artifacts", hour).read_bytes()
+            )
+            (record,) = [r for r in records if r["sha256"] == sha256]
+            assert record["status"] == "downloaded", (hour, record)
+            assert record["mime_type"]
+            bundle = json.loads(
+                stored(tmp_path / "storage", "livehunt_stix_bundles", hour).read_bytes()
+            )
+            assert any(
+                o["type"] == "artifact" and o["hashes"]["SHA-256"] == sha256
+                for o in bundle["objects"]
+            )
+
+
+def metadata_by_window(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, dict[str, Any]]:
+    return {
+        str(e.partition): {k: v.value for k, v in e.materialization.metadata.items()}
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(asset)
+    }
+
+
+def test_vt_calls_are_counted_on_every_window_they_serve(
+    dagster_instance: dg.DagsterInstance,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+) -> None:
+    """A ruleset fetched once for a 6-window run shows on each window that uses it; the run's
+    real spend is beside it, once per step, and is what the summary adds up."""
+    hours = range(6)
+    cap = LivehuntOptions().artifact_max_bytes
+    result = run(dagster_instance, livehunt_resources(), hours[0], hours[-1])
+    assert result.success
+    rulesets = metadata_by_window(result, "livehunt_rulesets")
+    artifacts = metadata_by_window(result, "livehunt_artifacts")
+    run_rulesets = vt_emulator.count("hunting_ruleset")
+    for hour in hours:
+        frame = filter_notifications(in_window(vt_corpus, hour), LivehuntOptions())
+        kept = frame[frame["kept"]]
+        named = {r for ids in kept["ruleset_ids"].dropna() for r in ids.split(",") if r}
+        meta = rulesets[partition_key(hour)]
+        assert meta["rulesets"] + meta["missing_rulesets"] == len(named) > 0
+        assert meta["vt_calls"] == len(named), hour  # was 0 on all but the first user
+        assert meta["vt_calls_hunting_ruleset"] == len(named)
+        assert meta["run_vt_calls_hunting_ruleset"] == meta["run_vt_calls"] == run_rulesets
+        files = set(kept[kept["object_type"] == "file"]["subject"])
+        downloadable = {s for s in files if vt_corpus.files[s]["attributes"]["size"] <= cap}
+        assert artifacts[partition_key(hour)]["vt_calls_file_download"] == len(downloadable)
+    # a ruleset named in several windows was fetched once: the windows' sum exceeds the spend
+    assert sum(m["vt_calls"] for m in rulesets.values()) > run_rulesets
+    assert livehunt_totals(result)["vt_calls_by_endpoint"] == {
+        endpoint: vt_emulator.count(endpoint)
+        for endpoint in ("ioc_stream", "hunting_ruleset", "file_download")
+    }
+
+
+def test_what_the_ui_plots_is_integer_metadata_always_present(
+    dagster_instance: dg.DagsterInstance, livehunt_resources: ResourcesFactory
+) -> None:
+    result = run(dagster_instance, livehunt_resources(), HOUR)
+    endpoints = ("ioc_stream", "hunting_ruleset", "file_download", "ioc_stream_delete")
+    for event in result.get_asset_materialization_events():
+        metadata = event.materialization.metadata
+        for endpoint in endpoints:
+            for name in (f"vt_calls_{endpoint}", f"run_vt_calls_{endpoint}"):
+                assert isinstance(metadata[name], dg.IntMetadataValue), (event.asset_key, name)
+        by_endpoint = metadata["vt_calls_by_endpoint"].value
+        assert {e: metadata[f"vt_calls_{e}"].value for e in by_endpoint} == by_endpoint
+    files = materialization_metadata(result, "livehunt_files")
+    reasons = ("malformed", "invalid_subject", "extension", "positives", "min_size")
+    for reason in (*reasons, "max_size", "age", "duplicate"):
+        assert isinstance(files[f"dropped_{reason}"], int)
+        assert files[f"dropped_{reason}"] == files["dropped_by_reason"].get(reason, 0)
+    assert sum(files[f"dropped_{r}"] for r in files["dropped_by_reason"]) == files["dropped"] > 0
+    artifacts = materialization_metadata(result, "livehunt_artifacts")
+    for status in ("downloaded", "already_stored", "in_opencti", "too_large", "not_available"):
+        assert artifacts[f"artifacts_{status}"] == artifacts["artifacts_by_status"].get(status, 0)
+    assert artifacts["artifacts_downloaded"] > 0

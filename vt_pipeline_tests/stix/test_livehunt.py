@@ -15,7 +15,7 @@ from pycti.utils.constants import CustomObservableHostname
 
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.stix import build_livehunt_bundle, common, serialize_bundle, validate_bundle
-from vt_pipeline.stix.livehunt import AUTHOR_NAME, STAT_KEYS, LivehuntBundle
+from vt_pipeline.stix.livehunt import AUTHOR_NAME, STAT_KEYS, LivehuntBundle, rule_observable_type
 from vt_pipeline.stix.yara import find_rule
 from vt_pipeline_tests import factories
 from vt_pipeline_tests.livehunt.hostile import hostile_notifications
@@ -23,9 +23,15 @@ from vt_pipeline_tests.livehunt.hostile import hostile_notifications
 DATE = factories.NOTIFICATION_DATE
 CREATED = "2025-11-20T10:00:00.000Z"
 RULESETS = {"ruleset-1": factories.hunting_ruleset()}
+# Network rules as VT writes them: the condition names the entity hunted (`vt.net.<entity>`).
+NET_CONDITIONS = {
+    "Url_Rule": 'vt.net.url.path matches /login/ and vt.net.domain.raw contains "x"',
+    "Domain_Rule": "vt.net.domain.new_domain and vt.net.ip.reputation < 0",
+    "Ip_Rule": 'vt.net.ip.ip_as_owner icontains "ponynet" or vt.net.ip.reputation < -10',
+}
 NET_RULESET = factories.hunting_ruleset(
     "ruleset-net",
-    "".join(factories.yara_rule(name) for name in ("Url_Rule", "Domain_Rule", "Ip_Rule")),
+    "".join(factories.yara_rule(name, condition=cond) for name, cond in NET_CONDITIONS.items()),
     name="network_ruleset",
 )
 
@@ -291,11 +297,14 @@ def test_tlp_levels() -> None:
 
 def test_relationship_ids_are_pycti_ids() -> None:
     result = build([factories.file_notification()])
+    yara_valid_from = yara_indicator(result)["valid_from"]
     for rel in of_type(result, "relationship"):
         assert rel["id"] == StixCoreRelationship.generate_id(
             rel["relationship_type"], rel["source_ref"], rel["target_ref"]
         )
-        assert rel["created"] == CREATED
+        # an Incident's relationships carry its notification's date; a shared one its source's
+        from_incident = rel["source_ref"].startswith("incident--")
+        assert rel["created"] == (CREATED if from_incident else yara_valid_from)
 
 
 @pytest.mark.parametrize(
@@ -337,13 +346,14 @@ def test_network_subjects(
     assert observable["x_opencti_score"] == 60
     assert one(result, "incident")["name"].endswith(name_part)
     indicator = yara_indicator(result)
+    # from the rule, not the subject: an IP rule is IPv4-Addr even when it matched an IPv6
     assert (
         indicator["x_opencti_main_observable_type"]
         == {
             "url": "Url",
             "domain-name": "Domain-Name",
             "ipv4-addr": "IPv4-Addr",
-            "ipv6-addr": "IPv6-Addr",
+            "ipv6-addr": "IPv4-Addr",
         }[stix_type]
     )
     assert relations(result) == {
@@ -767,3 +777,125 @@ def test_a_file_name_of_100000_characters_with_nul_is_capped_and_cleaned() -> No
     file = one(build([item]), "file")
     assert file["name"] == "a" * common.NAME_MAX_LENGTH
     assert file["x_opencti_additional_names"] == ["b c"]
+
+
+# -- one id, one content: in any window, in any order ------------------------------------------
+
+
+def by_id(result: LivehuntBundle) -> dict[str, dict[str, Any]]:
+    return {obj["id"]: obj for obj in result.bundle["objects"]}
+
+
+def assert_shared_objects_identical(*results: LivehuntBundle) -> set[str]:
+    """Every id found in several bundles has the same content in each; the shared ids."""
+    seen: dict[str, dict[str, Any]] = {}
+    shared: set[str] = set()
+    for result in results:
+        for object_id, obj in by_id(result).items():
+            if object_id in seen:
+                shared.add(object_id)
+                assert obj == seen[object_id], object_id
+            seen[object_id] = obj
+    return shared
+
+
+def test_an_ip_rule_indicator_is_the_same_for_ipv4_and_ipv6_subjects() -> None:
+    """VT's vt.net.ip matches both families: the Indicator's content comes from the rule."""
+    rulesets = {"ruleset-net": NET_RULESET}
+    v4 = factories.ip_notification("203.0.113.7", notification_date=DATE)
+    v6 = factories.ip_notification("2001:db8::1", notification_date=DATE + 60)
+    v6_first = factories.ip_notification("2001:db8::1", notification_date=DATE - 60)
+    windows = [
+        build([v4], rulesets),
+        build([v6], rulesets),
+        build([v4, v6], rulesets),
+        build([v6_first, v4], rulesets),
+    ]
+    indicators = [yara_indicator(result) for result in windows]
+    assert len({indicator["id"] for indicator in indicators}) == 1
+    assert all(indicator == indicators[0] for indicator in indicators)
+    assert indicators[0]["x_opencti_main_observable_type"] == "IPv4-Addr"
+    # the based-on relationships still point at the observable each notification is about
+    assert ("indicator", "based-on", "ipv6-addr") in relations(windows[1])
+    assert indicators[0]["id"] in assert_shared_objects_identical(*windows)
+
+
+def test_shared_objects_do_not_depend_on_the_window_or_the_first_notification() -> None:
+    """A file, its rule, its config and their relationships, notified in two windows, each
+    time first reached by a different notification: every shared id, identical content."""
+    first_seen = DATE - 10 * 86_400
+    config = factories.malware_config()
+
+    def sample(date: int, notification_id: str) -> dict[str, Any]:
+        return factories.file_notification(
+            notification_date=date,
+            notification_id=notification_id,
+            first_submission_date=first_seen,
+            malware_config=config,
+        )
+
+    other = factories.file_notification("other", notification_date=DATE - 600)
+    item = sample(DATE, "n-early")
+    artifacts = artifact_record(item)
+    options: dict[str, Any] = {
+        "get_malware_config": True,
+        "create_file_indicators": True,
+        "create_ip_indicators": True,
+        "create_domain_name_indicators": True,
+        "create_url_indicators": True,
+    }
+    early = build([item], RULESETS, artifacts, **options)
+    # five hours later, after another file matched the same rule first
+    late = build([sample(DATE + 5 * 3600, "n-late"), other], RULESETS, artifacts, **options)
+    shared = assert_shared_objects_identical(early, late)
+    shared_types = {object_id.split("--")[0] for object_id in shared}
+    assert {"indicator", "file", "artifact", "relationship", "note", "domain-name"} <= shared_types
+    based_on = [
+        r
+        for r in of_type(early, "relationship")
+        if r["relationship_type"] == "based-on" and r["id"] in shared
+    ]
+    assert len(based_on) >= 2  # YARA -> File, File Indicator -> File (and config indicators)
+
+
+def test_a_subject_is_its_own_observable_even_when_a_config_names_it_first() -> None:
+    host = "c2.evil-domain.net"
+    config_file = factories.file_notification(
+        notification_date=DATE - 60, malware_config=factories.malware_config()
+    )
+    subject = factories.domain_notification(host, notification_date=DATE)
+    rulesets = {**RULESETS, "ruleset-net": NET_RULESET}
+    alone = build([subject], rulesets, livehunt_tag_prefix="vt:")
+    with_config = build(
+        [config_file, subject], rulesets, get_malware_config=True, livehunt_tag_prefix="vt:"
+    )
+    (mine,) = [d for d in of_type(alone, "domain-name") if d["value"] == host]
+    (theirs,) = [d for d in of_type(with_config, "domain-name") if d["value"] == host]
+    labels = theirs.pop("x_opencti_labels")
+    assert set(mine.pop("x_opencti_labels", [])) <= set(labels)
+    mine.pop("x_opencti_labels", None)
+    assert theirs == mine  # the subject's score, description and VT link, not the config's
+
+
+@pytest.mark.parametrize(
+    ("condition", "attributes", "expected"),
+    [
+        ("vt.net.url.path matches /a/ and vt.net.ip.reputation < 0", {}, "Url"),
+        ("vt.net.domain.new_domain and vt.net.ip.reputation < 0", {}, "Domain-Name"),
+        ("vt.net.ip.reputation < -10", {}, "IPv4-Addr"),
+        ("$a", {}, "StixFile"),
+        # a literal that spells an entity says nothing about what the rule hunts
+        ('$a and vt.metadata.file_name contains "vt.net.url"', {}, "StixFile"),
+        ("$a and vt.metadata.file_name matches /vt.net.domain/", {}, "StixFile"),
+        ('filesize \\ 2 > 10 and vt.net.domain.raw == "x"', {}, "Domain-Name"),
+        # VT's ruleset type when the condition names no entity
+        ("$a", {"match_object_type": "ip_address"}, "IPv4-Addr"),
+        ("$a", {"match_object_type": "url"}, "Url"),
+        ("$a", {"match_object_type": "file"}, "StixFile"),
+        ("vt.net.ip.reputation < 0", {"match_object_type": "domain"}, "IPv4-Addr"),
+    ],
+)
+def test_rule_observable_type(condition: str, attributes: dict[str, Any], expected: str) -> None:
+    rule = find_rule(factories.yara_rule("R", condition=condition), "R")
+    assert rule is not None
+    assert rule_observable_type(rule, attributes) == expected

@@ -243,7 +243,10 @@ def evaluate(
     resolve_pending(context.instance, cursor, settings.done_memory)
     report = TickReport()
     scope = {t.lower() for t in parse_list(opencti.enrichment_connector_scope)}
-    with opencti.connector("enrichment") as cti, ListenQueue.of(cti) as queue:
+    with (
+        opencti.connector("enrichment", deadline=deadline) as cti,
+        ListenQueue.of(cti) as queue,
+    ):
         # pycti waits up to 300 s per call by default: no call may outlive the tick.
         cti.api.session_requests_timeout = max(0.2, deadline - time.monotonic())
         # Half of what is left for reading; the rest for reports, acks and run requests.

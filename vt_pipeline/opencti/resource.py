@@ -258,8 +258,13 @@ class OpenCTIResource(dg.ConfigurableResource):
         return OpenCTIConnector(api, self.token, self.work_timeout_seconds, backoff=self._backoff())
 
     @contextlib.contextmanager
-    def connector(self, kind: ConnectorKind = "livehunt") -> Iterator[OpenCTIConnector]:
-        """Register one identity with OpenCTI and yield the connector; its threads stop on exit."""
+    def connector(
+        self, kind: ConnectorKind = "livehunt", deadline: float | None = None
+    ) -> Iterator[OpenCTIConnector]:
+        """Register one identity with OpenCTI and yield the connector; its threads stop on exit.
+
+        `deadline` (a `time.monotonic()` value) stops waiting out an unreachable OpenCTI when
+        the next retry would pass it: a sensor tick must end well inside Dagster's limit."""
         if not self.configured:
             raise OpenCTIError("OpenCTI is not configured: set OPENCTI_URL and OPENCTI_TOKEN")
         from pycti import OpenCTIConnectorHelper
@@ -279,7 +284,7 @@ class OpenCTIResource(dg.ConfigurableResource):
             finally:
                 sys.excepthook = excepthook
 
-        helper = self._open("register with", register)
+        helper = self._open("register with", register, deadline)
         try:
             yield OpenCTIConnector(
                 helper.api, self.token, self.work_timeout_seconds, helper, self._backoff()
@@ -290,7 +295,7 @@ class OpenCTIResource(dg.ConfigurableResource):
                 with contextlib.suppress(Exception):
                     ping.stop()
 
-    def _open(self, what: str, make: Callable[[], Any]) -> Any:
+    def _open(self, what: str, make: Callable[[], Any], deadline: float | None = None) -> Any:
         """Build a pycti client or helper, waiting out an OpenCTI that is down or restarting.
 
         pycti's constructors hide why they failed ("OpenCTI API is not reachable" for a refused
@@ -312,7 +317,7 @@ class OpenCTIResource(dg.ConfigurableResource):
                 if not isinstance(problem, OpenCTIUnavailable):
                     raise problem from None
                 delay = next(delays, None)
-                if delay is None:
+                if delay is None or (deadline is not None and time.monotonic() + delay > deadline):
                     raise OpenCTIUnavailable(
                         f"OpenCTI at {self.url} is not reachable ({problem}); gave up after "
                         f"{attempt} attempts over {time.monotonic() - started:.0f} s"

@@ -436,3 +436,18 @@ def test_default_status_follows_whether_opencti_is_configured(
     monkeypatch.setenv("OPENCTI_URL", "http://opencti:8080")
     running = build_enrichment_sensor(SensorSettings())
     assert running.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_an_unreachable_opencti_fails_the_tick_within_its_budget(harness: Harness) -> None:
+    """Registration waits out a down OpenCTI only while the tick has time: the daemon's 60 s
+    limit must never be the one that ends a tick (the resource alone would retry ~90 s)."""
+    harness.ask(1)
+    harness.opencti.set_outage("refuse")
+    started = time.monotonic()
+    try:
+        with pytest.raises(OpenCTIError, match="not reachable"):
+            harness.tick(settings=SensorSettings(tick_seconds=3))
+    finally:
+        harness.opencti.clear_outage()
+    assert time.monotonic() - started < 6
+    assert harness.queued() == 1  # nothing acknowledged, nothing lost

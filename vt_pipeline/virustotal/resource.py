@@ -33,13 +33,15 @@ from urllib.parse import quote
 
 import aiohttp
 import dagster as dg
+import sqlalchemy as sa
 import vt
 from pydantic import Field, PrivateAttr, field_validator
 
-from vt_pipeline.config import http_url, is_env_reference
+from vt_pipeline.config import http_url, invalid, is_env_reference
 from vt_pipeline.storage.store import ArtifactHashMismatch, ArtifactStore, ArtifactTooLarge
 from vt_pipeline.virustotal import objects as n
 from vt_pipeline.virustotal.budget import (
+    BUDGET_URL_ENV,
     KINDS,
     Budget,
     BudgetClock,
@@ -293,6 +295,23 @@ class VirusTotalResource(dg.ConfigurableResource):
             max_reset_wait=self.quota_reset_wait_seconds * self.budget_time_scale,
             boundary_margin=self.budget_boundary_margin_seconds,
         )
+
+    @field_validator("budget_url")
+    @classmethod
+    def _usable_budget_url(cls, value: str) -> str:
+        """An SQLAlchemy URL (e.g. postgresql://user:pw@host/db, sqlite:////path/file.db)."""
+        if is_env_reference(value) or not value.strip():
+            return value
+        try:
+            sa.engine.make_url(value.strip())
+        except sa.exc.ArgumentError:
+            raise invalid(
+                BUDGET_URL_ENV,
+                "(not shown: it may hold a password)",
+                "an SQLAlchemy URL such as postgresql://user:password@host:5432/db or "
+                "sqlite:////var/lib/dagster/vt_pipeline_budget.db",
+            ) from None
+        return value.strip()
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[VirusTotalSession]:

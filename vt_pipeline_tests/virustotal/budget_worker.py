@@ -69,7 +69,7 @@ def main(config: dict[str, Any]) -> dict[str, Any]:
             if "vt_budget_wait_seconds" in metadata:
                 waited += metadata["vt_budget_wait_seconds"].value
         errors = [
-            str(event.step_failure_data.error.message)
+            event.step_failure_data.error.to_string()
             for event in result.all_events
             if event.is_step_failure and event.step_failure_data.error
         ]

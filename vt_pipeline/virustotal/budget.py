@@ -350,6 +350,7 @@ class Budget:
             out: dict[str, Any] = {
                 "limits": limits,
                 "used": {p: self._count(conn, p, window(p, now)[0]) for p in PERIODS},
+                "last_minute": self._count(conn, "minute", window("minute", now)[0] - 60),
                 "reported": json.loads(row["reported"] or "{}"),
             }
             day = window("day", now)[0]

@@ -358,9 +358,7 @@ class VirusTotalSession:
         budget; None when VT does not say (the calls themselves then report what is wrong)."""
         try:
             body = await asyncio.wait_for(
-                self._client.get_json_async(
-                    "/users/{}/overall_quotas", self._config.api_key, headers=None
-                ),
+                self._client.get_json_async("/users/{}/overall_quotas", self._config.api_key),
                 timeout=min(10.0, self._config.timeout_seconds),
             )
         except Exception:  # its message could name the key (in the path): not kept

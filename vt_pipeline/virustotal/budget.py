@@ -257,6 +257,11 @@ class Budget:
         self.clock = clock or BudgetClock()
         self.max_reset_wait = max_reset_wait  # clock seconds
         self.boundary_margin = boundary_margin  # real seconds
+        self._claim = uuid.uuid4().hex  # this Budget's waiting callers, as one claim
+        self._claimed = False
+        self._waiting = 0
+        self._turn: asyncio.Lock | None = None
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
         self._ensure_key()
 
     # -- overall_quotas ------------------------------------------------------------------------
@@ -302,26 +307,36 @@ class Budget:
     async def acquire(self, kind: str, job: str = "") -> float:
         """Wait for a unit of budget and take it; the real seconds waited.
 
+        The callers of one Budget (one run's session) queue here, so that one of them at a
+        time polls the store; their claim stays while any of them waits, so that a lower
+        priority cannot slip in between two of their calls.
         Raises BudgetExhausted when the day or month is spent and resets too late to wait.
         """
         started = time.monotonic()
-        claim = uuid.uuid4().hex
-        claimed = False
+        loop = asyncio.get_running_loop()
+        if self._turn is None or self._turn_loop is not loop:
+            self._turn, self._turn_loop = asyncio.Lock(), loop
+        self._waiting += 1
         try:
-            while True:
-                attempt = await asyncio.to_thread(self._try, kind, job, claim)
-                claimed = claimed or attempt.claimed
-                if attempt.granted:
-                    return time.monotonic() - started
-                if attempt.exhausted:
-                    raise BudgetExhausted(
-                        attempt.exhausted, datetime.fromtimestamp(attempt.resets_at, UTC)
+            async with self._turn:
+                while True:
+                    attempt = await asyncio.to_thread(
+                        self._try, kind, job, self._claim, self._waiting > 1
                     )
-                pause = self.clock.real(attempt.wait) + random.uniform(0.0, 0.02)
-                await asyncio.sleep(max(0.005, min(pause, HEARTBEAT_SECONDS)))
+                    self._claimed = self._claimed or attempt.claimed
+                    if attempt.granted:
+                        return time.monotonic() - started
+                    if attempt.exhausted:
+                        raise BudgetExhausted(
+                            attempt.exhausted, datetime.fromtimestamp(attempt.resets_at, UTC)
+                        )
+                    pause = self.clock.real(attempt.wait) + random.uniform(0.0, 0.02)
+                    await asyncio.sleep(max(0.005, min(pause, HEARTBEAT_SECONDS)))
         finally:
-            if claimed:
-                await asyncio.to_thread(self._release, claim)
+            self._waiting -= 1
+            if not self._waiting and self._claimed:
+                self._claimed = False
+                await asyncio.to_thread(self._release, self._claim)
 
     def shrink(self) -> None:
         """VT said 429 despite the budget: another client spends the key. The current minute
@@ -437,7 +452,8 @@ class Budget:
                 COUNTERS.insert().values(key_id=self.key, period=period, start=start, count=amount)
             )
 
-    def _try(self, kind: str, job: str, claim: str) -> _Attempt:
+    def _try(self, kind: str, job: str, claim: str, more: bool = False) -> _Attempt:
+        """One look at the budget; `more`: other callers of this Budget wait after this one."""
         priority = PRIORITIES.get(kind, PRIORITIES["livehunt"])
         with self.engine.begin() as conn:
             row = self._lock(conn)
@@ -469,10 +485,13 @@ class Budget:
             ).scalar()
             if not blocked and not share_blocked and not higher:
                 self._grant(conn, now, kind, job)
-                conn.execute(CLAIMS.delete().where(CLAIMS.c.claim_id == claim))
+                if more:  # the claim goes on for the callers behind this one
+                    self._heartbeat(conn, claim, priority, kind, real_now)
+                else:
+                    conn.execute(CLAIMS.delete().where(CLAIMS.c.claim_id == claim))
                 if random.random() < 0.01:
                     self._sweep(conn, now, real_now)
-                return _Attempt(True)
+                return _Attempt(True, claimed=more)
             waits = [end for _, end in blocked + share_blocked]
             wait = max(waits) - now if waits else HEARTBEAT_SECONDS * self.clock.scale
             long = [(p, end) for p, end in blocked + share_blocked if p in ("day", "month")]

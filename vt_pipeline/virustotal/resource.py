@@ -351,7 +351,6 @@ class VirusTotalSession:
         self.budget = budget
         self.kind = kind
         self.job = job
-        self._budget_turn = asyncio.Lock()  # one task of the session polls the budget at a time
 
     async def read_overall_quotas(self) -> dict[str, Any] | None:
         """The key's quotas and usage as VT reports them (not counted by VT), kept in the
@@ -649,8 +648,7 @@ class VirusTotalSession:
             return
         started = asyncio.get_running_loop().time()
         try:
-            async with self._budget_turn:
-                await self.budget.acquire(self.kind, self.job)
+            await self.budget.acquire(self.kind, self.job)
         except BudgetExhausted as exc:
             raise VirusTotalError(str(exc), code="QuotaExhausted") from None
         finally:

@@ -99,10 +99,14 @@ def test_a_higher_priority_waiter_goes_first(tmp_path: Path) -> None:
     order: list[str] = []
 
     async def take(b: Budget, kind: str, n: int, delay: float = 0.0) -> None:
+        """`n` concurrent calls, as a run's tasks make them."""
         await asyncio.sleep(delay)
-        for _ in range(n):
+
+        async def one() -> None:
             await b.acquire(kind)
             order.append(kind)
+
+        await asyncio.gather(*(one() for _ in range(n)))
 
     async def main() -> None:
         await asyncio.gather(

@@ -368,6 +368,14 @@ class Budget:
                 "last_minute": self._count(conn, "minute", window("minute", now)[0] - 60),
                 "reported": json.loads(row["reported"] or "{}"),
             }
+            month = conn.execute(
+                sa.select(COUNTERS.c.period, COUNTERS.c.count).where(
+                    COUNTERS.c.key_id == self.key,
+                    COUNTERS.c.start == window("month", now)[0],
+                    COUNTERS.c.period.like("month/kind/%"),
+                )
+            ).all()
+            out["by_kind_month"] = {p.split("/", 2)[2]: c for p, c in month}
             day = window("day", now)[0]
             rows = conn.execute(
                 sa.select(COUNTERS.c.period, COUNTERS.c.count).where(

@@ -161,6 +161,10 @@ def test_enrichment_during_a_backfill_is_answered_before_the_backfill_goes_on(
     # 30 calls at 20 per 1.5 s minute: about two minutes, not a wait behind the backfill.
     assert answered - asked < 6.0
     assert ended - answered > 3.0  # the backfill still had calls to make after them
+    # The run's kind came from its dagster/backfill tag, the lookups' from their session.
+    usage = resource(limited, budget_url).budget().usage()  # type: ignore[union-attr]
+    by_kind = usage["by_kind_month"]  # a scaled day lasts 36 minutes: the month holds it all
+    assert by_kind["interactive"] == 30 and by_kind["backfill"] > 100
     assert sum(limited.count(endpoint, 429) for endpoint in limited.stats()) == 0
 
 

@@ -117,6 +117,7 @@ def vt_calls_metadata(
             log = session.log_for(scope)
             window.calls.update(log.calls)
             window.retries.update(log.retries)
+            window.budget_wait_seconds += log.budget_wait_seconds
     endpoints = sorted({*LIVEHUNT_ENDPOINTS, *window.calls, *run.calls})
     return {
         **window.as_metadata(),
@@ -124,6 +125,7 @@ def vt_calls_metadata(
         "run_vt_calls": dg.MetadataValue.int(run.total),
         **{f"run_vt_calls_{e}": dg.MetadataValue.int(run.calls[e]) for e in endpoints},
         "run_vt_calls_by_endpoint": dg.MetadataValue.json(dict(sorted(run.calls.items()))),
+        "run_vt_budget_wait_seconds": dg.MetadataValue.float(round(run.budget_wait_seconds, 3)),
     }
 
 

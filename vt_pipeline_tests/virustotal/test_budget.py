@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from vt_pipeline.virustotal.budget import (
     CLAIMS,
+    COUNTERS,
     Budget,
     BudgetClock,
     BudgetExhausted,
@@ -98,9 +99,10 @@ def test_a_higher_priority_waiter_goes_first(tmp_path: Path) -> None:
     at_minute_start(clock)
     order: list[str] = []
 
-    async def take(b: Budget, kind: str, n: int, delay: float = 0.0) -> None:
-        """`n` concurrent calls, as a run's tasks make them."""
-        await asyncio.sleep(delay)
+    async def take(b: Budget, kind: str, n: int, after: int = 0) -> None:
+        """`n` concurrent calls, as a run's tasks make them, once `after` calls were granted."""
+        while len(order) < after:  # arrive while the backfill waits, however loaded the host
+            await asyncio.sleep(0.01)
 
         async def one() -> None:
             await b.acquire(kind)
@@ -110,14 +112,29 @@ def test_a_higher_priority_waiter_goes_first(tmp_path: Path) -> None:
 
     async def main() -> None:
         await asyncio.gather(
-            take(backfill, "backfill", 6), take(interactive, "interactive", 3, delay=0.3)
+            take(backfill, "backfill", 6), take(interactive, "interactive", 3, after=2)
         )
 
     asyncio.run(main())
     # The backfill spent the first minute; the interactive calls, arriving while it waited,
-    # took the next minute's budget before any further backfill call.
-    assert order[:2] == ["backfill", "backfill"]
-    assert order[2:5] == ["interactive"] * 3
+    # took the whole next minute and the first unit of the one after, before any further
+    # backfill call. Read from the store's per-kind counts of each minute: the order in which
+    # two calls granted in the same instant resume their coroutines says nothing.
+    with interactive.engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(COUNTERS.c.period, COUNTERS.c.start, COUNTERS.c.count).where(
+                COUNTERS.c.period.like("minute/kind/%")
+            )
+        ).fetchall()
+    minutes = sorted({start for _, start, _ in rows})
+    per_minute = [
+        {period.rsplit("/", 1)[1]: count for period, start, count in rows if start == minute}
+        for minute in minutes
+    ]
+    assert per_minute[0] == {"backfill": 2}
+    assert per_minute[1] == {"interactive": 2}
+    assert per_minute[2] == {"interactive": 1, "backfill": 1}
+    assert order.count("interactive") == 3 and order.count("backfill") == 6
 
 
 def test_a_claim_of_a_dead_process_stops_counting(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -95,25 +96,38 @@ class Topology:
         server = workspace["load_from"][0]["grpc_server"]
         server.update(host="127.0.0.1", port=self.code_port)
         self.workspace.write_text(yaml.safe_dump(workspace))
-        env = {**self.env, "DAGSTER_HOME": str(self.home)}
         for service in SERVICES:
-            command = local_command(service, self.code_port, self.web_port, self.workspace)
-            with self.log(service).open("ab") as log:
-                process, watchdog = spawn_owned(
-                    command,
-                    grace=20.0,
-                    env=env,
-                    cwd=self.home,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            self.processes[service] = process
-            self._watchdogs.append(watchdog)
+            self._spawn(service)
             if service == "vt-pipeline-code":
                 self.wait_for(lambda: _port_open(self.code_port), "the code server", timeout)
         self.wait_for(self._location_loaded, "the webserver and the code location", timeout)
         return self
+
+    def _spawn(self, service: str) -> None:
+        command = local_command(service, self.code_port, self.web_port, self.workspace)
+        with self.log(service).open("ab") as log:
+            process, watchdog = spawn_owned(
+                command,
+                grace=20.0,
+                env={**self.env, "DAGSTER_HOME": str(self.home)},
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes[service] = process
+        self._watchdogs.append(watchdog)
+
+    def crash_code_server(self, timeout: float = 90.0) -> None:
+        """SIGKILL the code server's whole process group (its gRPC server and the run workers
+        it started: a container killed by the OOM killer), then start it again, as a container
+        restart policy does."""
+        process = self.processes.pop("vt-pipeline-code")
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        self.wait_for(lambda: not _port_open(self.code_port), "the code server to die", 10)
+        self._spawn("vt-pipeline-code")
+        self.wait_for(lambda: _port_open(self.code_port), "the code server to restart", timeout)
 
     def stop(self) -> None:
         for service in reversed(SERVICES):

@@ -105,9 +105,7 @@ class PostgreSQL:
     def url(self) -> str:
         """A SQLAlchemy/libpq URL of the database (password included: keep it out of logs)."""
         self._require_running()
-        return (
-            f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
-        )
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
 
     def dagster_env(self) -> dict[str, str]:
         """The variables deploy/dagster.yaml reads, as Dagster's Docker deployment names them."""
@@ -359,7 +357,9 @@ def run(args: argparse.Namespace) -> int:
     """Serve a private cluster until Ctrl-C / SIGTERM; print the DAGSTER_POSTGRES_* exports
     that point deploy/dagster.yaml at it."""
     with interrupt_on_sigterm(), PostgreSQL(args.user, args.database, args.password) as pg:
-        print(f"PostgreSQL on {pg.host}:{pg.port} (data in {pg.directory}); for deploy/dagster.yaml:")
+        print(
+            f"PostgreSQL on {pg.host}:{pg.port} (data in {pg.directory}); for deploy/dagster.yaml:"
+        )
         for name, value in pg.dagster_env().items():
             print(f"export {name}={value}")
         print("Ctrl-C stops it and removes its data.", flush=True)

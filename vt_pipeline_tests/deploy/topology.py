@@ -8,6 +8,7 @@ the test, SIGKILL included) and logs to a file that a failing test prints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -86,7 +87,9 @@ class Topology:
     def logs(self, lines: int = 40) -> str:
         chunks = []
         for service in SERVICES:
-            text = self.log(service).read_text(errors="replace") if self.log(service).exists() else ""
+            text = (
+                self.log(service).read_text(errors="replace") if self.log(service).exists() else ""
+            )
             chunks.append(f"--- {service}\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(chunks)
 
@@ -130,6 +133,10 @@ class Topology:
         self.wait_for(lambda: _port_open(self.code_port), "the code server to restart", timeout)
 
     def stop(self) -> None:
+        """SIGTERM all three at once (each shuts down gracefully), then reap them in turn."""
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
         for service in reversed(SERVICES):
             process = self.processes.pop(service, None)
             if process is not None:
@@ -170,7 +177,9 @@ class Topology:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{self.logs()}")
+                raise AssertionError(
+                    f"timed out after {timeout:.0f} s waiting for {what}\n{self.logs()}"
+                )
             time.sleep(0.5)
 
     def _location_loaded(self) -> bool:

@@ -154,3 +154,23 @@ def test_a_livehunt_backfill_over_several_windows_on_postgresql(
     assert per_window == {partition_key(h): 2 if h in (2, 3) else 1 for h in range(6)}
     info = instance.event_log_storage.get_concurrency_info("virustotal")
     assert info.claimed_slots == [] and info.slot_count == 2
+
+
+def test_on_shared_storage_untagged_dead_runs_are_ended_only_when_runs_live_by_the_code_server(
+    instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL may serve several machines: an untagged run's pid means nothing here unless
+    the deployment says every run runs beside the code server (VT_PIPELINE_RUNS_ON_CODE_SERVER,
+    what deploy/docker-compose.yml sets)."""
+    from vt_pipeline.run_health import RUNS_ON_CODE_SERVER_ENV, end_dead_runs
+    from vt_pipeline_tests.test_run_health import dead_pid, started_run
+
+    dead = started_run(instance, dead_pid())
+    monkeypatch.delenv(RUNS_ON_CODE_SERVER_ENV, raising=False)
+    assert end_dead_runs(instance) == []
+    monkeypatch.setenv(RUNS_ON_CODE_SERVER_ENV, "true")
+    assert [run.run_id for run in end_dead_runs(instance)] == [dead]
+    assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
+    monkeypatch.setenv(RUNS_ON_CODE_SERVER_ENV, "maybe")
+    with pytest.raises(Exception, match=RUNS_ON_CODE_SERVER_ENV):
+        end_dead_runs(instance)

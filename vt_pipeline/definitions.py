@@ -17,6 +17,7 @@ import dagster as dg
 from vt_pipeline.config import invalid
 from vt_pipeline.enrichment import definitions as enrichment
 from vt_pipeline.livehunt import definitions as livehunt
+from vt_pipeline.quota import definitions as quota
 from vt_pipeline.resources import build_resources
 from vt_pipeline.run_health import dead_run_sweeper
 
@@ -43,6 +44,7 @@ def run_executor(env: Mapping[str, str] | None = None) -> dg.ExecutorDefinition:
 defs = dg.Definitions.merge(
     livehunt.defs,
     enrichment.defs,
+    quota.defs,
     # Ends runs whose process died and frees their pool slots (see run_health).
     dg.Definitions(sensors=[dead_run_sweeper]),
     dg.Definitions(resources=build_resources(), executor=run_executor()),

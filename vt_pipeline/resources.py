@@ -35,6 +35,16 @@ API_KEY_ENV_NAMES = ("VIRUSTOTAL_TOKEN", "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_
 VIRUSTOTAL_VARIABLES = {
     "api_url": "VIRUSTOTAL_API_URL",
     "max_concurrency": "VIRUSTOTAL_MAX_CONCURRENCY",
+    # The deployment's quota budget (vt_pipeline/virustotal/budget.py)
+    "quota_budget": "VIRUSTOTAL_QUOTA_BUDGET",
+    "quota_per_minute": "VIRUSTOTAL_QUOTA_PER_MINUTE",
+    "quota_per_day": "VIRUSTOTAL_QUOTA_PER_DAY",
+    "quota_per_month": "VIRUSTOTAL_QUOTA_PER_MONTH",
+    "quota_auto_max_share": "VIRUSTOTAL_QUOTA_AUTO_MAX_SHARE",
+    "quota_livehunt_max_share": "VIRUSTOTAL_QUOTA_LIVEHUNT_MAX_SHARE",
+    "quota_backfill_max_share": "VIRUSTOTAL_QUOTA_BACKFILL_MAX_SHARE",
+    "quota_reset_wait_seconds": "VIRUSTOTAL_QUOTA_RESET_WAIT_SECONDS",
+    "budget_url": "VT_PIPELINE_BUDGET_URL",
 }
 OPENCTI_VARIABLES = {
     "url": "OPENCTI_URL",

@@ -126,6 +126,7 @@ def livehunt_resources(vt_emulator: VirusTotalEmulator, tmp_path: Path) -> Resou
                 timeout_seconds=2.0,
                 backoff_base_seconds=0.01,
                 backoff_max_seconds=0.05,
+                budget_time_scale=240.0,  # a 429 waits for the next "minute": 0.25 s
                 max_attempts=10,
             ),
             "livehunt_settings": LivehuntSettings(**{"upload_artifact": True, **settings}),

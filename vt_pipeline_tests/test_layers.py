@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vt_pipeline"
-DOMAINS = ("livehunt", "enrichment")
+DOMAINS = ("livehunt", "enrichment", "quota")
 LAYERS = ("virustotal", "opencti", "storage", "stix")
 
 

@@ -9,7 +9,9 @@ created inside the running event loop (vt-py's sync API cannot be used there) an
 - fails at once, with a message that says what to do, on errors that retrying cannot fix
   (403 Livehunt without a premium key, 401 bad key, 404);
 - bounds concurrent requests with a semaphore;
-- counts every HTTP attempt per endpoint (quota is money: the counts become asset metadata).
+- counts every HTTP attempt per endpoint (quota is money: the counts become asset metadata);
+- takes a unit of the deployment's quota budget (`budget.py`) before every attempt VT counts,
+  waiting for it in the priority of the run's kind of work, and reports the time waited.
 
 Errors and logs never contain the API key: it only ever travels in the `x-apikey` header.
 """
@@ -31,12 +33,23 @@ from urllib.parse import quote
 
 import aiohttp
 import dagster as dg
+import sqlalchemy as sa
 import vt
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 
-from vt_pipeline.config import http_url, is_env_reference
+from vt_pipeline.config import http_url, invalid, is_env_reference
 from vt_pipeline.storage.store import ArtifactHashMismatch, ArtifactStore, ArtifactTooLarge
 from vt_pipeline.virustotal import objects as n
+from vt_pipeline.virustotal.budget import (
+    BUDGET_URL_ENV,
+    KINDS,
+    Budget,
+    BudgetClock,
+    BudgetExhausted,
+    Limits,
+    default_url,
+    kind_from_tags,
+)
 
 T = TypeVar("T")
 
@@ -65,6 +78,7 @@ RETRYABLE_CODES = frozenset(
         "DeadlineExceededError",
     }
 )
+QUOTA_CODES = frozenset({"QuotaExceededError", "TooManyRequestsError"})
 _PREMIUM_HINT = (
     "VirusTotal refused the request (403 ForbiddenError): {what} needs a premium (private) "
     "VirusTotal API key with Livehunt access. Set VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY "
@@ -99,6 +113,7 @@ class CallLog:
 
     calls: Counter[str]
     retries: Counter[str]
+    budget_wait_seconds: float = 0.0  # real seconds spent waiting for quota budget
 
     @classmethod
     def empty(cls) -> CallLog:
@@ -113,6 +128,7 @@ class CallLog:
             "vt_calls": dg.MetadataValue.int(self.total),
             "vt_calls_by_endpoint": dg.MetadataValue.json(dict(sorted(self.calls.items()))),
             "vt_retries": dg.MetadataValue.int(sum(self.retries.values())),
+            "vt_budget_wait_seconds": dg.MetadataValue.float(round(self.budget_wait_seconds, 3)),
         }
 
 
@@ -165,6 +181,62 @@ class VirusTotalResource(dg.ConfigurableResource):
         default=MAX_UPLOAD, description="Refuse uploads above this size (VirusTotal: 650 MB)."
     )
 
+    # -- the deployment's quota budget (budget.py) -------------------------------------------
+    quota_budget: bool = Field(
+        default=True,
+        description="VIRUSTOTAL_QUOTA_BUDGET: take every call from the deployment's shared "
+        "budget (false: each run only backs off on 429, as the upstream connectors).",
+    )
+    quota_per_minute: int = Field(
+        default=0, ge=0, description="VIRUSTOTAL_QUOTA_PER_MINUTE (0: VT's hourly quota / 60)."
+    )
+    quota_per_day: int = Field(
+        default=0, ge=0, description="VIRUSTOTAL_QUOTA_PER_DAY (0: what VT reports)."
+    )
+    quota_per_month: int = Field(
+        default=0, ge=0, description="VIRUSTOTAL_QUOTA_PER_MONTH (0: what VT reports)."
+    )
+    quota_auto_max_share: float = Field(
+        default=1.0, gt=0, le=1, description="VIRUSTOTAL_QUOTA_AUTO_MAX_SHARE of day and month."
+    )
+    quota_livehunt_max_share: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="VIRUSTOTAL_QUOTA_LIVEHUNT_MAX_SHARE of day and month (schedule runs).",
+    )
+    quota_backfill_max_share: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="VIRUSTOTAL_QUOTA_BACKFILL_MAX_SHARE of day and month, e.g. 0.5.",
+    )
+    quota_reset_wait_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="VIRUSTOTAL_QUOTA_RESET_WAIT_SECONDS: a spent day (or month) is waited for "
+        "when it resets within this many seconds; later, the call fails saying when it resets.",
+    )
+    budget_url: str = Field(
+        default="",
+        description="VT_PIPELINE_BUDGET_URL: SQLAlchemy URL of the budget's tables (default: "
+        "the instance's PostgreSQL from DAGSTER_POSTGRES_*, else SQLite in DAGSTER_HOME).",
+    )
+    budget_boundary_margin_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="A call granted this close to a window's end counts in the next one too.",
+    )
+    budget_time_scale: float = Field(
+        default=1.0, gt=0, description="Tests and benchmarks: clock seconds per real second."
+    )
+    budget_time_offset: float = Field(
+        default=0.0, description="Tests and benchmarks: seconds added to the budget's clock."
+    )
+    _run_tags: dict[str, str] = PrivateAttr(default_factory=dict)
+    _job_name: str = PrivateAttr(default="")
+    _home: str = PrivateAttr(default="")
+
     @field_validator("api_url")
     @classmethod
     def _usable_api_url(cls, value: str) -> str:
@@ -180,6 +252,67 @@ class VirusTotalResource(dg.ConfigurableResource):
             API_URL_ENV, value, "https://www.virustotal.com", strip_suffixes=("/api/v3",)
         )
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Remember the run's tags and job: they decide the budget priority of its calls."""
+        run = context.dagster_run
+        if run is not None:
+            self._run_tags = dict(run.tags)
+            self._job_name = run.job_name or ""
+        if context.instance is not None:
+            try:
+                self._home = context.instance.root_directory
+            except Exception:  # an instance without a local directory (e.g. all PostgreSQL)
+                self._home = ""
+
+    @property
+    def kind(self) -> str:
+        """The kind of work of the current run (interactive, playbook, auto, livehunt,
+        backfill), from its tags."""
+        return kind_from_tags(self._run_tags)
+
+    def clock(self) -> BudgetClock:
+        return BudgetClock(self.budget_time_scale, self.budget_time_offset)
+
+    def budget(self) -> Budget | None:
+        """The deployment's budget for this key, or None when it is switched off."""
+        if not self.quota_budget:
+            return None
+        shares = {
+            "auto": self.quota_auto_max_share,
+            "livehunt": self.quota_livehunt_max_share,
+            "backfill": self.quota_backfill_max_share,
+        }
+        return Budget(
+            self.budget_url or default_url(home=self._home or None),
+            self.api_key,
+            Limits(
+                self.quota_per_minute,
+                self.quota_per_day,
+                self.quota_per_month,
+                {kind: share for kind, share in shares.items() if kind in KINDS and share < 1},
+            ),
+            clock=self.clock(),
+            max_reset_wait=self.quota_reset_wait_seconds * self.budget_time_scale,
+            boundary_margin=self.budget_boundary_margin_seconds,
+        )
+
+    @field_validator("budget_url")
+    @classmethod
+    def _usable_budget_url(cls, value: str) -> str:
+        """An SQLAlchemy URL (e.g. postgresql://user:pw@host/db, sqlite:////path/file.db)."""
+        if is_env_reference(value) or not value.strip():
+            return value
+        try:
+            sa.engine.make_url(value.strip())
+        except sa.exc.ArgumentError:
+            raise invalid(
+                BUDGET_URL_ENV,
+                "(not shown: it may hold a password)",
+                "an SQLAlchemy URL such as postgresql://user:password@host:5432/db or "
+                "sqlite:////var/lib/dagster/vt_pipeline_budget.db",
+            ) from None
+        return value.strip()
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[VirusTotalSession]:
         client = vt.Client(
@@ -190,7 +323,11 @@ class VirusTotalResource(dg.ConfigurableResource):
             headers=dict(TOOL_HEADER),
         )
         try:
-            yield VirusTotalSession(client, self)
+            budget = await asyncio.to_thread(self.budget)
+            session = VirusTotalSession(client, self, budget, self.kind, self._job_name)
+            if budget is not None and not await asyncio.to_thread(budget.report_is_fresh):
+                await session.read_overall_quotas()
+            yield session
         finally:
             await client.close_async()
 
@@ -198,12 +335,39 @@ class VirusTotalResource(dg.ConfigurableResource):
 class VirusTotalSession:
     """One run's connection to VirusTotal; create it with `VirusTotalResource.session()`."""
 
-    def __init__(self, client: vt.Client, config: VirusTotalResource) -> None:
+    def __init__(
+        self,
+        client: vt.Client,
+        config: VirusTotalResource,
+        budget: Budget | None = None,
+        kind: str = "livehunt",
+        job: str = "",
+    ) -> None:
         self._client = client
         self._config = config
         self._slots = asyncio.Semaphore(max(1, config.max_concurrency))
         self.log = CallLog.empty()
         self._scoped: dict[str, CallLog] = {}
+        self.budget = budget
+        self.kind = kind
+        self.job = job
+
+    async def read_overall_quotas(self) -> dict[str, Any] | None:
+        """The key's quotas and usage as VT reports them (not counted by VT), kept in the
+        budget; None when VT does not say (the calls themselves then report what is wrong)."""
+        try:
+            body = await asyncio.wait_for(
+                self._client.get_json_async("/users/{}/overall_quotas", self._config.api_key),
+                timeout=min(10.0, self._config.timeout_seconds),
+            )
+        except Exception:  # its message could name the key (in the path): not kept
+            return None
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            return None
+        if self.budget is not None:
+            await asyncio.to_thread(self.budget.record_report, data)
+        return data
 
     @property
     def max_upload_bytes(self) -> int:
@@ -478,19 +642,47 @@ class VirusTotalSession:
 
     # -- retries ---------------------------------------------------------------------------------
 
+    async def _take_budget(self, logs: list[CallLog]) -> None:
+        """Wait for a unit of the deployment's budget; the wait goes into the call logs."""
+        if self.budget is None:
+            return
+        started = asyncio.get_running_loop().time()
+        try:
+            await self.budget.acquire(self.kind, self.job)
+        except BudgetExhausted as exc:
+            raise VirusTotalError(str(exc), code="QuotaExhausted") from None
+        finally:
+            waited = asyncio.get_running_loop().time() - started
+            for log in logs:
+                log.budget_wait_seconds += waited
+
+    async def _over_quota(self) -> None:
+        """A 429 despite the budget: another client spends the key. Lower the budget and
+        learn the key's usage from VT; the next attempt waits for the next window."""
+        if self.budget is not None:
+            await asyncio.to_thread(self.budget.shrink)
+            await self.read_overall_quotas()
+
     async def _call(self, endpoint: str, attempt: Callable[[], Awaitable[T]], what: str) -> T:
         config = self._config
         last: str = ""
-        for number in range(1, max(1, config.max_attempts) + 1):
+        failures = tries = 0
+        backoff = False
+        while failures < max(1, config.max_attempts):
             logs = [self.log] + ([self.log_for(_SCOPE.get())] if _SCOPE.get() else [])
-            if number > 1:
+            if tries:
                 for log in logs:
                     log.retries[endpoint] += 1
+            if backoff:
                 ceiling = min(
-                    config.backoff_max_seconds, config.backoff_base_seconds * 2 ** (number - 2)
+                    config.backoff_max_seconds, config.backoff_base_seconds * 2 ** (failures - 1)
                 )
                 await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+            tries += 1
+            failures += 1
+            backoff = True
             async with self._slots:
+                await self._take_budget(logs)
                 for log in logs:
                     log.calls[endpoint] += 1
                 try:
@@ -499,6 +691,10 @@ class VirusTotalSession:
                     if exc.code not in RETRYABLE_CODES:
                         raise _permanent(exc, what) from None
                     last = f"{exc.code}: {_clip(exc.message)}"
+                    if self.budget is not None and exc.code in QUOTA_CODES:
+                        # Budgeted: the budget paces the retry (the next window), not backoff.
+                        await self._over_quota()
+                        backoff = False
                 except aiohttp.InvalidURL as exc:  # a ClientError, but no retry can fix it
                     raise VirusTotalError(
                         f"VirusTotal {endpoint}: the URL {_clip(str(exc))} is not valid; "

@@ -102,6 +102,7 @@ def job_resources(
             "timeout_seconds": 5.0,
             "backoff_base_seconds": 0.01,
             "backoff_max_seconds": 0.05,
+            "budget_time_scale": 240.0,  # a 429 waits for the next "minute": 0.25 s
             "max_attempts": 10,
             "analysis_poll_seconds": 0.01,
             "analysis_poll_max_seconds": 0.05,

@@ -30,6 +30,7 @@ def vt(emulator: VirusTotalEmulator, **overrides: Any) -> VirusTotalResource:
         "timeout_seconds": 2.0,
         "backoff_base_seconds": 0.01,
         "backoff_max_seconds": 0.02,
+        "budget_time_scale": 240.0,  # a 429 waits for the next "minute": 0.25 s
         "max_attempts": 6,
     }
     return VirusTotalResource(**{**config, **overrides})

@@ -196,6 +196,8 @@ class VirusTotalAPI:
         fault_timeout_seconds: float = 30.0,
         quota_per_minute: int = 0,
         quota_per_day: int = 0,
+        quota_per_hour: int = 0,
+        quota_per_month: int = 0,
         clock: Callable[[], float] = time.time,
         analysis_polls: int = 2,
         analysis_seconds: float = 0.0,
@@ -206,7 +208,9 @@ class VirusTotalAPI:
         self._keys = dict(api_keys if api_keys is not None else {"demo": True})
         self._latency = latency_ms / 1000
         self._faults = FaultInjector(faults, fault_seed)
-        self._quotas = QuotaTracker(quota_per_minute, quota_per_day, clock)
+        self._quotas = QuotaTracker(
+            quota_per_minute, quota_per_day, clock, quota_per_hour, quota_per_month
+        )
         self._clock = clock
         self._index = StreamIndex(corpus.stream)
         self._deleted: set[str] = set()
@@ -236,6 +240,10 @@ class VirusTotalAPI:
             raise ValueError("analysis polls and seconds must be >= 0")
         self._analysis_polls = int(polls)
         self._analysis_seconds = float(seconds)
+
+    def spend(self, key: str, count: int) -> int:
+        """Another client spends ``count`` requests of ``key``'s quota; how many were accepted."""
+        return self._quotas.spend(key, count)
 
     def set_latency(self, ms: float) -> None:
         if ms < 0:
@@ -282,6 +290,7 @@ class VirusTotalAPI:
         app.router.add_post("/_emulator/latency", self._post_latency)
         app.router.add_post("/_emulator/analysis", self._post_analysis)
         app.router.add_get("/_emulator/targets", self._get_targets)
+        app.router.add_post("/_emulator/spend", self._post_spend)
         return app
 
     def _gate(self, endpoint: str, access: Access, handler: Handler) -> Handler:
@@ -627,6 +636,15 @@ class VirusTotalAPI:
             return api_error(404, "NotFoundError", str(err))
         targets["unknown_file_content"] = base64.b64encode(targets["unknown_file_content"]).decode()
         return json_ok(targets)
+
+    async def _post_spend(self, request: web.Request) -> web.Response:
+        """`{"key": "...", "count": 10}`: another client spends that key's quota."""
+        try:
+            payload = await request.json()
+            accepted = self.spend(str(payload["key"]), int(payload.get("count", 1)))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            return api_error(400, "InvalidArgumentError", f"invalid spend: {err}")
+        return json_ok({"accepted": accepted})
 
     async def _post_latency(self, request: web.Request) -> web.Response:
         try:

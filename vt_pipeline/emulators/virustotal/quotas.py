@@ -1,11 +1,13 @@
 """Per-key request quotas, in fixed windows of the (injectable) clock.
 
-Minutes and UTC days start at multiples of 60 s and 86,400 s, as VirusTotal resets daily quotas
-at 00:00 UTC. A request refused for quota does not count against it.
+Minutes, hours and UTC days start at multiples of 60 s, 3,600 s and 86,400 s (VirusTotal resets
+daily quotas at 00:00 UTC), months on the 1st. A request refused for quota does not count against
+it; `spend` plays another client using the same key.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -28,10 +30,20 @@ def _cap(*limits: int) -> int:
 
 
 class QuotaTracker:
-    def __init__(self, per_minute: int, per_day: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        per_day: int,
+        clock: Callable[[], float],
+        per_hour: int = 0,
+        per_month: int = 0,
+    ) -> None:
         self.per_minute = per_minute
+        self.per_hour = per_hour
         self.per_day = per_day
+        self.per_month = per_month
         self._clock = clock
+        self._lock = threading.Lock()  # the server thread and `spend` from a test
         # key -> window name -> (window number, requests counted in it)
         self._usage: dict[str, dict[str, tuple[int, int]]] = {}
 
@@ -41,27 +53,40 @@ class QuotaTracker:
             name: count for name, (window, count) in usage.items() if windows.get(name) == window
         }
 
+    def _limits(self) -> dict[str, int]:
+        return {
+            "minute": self.per_minute,
+            "hour": self.per_hour,
+            "day": self.per_day,
+            "month": self.per_month,
+        }
+
     def consume(self, key: str) -> str | None:
         """Count one request for ``key``; the refusal message when a quota is exhausted."""
-        windows = _windows(self._clock())
-        used = self._used(key, windows)
-        if self.per_minute and used.get("minute", 0) >= self.per_minute:
-            return f"Quota exceeded: {self.per_minute} requests per minute"
-        if self.per_day and used.get("day", 0) >= self.per_day:
-            return f"Quota exceeded: {self.per_day} requests per day"
-        self._usage[key] = {
-            name: (window, used.get(name, 0) + 1) for name, window in windows.items()
-        }
-        return None
+        with self._lock:
+            windows = _windows(self._clock())
+            used = self._used(key, windows)
+            for name, limit in self._limits().items():
+                if limit and used.get(name, 0) >= limit:
+                    return f"Quota exceeded: {limit} requests per {name}"
+            self._usage[key] = {
+                name: (window, used.get(name, 0) + 1) for name, window in windows.items()
+            }
+            return None
+
+    def spend(self, key: str, count: int) -> int:
+        """Another client on ``key`` makes ``count`` requests now; how many VT accepted."""
+        return sum(self.consume(key) is None for _ in range(max(0, count)))
 
     def report(self, key: str) -> dict[str, dict]:
         """The ``overall_quotas`` data for ``key`` (hourly and monthly derived from the limits)."""
-        used = self._used(key, _windows(self._clock()))
-        minute, day = self.per_minute, self.per_day
+        with self._lock:
+            used = self._used(key, _windows(self._clock()))
+        minute, hour, day, month = self.per_minute, self.per_hour, self.per_day, self.per_month
         allowed = {
-            "hourly": _cap(minute * 60, day),
-            "daily": _cap(minute * 1440, day),
-            "monthly": _cap(minute * 44640, day * 31),
+            "hourly": _cap(minute * 60, hour, day),
+            "daily": _cap(minute * 1440, hour * 24, day, month),
+            "monthly": _cap(minute * 44640, hour * 744, day * 31, month),
         }
         periods = {"hourly": "hour", "daily": "day", "monthly": "month"}
         return {

@@ -50,6 +50,8 @@ class VirusTotalEmulator:
         fault_timeout_seconds: float = 30.0,
         quota_per_minute: int = 0,
         quota_per_day: int = 0,
+        quota_per_hour: int = 0,
+        quota_per_month: int = 0,
         clock: Callable[[], float] = time.time,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -65,6 +67,8 @@ class VirusTotalEmulator:
             fault_timeout_seconds=fault_timeout_seconds,
             quota_per_minute=quota_per_minute,
             quota_per_day=quota_per_day,
+            quota_per_hour=quota_per_hour,
+            quota_per_month=quota_per_month,
             clock=clock,
             analysis_polls=analysis_polls,
             analysis_seconds=analysis_seconds,
@@ -174,6 +178,10 @@ class VirusTotalEmulator:
 
     def reset_stats(self) -> None:
         self.api.reset_stats()
+
+    def spend(self, key: str, count: int) -> int:
+        """Another client spends ``count`` requests of ``key``'s quota (accepted ones)."""
+        return self.api.spend(key, count)
 
     @property
     def deleted_notifications(self) -> frozenset[str]:

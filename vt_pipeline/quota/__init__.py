@@ -1,0 +1,1 @@
+"""VirusTotal quota visibility: the `virustotal_quota` asset and its schedule."""

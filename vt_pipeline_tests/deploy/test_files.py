@@ -235,6 +235,10 @@ def test_helm_values_run_the_image_code_server_with_k8s_runs_and_postgres() -> N
     for secret in ("VIRUSTOTAL_TOKEN", "OPENCTI_TOKEN"):
         assert "value" not in env[secret]
         assert env[secret]["valueFrom"]["secretKeyRef"]["name"]
+    # Every run pod reaches the budget in the chart's PostgreSQL, the password from its secret.
+    instance = {name for name in env if name.startswith("DAGSTER_POSTGRES_")}
+    assert len(instance) == 5
+    assert env["DAGSTER_POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
     # Runs are pods of their own: the sweeper must not judge them by the code server's pids.
     assert "VT_PIPELINE_RUNS_ON_CODE_SERVER" not in env
     read = variables_the_code_reads()

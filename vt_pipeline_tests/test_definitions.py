@@ -51,10 +51,7 @@ def test_definitions_hold_the_livehunt_chain() -> None:
         "virustotal_quota",
     }
     assert defs.resolve_job_def("livehunt_job") is not None
-    assert {s.name for s in defs.schedules} == {
-        "livehunt_fresh_windows",
-        "virustotal_quota_every_5_minutes",
-    }
+    assert {s.name for s in defs.schedules} == {"livehunt_fresh_windows"}
     # the key is a reference to an environment variable, resolved in the run, never a value
     api_key = defs.resources["virustotal"].api_key
     assert isinstance(api_key, dg.EnvVar) and api_key.env_var_name in API_KEY_ENV_NAMES

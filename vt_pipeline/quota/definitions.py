@@ -1,5 +1,8 @@
 """The `virustotal_quota` asset: the key's usage as VT reports it and the deployment's own
-budget counts, as integer metadata the UI plots (Asset > Plots), every few minutes.
+budget counts, as integer metadata the UI plots (Asset > Plots), every 5 minutes.
+
+A sensor records it as a runless materialization: a run every 5 minutes would bury the
+Livehunt and enrichment runs in the runs list.
 
 Reading `/users/{key}/overall_quotas` is not counted by VirusTotal, and the budget counts come
 from its store: the asset spends no quota.
@@ -16,8 +19,7 @@ import dagster as dg
 from vt_pipeline.virustotal.budget import KINDS, PERIODS
 from vt_pipeline.virustotal.resource import VirusTotalResource
 
-QUOTA_JOB = "virustotal_quota_job"
-QUOTA_CRON = "*/5 * * * *"
+QUOTA_INTERVAL_SECONDS = 300
 _REPORTED = (("hourly", "hour"), ("daily", "day"), ("monthly", "month"))
 
 
@@ -42,10 +44,18 @@ def quota_metadata(reported: dict[str, Any] | None, usage: dict[str, Any]) -> di
     return out
 
 
-@dg.asset(group_name="virustotal", kinds={"virustotal"})
-def virustotal_quota(virustotal: VirusTotalResource) -> dg.MaterializeResult:
-    """The VT key's quota usage (overall_quotas) and the deployment's budget counts: per
-    minute, hour, UTC day and month, per kind of work and per job today."""
+virustotal_quota = dg.AssetSpec(
+    "virustotal_quota",
+    group_name="virustotal",
+    kinds={"virustotal"},
+    description="The VT key's quota usage (overall_quotas) and the deployment's budget counts: "
+    "per minute, hour, UTC day and month, per kind of work and per job today. Recorded every "
+    "5 minutes by the virustotal_quota_sensor, without a run.",
+)
+
+
+def read_quota(virustotal: VirusTotalResource) -> dict[str, Any]:
+    """The metadata of one `virustotal_quota` materialization (no VT quota spent)."""
 
     async def read() -> tuple[dict[str, Any] | None, dict[str, Any]]:
         async with virustotal.session() as session:
@@ -56,19 +66,24 @@ def virustotal_quota(virustotal: VirusTotalResource) -> dg.MaterializeResult:
 
     reported, usage = asyncio.run(read())
     if not usage:
-        return dg.MaterializeResult(metadata={"budget": "off (VIRUSTOTAL_QUOTA_BUDGET=false)"})
-    return dg.MaterializeResult(metadata=quota_metadata(reported, usage))
+        return {"budget": dg.MetadataValue.text("off (VIRUSTOTAL_QUOTA_BUDGET=false)")}
+    return quota_metadata(reported, usage)
 
 
-virustotal_quota_job = dg.define_asset_job(QUOTA_JOB, selection=[virustotal_quota])
-virustotal_quota_schedule = dg.ScheduleDefinition(
-    name="virustotal_quota_every_5_minutes",
-    job=virustotal_quota_job,
-    cron_schedule=QUOTA_CRON,
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+@dg.sensor(
+    name="virustotal_quota_sensor",
+    minimum_interval_seconds=QUOTA_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Records virustotal_quota every 5 minutes (a runless materialization: no run "
+    "in the runs list, no quota spent).",
 )
+def virustotal_quota_sensor(
+    context: dg.SensorEvaluationContext, virustotal: VirusTotalResource
+) -> dg.SensorResult:
+    metadata = read_quota(virustotal)
+    return dg.SensorResult(
+        asset_events=[dg.AssetMaterialization(asset_key=virustotal_quota.key, metadata=metadata)]
+    )
 
-defs = dg.Definitions(
-    assets=[virustotal_quota], jobs=[virustotal_quota_job], schedules=[virustotal_quota_schedule]
-)
+
+defs = dg.Definitions(assets=[virustotal_quota], sensors=[virustotal_quota_sensor])

@@ -8,8 +8,10 @@ what OpenCTI then holds and each work's status.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +41,7 @@ from vt_pipeline.enrichment.settings import EnrichmentSettings
 from vt_pipeline.opencti.resource import ENRICHMENT_CONNECTOR_ID, OpenCTIResource
 from vt_pipeline.storage.responses import ResponseStore
 from vt_pipeline.storage.store import StorageResource
+from vt_pipeline.virustotal.budget import window
 from vt_pipeline.virustotal.resource import VirusTotalResource
 from vt_pipeline_tests.conftest import PREMIUM_KEY
 
@@ -275,7 +278,10 @@ def test_one_entity_of_each_type_is_enriched(
     totals = metadata(result)
     assert totals["requests_enriched"] == 8 and totals["requests_failed"] == 0
     assert all(r["vt_calls"] + r["cache_hits"] >= 1 for r in table.values())
-    assert totals["vt_calls"] == sum(vt_emulator.count(e) for e in vt_emulator.stats())
+    # overall_quotas (read by the budget) is not a call VT counts, nor do we
+    assert totals["vt_calls"] == sum(
+        vt_emulator.count(e) for e in vt_emulator.stats() if e != "overall_quotas"
+    )
 
 
 def test_the_gti_score_comes_back_and_wins_over_the_ratio(
@@ -498,3 +504,31 @@ def test_a_failed_playbook_step_passes_its_bundle_on(
     (row,) = rows(result).values()
     assert row["outcome"] == "failed" and "above VIRUSTOTAL_MAX_TLP" in row["message"]
     assert vt_emulator.count("ip_address") == 0
+
+
+def test_a_spent_day_puts_the_work_in_error_saying_when_to_retry(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_corpus: Corpus, tmp_path: Path
+) -> None:
+    entity = opencti.create_observable("Domain-Name", sorted(vt_corpus.domains)[4])
+    noon = window("day", time.time())[0] + 43200  # far from the reset, whenever this runs
+    budget: dict[str, Any] = {
+        "quota_per_day": 1,
+        "budget_url": f"sqlite:///{tmp_path / 'budget.db'}",
+        "budget_time_scale": 1.0,
+        "budget_time_offset": noon - time.time(),
+    }
+    spent = VirusTotalResource(api_key=PREMIUM_KEY, **budget).budget()
+    assert spent is not None
+    asyncio.run(spent.acquire("livehunt"))  # another run spent the day
+
+    result, requests = enrich(entity, virustotal=budget, lookup_cache_hours=0)
+    assert not result.success
+    status, in_error, message = work_message(opencti, requests[0].work_id)
+    assert status == "complete" and in_error  # ended, in error: not processed successfully
+    assert "daily quota spent" in message and "retry after 00:00 UTC" in message
+    assert opencti.score_of(entity) is None  # nothing written as if enriched
+
+    # Asked again once the budget allows: answered in full.
+    result, requests = enrich(entity, virustotal={**budget, "quota_per_day": 0})
+    assert result.success
+    assert opencti.score_of(entity) is not None

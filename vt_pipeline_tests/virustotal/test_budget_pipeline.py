@@ -20,7 +20,7 @@ import pytest
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
-from vt_pipeline.quota.definitions import virustotal_quota
+from vt_pipeline.quota.definitions import virustotal_quota_sensor
 from vt_pipeline.virustotal.budget import BudgetClock, window
 from vt_pipeline.virustotal.resource import VirusTotalError, VirusTotalResource
 from vt_pipeline_tests.conftest import PREMIUM_KEY, partition_key
@@ -228,20 +228,21 @@ def test_a_persistent_429_still_fails_after_its_attempts(
         lookups(vt, ["0" * 64], "interactive")
 
 
-def test_the_quota_asset_plots_the_keys_usage_and_the_budgets_counts(
+def test_the_quota_sensor_records_the_keys_usage_and_the_budgets_counts(
     limited: VirusTotalEmulator, vt_corpus: Corpus, tmp_path: Path
 ) -> None:
     budget_url = f"sqlite:///{tmp_path / 'budget.db'}"
     lookups(resource(limited, budget_url), sorted(vt_corpus.files)[:5], "interactive")
     limited.spend(PREMIUM_KEY, 3)  # another tool on the key: VT sees it, the budget does not
     with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [virustotal_quota],
-            instance=instance,
-            resources={"virustotal": resource(limited, budget_url)},
-            tags={"vt_pipeline/kind": "interactive"},
+        context = dg.build_sensor_context(
+            instance=instance, resources={"virustotal": resource(limited, budget_url)}
         )
-    metadata = result.asset_materializations_for_node("virustotal_quota")[0].metadata
+        result = virustotal_quota_sensor(context)
+    assert isinstance(result, dg.SensorResult) and not result.run_requests
+    (event,) = result.asset_events
+    assert event.asset_key == dg.AssetKey("virustotal_quota")
+    metadata = event.metadata
     assert metadata["budget_limit_minute"].value == PER_MINUTE
     assert metadata["budget_day_kind_interactive"].value == 5
     assert metadata["budget_day_kind_backfill"].value == 0

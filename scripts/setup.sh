@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
-# Create .venv (Python >= 3.11), install vt_pipeline with its dev tools, and make sure the
-# Debian package rabbitmq-server is there (the tests and the demo start their own broker).
-# Idempotent: a second run installs nothing new.
+# Create .venv (Python >= 3.11), install vt_pipeline with its dev tools at the exact versions of
+# requirements-dev.lock (the tested ones; scripts/lock.sh regenerates it), and make sure the
+# Debian packages rabbitmq-server and postgresql are there (the tests and the demo start their
+# own broker and database). Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
+missing=()
 if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && ! command -v rabbitmq-server >/dev/null 2>&1; then
+  missing+=(rabbitmq-server)
+fi
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "Installing rabbitmq-server (Debian package)..."
+  echo "Installing ${missing[*]} (Debian packages)..."
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# The lock file pins every package; the project itself goes on top without resolving anything.
+.venv/bin/python -m pip install --quiet -r requirements-dev.lock
+.venv/bin/python -m pip install --quiet --no-deps -e .
+.venv/bin/python -m pip check >/dev/null

@@ -1,6 +1,7 @@
 """`vt-pipeline`: run the emulators, the demo, and the Dagster UI against the emulators.
 
 vt-pipeline emulate virustotal --port 8765 --seed 7 --notifications 500
+vt-pipeline emulate postgres   # a private PostgreSQL for deploy/dagster.yaml
 vt-pipeline demo [--notifications 300] [--windows 3]
 vt-pipeline ui [--port 3000]
 vt-pipeline sweep-runs   # end the runs whose process died, free their slots (no daemon needed)
@@ -36,11 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     emulate = commands.add_parser("emulate", help="serve an emulator of an external system")
     systems = emulate.add_subparsers(dest="system", required=True)
+    from vt_pipeline.emulators import postgres
     from vt_pipeline.emulators.opencti import server as opencti_emulator
     from vt_pipeline.emulators.virustotal import server as vt_emulator
 
     vt_emulator.add_arguments(systems.add_parser("virustotal", help="VirusTotal API v3"))
     opencti_emulator.add_arguments(systems.add_parser("opencti", help="OpenCTI GraphQL API"))
+    postgres.add_arguments(
+        systems.add_parser("postgres", help="a private PostgreSQL for deploy/dagster.yaml")
+    )
 
     demo = commands.add_parser(
         "demo", help="materialize the last Livehunt windows from the emulator"
@@ -64,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sweep-runs":
         return run_sweep()
     if args.command == "emulate":
-        return (vt_emulator if args.system == "virustotal" else opencti_emulator).run(args)
+        systems_run = {"virustotal": vt_emulator, "opencti": opencti_emulator, "postgres": postgres}
+        return systems_run[args.system].run(args)
     # SIGTERM (a service manager, `kill`, a container stop) unwinds like Ctrl-C: the emulators,
     # the broker and `dagster dev` stop with us; a SIGKILL is left to their watchdogs.
     with interrupt_on_sigterm():

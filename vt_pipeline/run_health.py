@@ -27,7 +27,12 @@ it is known to have run here:
 - untagged, only when the instance's storage is local (SQLite under $DAGSTER_HOME, the default):
   such an instance serves one machine, so its runs ran here. With shared storage (PostgreSQL)
   untagged runs are left alone: use a run launcher with worker health checks (K8s, Docker, ECS)
-  or the `dagster/max_runtime` tag there.
+  or the `dagster/max_runtime` tag there;
+- untagged, also when `VT_PIPELINE_RUNS_ON_CODE_SERVER=true`: the deployment says every run of
+  the instance runs beside the code server that evaluates this sensor (one code server with the
+  DefaultRunLauncher: the three-process topology of deploy/, its compose file). Never set it
+  with a launcher that runs runs elsewhere (K8s, Docker) or when runs are started from the CLI
+  on other machines.
 """
 
 from __future__ import annotations
@@ -45,9 +50,12 @@ from dagster._core.events import DagsterEventType, JobFailureData, RunFailureRea
 from dagster._core.storage.dagster_run import RunsFilter
 from dagster._core.storage.runs import InMemoryRunStorage, SqliteRunStorage
 
+from vt_pipeline.config import env_bool
+
 log = logging.getLogger(__name__)
 
 HOST_TAG = "vt_pipeline/run_host"
+RUNS_ON_CODE_SERVER_ENV = "VT_PIPELINE_RUNS_ON_CODE_SERVER"
 # How much later than its event a process may seem to have started: /proc's boot time is whole
 # seconds, and the wall clock may have been adjusted since boot.
 CLOCK_SLACK_SECONDS = 5.0
@@ -78,7 +86,7 @@ def end_dead_runs(
 ) -> list[EndedRun]:
     """Report failed every STARTED/STARTING run of this host whose process is gone; free its
     slots. One run that cannot be judged or ended is logged and skipped, never the sweep."""
-    local = storage_is_local(instance)
+    local = storage_is_local(instance) or env_bool(RUNS_ON_CODE_SERVER_ENV, False)
     host = this_host()
     ended = []
     for run in instance.get_runs(filters=RunsFilter(statuses=list(_JUDGED))):

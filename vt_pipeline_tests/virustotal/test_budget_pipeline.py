@@ -201,8 +201,10 @@ def test_another_client_on_the_key_slows_the_pipeline_instead_of_failing_it(
     stop = threading.Event()
 
     def other_client() -> None:
+        # 14 of every (scaled) minute's 20: a run's burst always meets the other client,
+        # however slow or fast the host runs it.
         while not stop.is_set():
-            limited.spend(PREMIUM_KEY, 8)
+            limited.spend(PREMIUM_KEY, 14)
             stop.wait(1.5)
 
     spender = threading.Thread(target=other_client, daemon=True)
@@ -215,7 +217,10 @@ def test_another_client_on_the_key_slows_the_pipeline_instead_of_failing_it(
         stop.set()
         spender.join()
     assert result["success"], result
-    assert sum(limited.count(endpoint, 429) for endpoint in limited.stats()) > 0
+    # The other client made itself felt: VT refused calls (the budget then shrank and the calls
+    # waited for the next window), or the budget held calls back - never a failed run.
+    refused = sum(limited.count(endpoint, 429) for endpoint in limited.stats())
+    assert refused > 0 or result["wait"] > 0, result
     assert bundles(tmp_path / "s", range(2)) == bundles(reference, range(2))
 
 

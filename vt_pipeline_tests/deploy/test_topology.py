@@ -86,6 +86,12 @@ def topology(
     for name, value in postgres.dagster_env().items():
         monkeypatch.setenv(name, value)
     with Topology(home, env) as running:
+        # What a new PostgreSQL deployment does once (README, "Deploying"): set the pools'
+        # limits explicitly. Dagster creates a pool's default limit on first use with a plain
+        # INSERT, and two runs starting together then race (UniqueViolation fails one run).
+        with instance_of(running) as instance:
+            for pool in ("virustotal", "opencti"):
+                instance.event_log_storage.set_concurrency_slots(pool, 2)
         yield running
 
 

@@ -62,12 +62,16 @@ def main(config: dict[str, Any]) -> dict[str, Any]:
             tags=tags,
             raise_on_error=False,
         )
+        # What each step really spent: its run-level figures, once per step (a window's own
+        # figures count a call shared by several windows on each of them).
         calls = waited = 0.0
-        for event in result.get_asset_materialization_events():
-            metadata = event.materialization.metadata
-            calls += metadata["vt_calls"].value if "vt_calls" in metadata else 0
-            if "vt_budget_wait_seconds" in metadata:
-                waited += metadata["vt_budget_wait_seconds"].value
+        for metadata in {
+            event.asset_key: event.materialization.metadata
+            for event in result.get_asset_materialization_events()
+        }.values():
+            calls += metadata["run_vt_calls"].value if "run_vt_calls" in metadata else 0
+            if "run_vt_budget_wait_seconds" in metadata:
+                waited += metadata["run_vt_budget_wait_seconds"].value
         errors = [
             event.step_failure_data.error.to_string()
             for event in result.all_events

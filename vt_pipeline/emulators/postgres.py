@@ -30,10 +30,10 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from vt_pipeline.emulators.processes import (
+    Service,
     Watchdog,
     interrupt_on_sigterm,
     spawn_owned,
@@ -70,7 +70,7 @@ def find_postgres_bindir() -> Path:
     raise PostgreSQLError(_INSTALL_HINT)
 
 
-class PostgreSQL:
+class PostgreSQL(Service):
     """A private PostgreSQL cluster: start() / stop(), or use it as a context manager.
 
     One database (`database`) owned by the superuser `user`, who logs in with `password` over
@@ -167,17 +167,6 @@ class PostgreSQL:
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
-
-    def __enter__(self) -> PostgreSQL:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"port={self.port}" if self.running else "stopped"

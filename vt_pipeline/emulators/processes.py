@@ -29,7 +29,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 _RELEASE = b"release"
 
@@ -167,3 +167,20 @@ def interrupt_on_sigterm() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class Service:
+    """A server of the project's own (broker, database, emulator): `start()` runs it and returns
+    it, `stop()` stops it and removes what it left; `with` does both."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

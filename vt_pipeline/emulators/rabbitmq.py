@@ -30,13 +30,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pika
 import pika.exceptions
 
-from vt_pipeline.emulators.processes import Watchdog, spawn_owned, terminate_group
+from vt_pipeline.emulators.processes import Service, Watchdog, spawn_owned, terminate_group
 
 # Where Debian/Ubuntu put the real start script: the /usr/sbin wrapper would `su rabbitmq`
 # when run as root (and then could not write to our temporary directory).
@@ -131,7 +130,7 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-class RabbitMQ:
+class RabbitMQ(Service):
     """A private RabbitMQ node: start() / stop(), or use it as a context manager.
 
     Guest/guest works because the broker only listens on loopback (RabbitMQ refuses guest
@@ -263,17 +262,6 @@ class RabbitMQ:
         if remove_directory and self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
-
-    def __enter__(self) -> RabbitMQ:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"port={self.port}" if self.running else "stopped"

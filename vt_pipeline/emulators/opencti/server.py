@@ -44,7 +44,6 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -58,7 +57,7 @@ from vt_pipeline.emulators.opencti.graphql import (
 )
 from vt_pipeline.emulators.opencti.platform import Platform, PlaybookStep, UploadedFile, Work
 from vt_pipeline.emulators.opencti.store import Record, Store, StoredFile, file_hashes
-from vt_pipeline.emulators.processes import interrupt_on_sigterm
+from vt_pipeline.emulators.processes import Service, interrupt_on_sigterm
 from vt_pipeline.emulators.rabbitmq import AMQPConnectionInfo, RabbitMQ
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ class Outage:
         }
 
 
-class OpenCTIEmulator:
+class OpenCTIEmulator(Service):
     """The emulated platform, served on 127.0.0.1 in a background thread.
 
     `amqp` is the RabbitMQ connectors are told to use (a `RabbitMQ`, connection info or an
@@ -182,17 +181,6 @@ class OpenCTIEmulator:
         self.platform.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def __enter__(self) -> OpenCTIEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @contextlib.contextmanager
     def serve(self) -> Iterator[str]:

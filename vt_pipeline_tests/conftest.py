@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pika
 import pytest
 
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
@@ -59,6 +60,22 @@ def materialize_hours(
 def stored(base: Path, asset: str, hour: int, ext: str = ".json") -> Path:
     """Where the storage IO manager keeps `asset` for the corpus hour `hour`."""
     return base / asset / f"{partition_key(hour)}{ext}"
+
+
+def take(rabbitmq: RabbitMQ, queue: str) -> list[bytes]:
+    """Every message waiting on a queue, acknowledged: the test consumes them (by hand, where
+    the sensor would read a listen queue)."""
+    connection = pika.BlockingConnection(rabbitmq.connection_parameters())
+    try:
+        channel = connection.channel()
+        bodies = []
+        while True:
+            method, _, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return bodies
+            bodies.append(body)
+    finally:
+        connection.close()
 
 
 def window(hour: int) -> tuple[int, int]:

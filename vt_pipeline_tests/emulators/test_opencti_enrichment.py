@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pika
 import pytest
 import requests
 from pycti import Note, StixCoreRelationship
@@ -20,6 +19,7 @@ from pycti import Note, StixCoreRelationship
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.opencti.store import OPENCTI_EXTENSION, TLP_MARKINGS
 from vt_pipeline.emulators.rabbitmq import RabbitMQ
+from vt_pipeline_tests.conftest import take
 
 pytestmark = pytest.mark.integration
 
@@ -32,21 +32,6 @@ T0 = "2026-01-02T03:04:05.000Z"
 def enricher(connector_helper: Callable[..., Any]) -> Any:
     """A registered enrichment connector (pycti helper), not listening."""
     return connector_helper("INTERNAL_ENRICHMENT", scope=SCOPE)
-
-
-def take(rabbitmq: RabbitMQ, queue: str) -> list[bytes]:
-    """Every message waiting on a queue (acknowledged: the test consumes them)."""
-    connection = pika.BlockingConnection(rabbitmq.connection_parameters())
-    try:
-        channel = connection.channel()
-        bodies = []
-        while True:
-            method, _, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return bodies
-            bodies.append(body)
-    finally:
-        connection.close()
 
 
 def pycti_enrichment_read(api: Any, entity_type: str, entity_id: str) -> tuple[dict, dict, list]:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pika
 import pytest
 from vt import url_id
 
@@ -43,7 +42,7 @@ from vt_pipeline.storage.responses import ResponseStore
 from vt_pipeline.storage.store import StorageResource
 from vt_pipeline.virustotal.budget import window
 from vt_pipeline.virustotal.resource import VirusTotalResource
-from vt_pipeline_tests.conftest import PREMIUM_KEY
+from vt_pipeline_tests.conftest import PREMIUM_KEY, take
 
 pytestmark = pytest.mark.integration
 
@@ -67,21 +66,6 @@ def vt_score(attributes: dict[str, Any]) -> int:
     stats = attributes["last_analysis_stats"]
     total = stats["malicious"] + stats["harmless"] + stats["undetected"]
     return round(100 * stats["malicious"] / total)
-
-
-def take(rabbitmq: RabbitMQ, queue: str) -> list[bytes]:
-    """Every message waiting on the listen queue (the sensor's part, done by hand here)."""
-    connection = pika.BlockingConnection(rabbitmq.connection_parameters())
-    try:
-        channel = connection.channel()
-        bodies = []
-        while True:
-            method, _, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return bodies
-            bodies.append(body)
-    finally:
-        connection.close()
 
 
 @pytest.fixture

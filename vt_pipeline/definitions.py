@@ -9,6 +9,7 @@ one process per step (isolation at the price of start-up); the pools (`virustota
 bound concurrency with either.
 """
 
+import gc
 import os
 from collections.abc import Mapping
 
@@ -49,3 +50,8 @@ defs = dg.Definitions.merge(
     dg.Definitions(sensors=[dead_run_sweeper]),
     dg.Definitions(resources=build_resources(), executor=run_executor()),
 )
+
+# What the code location loaded lives as long as the process: out of the cyclic collector's
+# sight, its full collections only walk what a run allocates (Dagster's and our modules are
+# ~300 MB of objects; walking them again and again cost ~0.3 s of a 1,000-notification run).
+gc.freeze()

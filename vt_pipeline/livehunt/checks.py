@@ -30,6 +30,7 @@ def livehunt_stix_bundle_is_valid(
     downstream (delivery) uses it.
     """
     asset_key = BUNDLES_KEY
+    targets = _materializations(context.instance, asset_key, set(livehunt_stix_bundles))
     for key, bundle in sorted(livehunt_stix_bundles.items()):
         problems = validate_bundle(bundle)
         yield dg.AssetCheckEvaluation(
@@ -43,24 +44,34 @@ def livehunt_stix_bundle_is_valid(
                 "problem_count": len(problems),
                 "problems": dg.MetadataValue.json(problems[:20]),
             },
-            target_materialization_data=_materialization(context.instance, asset_key, key),
+            target_materialization_data=targets.get(key),
         )
     # The check's own output: what the blocking dependency of delivery waits for.
     yield dg.Output(None, output_name=context.op_execution_context.op_def.output_defs[0].name)
 
 
-def _materialization(
-    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str
-) -> AssetCheckEvaluationTargetMaterializationData | None:
-    """The window's materialization the result belongs to (what Dagster links it to)."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
-    ).records
-    if not records:
-        return None
-    record = records[0]
-    return AssetCheckEvaluationTargetMaterializationData(
-        run_id=record.event_log_entry.run_id,
-        storage_id=record.storage_id,
-        timestamp=record.timestamp,
+def _materializations(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partitions: set[str]
+) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
+    """Each window's latest materialization, which its result belongs to (what Dagster links it
+    to): two queries for the whole run rather than one per window."""
+    if not partitions:
+        return {}
+    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
+        asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions
     )
+    if not latest:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(latest.values())),
+        limit=len(latest),
+    ).records
+    return {
+        record.partition_key: AssetCheckEvaluationTargetMaterializationData(
+            run_id=record.event_log_entry.run_id,
+            storage_id=record.storage_id,
+            timestamp=record.timestamp,
+        )
+        for record in records
+        if record.partition_key is not None
+    }

@@ -63,6 +63,11 @@ def drop_reason(item: dict[str, Any], options: LivehuntOptions) -> str | None:
     """Why a notification is dropped, or None to keep it. First failing filter wins."""
     if n.malformed_reason(item) is not None:
         return MALFORMED
+    return _filter_reason(item, options)
+
+
+def _filter_reason(item: dict[str, Any], options: LivehuntOptions) -> str | None:
+    """`drop_reason` of an item already known not to be malformed."""
     try:
         subject = n.observable(item)
         n.notification_timestamp(item)
@@ -143,7 +148,7 @@ def _malformed_row(item: Any, detail: str) -> dict[str, Any]:
 def _filtered_row(item: dict[str, Any], options: LivehuntOptions, seen: set[str]) -> dict[str, Any]:
     attrs = n.attributes(item)
     ctx = n.context(item)
-    reason = drop_reason(item, options)
+    reason = _filter_reason(item, options)
     try:
         subject: str | None = n.observable(item).value
     except n.InvalidNotification:

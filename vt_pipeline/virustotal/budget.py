@@ -60,6 +60,7 @@ REPORT_TTL_SECONDS = 3600.0  # real seconds an overall_quotas reading is reused
 SHRINK_SECONDS = 600.0  # clock seconds a 429 keeps the per-minute limit lowered
 ANCHOR = 1_750_000_000.0  # where a scaled clock meets the real one (2025-06-15)
 UNLIMITED = 1_000_000_000  # what VT reports as "allowed" for no limit (and above)
+MAX_UNITS_PER_GRANT = 64  # units one transaction grants at most (for the callers queued)
 
 
 class BudgetExhausted(Exception):
@@ -232,7 +233,7 @@ class Limits:
 
 @dataclass
 class _Attempt:
-    granted: bool
+    granted: int  # units granted (0: none)
     wait: float = 0.0  # clock seconds
     exhausted: str = ""  # the message when waiting is not worth it
     resets_at: float = 0.0
@@ -260,6 +261,10 @@ class Budget:
         self._claim = uuid.uuid4().hex  # this Budget's waiting callers, as one claim
         self._claimed = False
         self._waiting = 0
+        # Units granted in one transaction for the callers queued behind the one that asked,
+        # usable until `_credit_expiry` (clock time: the end of the minute they were counted in).
+        self._credits = 0
+        self._credit_expiry = 0.0
         self._turn: asyncio.Lock | None = None
         self._turn_loop: asyncio.AbstractEventLoop | None = None
         self._ensure_key()
@@ -309,7 +314,12 @@ class Budget:
 
         The callers of one Budget (one run's session) queue here, so that one of them at a
         time polls the store; their claim stays while any of them waits, so that a lower
-        priority cannot slip in between two of their calls.
+        priority cannot slip in between two of their calls. The one polling asks for a unit
+        for every caller queued (at most `MAX_UNITS_PER_GRANT`), and the store grants as many
+        as the limits allow in one transaction: a locking transaction per call serialized
+        451 calls of a Livehunt run into a second of its 2.5. A unit whose caller is cancelled
+        before using it stays counted (never more than VT's quota, at most the callers queued)
+        and expires with the minute it was counted in.
         Raises BudgetExhausted when the day or month is spent and resets too late to wait.
         """
         started = time.monotonic()
@@ -319,12 +329,19 @@ class Budget:
         self._waiting += 1
         try:
             async with self._turn:
+                if self._credits and self.clock.now() < self._credit_expiry:
+                    self._credits -= 1
+                    return time.monotonic() - started
+                self._credits = 0
                 while True:
+                    want = min(self._waiting, MAX_UNITS_PER_GRANT)
                     attempt = await asyncio.to_thread(
-                        self._try, kind, job, self._claim, self._waiting > 1
+                        self._try, kind, job, self._claim, self._waiting > 1, want
                     )
                     self._claimed = self._claimed or attempt.claimed
                     if attempt.granted:
+                        self._credits = attempt.granted - 1
+                        self._credit_expiry = window("minute", self.clock.now())[1]
                         return time.monotonic() - started
                     if attempt.exhausted:
                         raise BudgetExhausted(
@@ -460,27 +477,36 @@ class Budget:
                 COUNTERS.insert().values(key_id=self.key, period=period, start=start, count=amount)
             )
 
-    def _try(self, kind: str, job: str, claim: str, more: bool = False) -> _Attempt:
-        """One look at the budget; `more`: other callers of this Budget wait after this one."""
+    def _try(
+        self, kind: str, job: str, claim: str, more: bool = False, want: int = 1
+    ) -> _Attempt:
+        """One look at the budget for up to `want` units; `more`: other callers of this Budget
+        wait after this one."""
         priority = PRIORITIES.get(kind, PRIORITIES["livehunt"])
         with self.engine.begin() as conn:
             row = self._lock(conn)
             now, real_now = self.clock.now(), time.time()
             limits = self._effective(row, now)
             blocked: list[tuple[str, float]] = []  # (period, its end)
+            units = max(1, want)
             for period in PERIODS:
                 start, end = window(period, now)
                 used = max(self._count(conn, period, start), self._floor(row, period, start))
                 if limits[period] and used >= limits[period]:
                     blocked.append((period, end))
+                elif limits[period]:
+                    units = min(units, limits[period] - used)
             share = self.limits.max_share.get(kind, 1.0)
             share_blocked: list[tuple[str, float]] = []
             if share < 1.0:
                 for period in ("day", "month"):
                     start, end = window(period, now)
                     cap = int(limits[period] * share) if limits[period] else 0
-                    if cap and self._count(conn, f"{period}/kind/{kind}", start) >= cap:
+                    used = self._count(conn, f"{period}/kind/{kind}", start) if cap else 0
+                    if cap and used >= cap:
                         share_blocked.append((period, end))
+                    elif cap:
+                        units = min(units, cap - used)
             higher = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(CLAIMS)
@@ -492,14 +518,14 @@ class Budget:
                 )
             ).scalar()
             if not blocked and not share_blocked and not higher:
-                self._grant(conn, now, kind, job)
+                self._grant(conn, now, kind, job, units)
                 if more:  # the claim goes on for the callers behind this one
                     self._heartbeat(conn, claim, priority, kind, real_now)
                 else:
                     conn.execute(CLAIMS.delete().where(CLAIMS.c.claim_id == claim))
                 if random.random() < 0.01:
                     self._sweep(conn, now, real_now)
-                return _Attempt(True, claimed=more)
+                return _Attempt(units, claimed=more)
             waits = [end for _, end in blocked + share_blocked]
             wait = max(waits) - now if waits else HEARTBEAT_SECONDS * self.clock.scale
             long = [(p, end) for p, end in blocked + share_blocked if p in ("day", "month")]
@@ -511,29 +537,29 @@ class Budget:
                     what = f"the {share:.0%} share of {kind} work"
                 adjective = {"day": "daily", "month": "monthly"}[period]
                 return _Attempt(
-                    False,
+                    0,
                     exhausted=f"VirusTotal {adjective} quota spent ({what}); it resets at "
                     f"{utc_text(end)}: retry after {utc_text(end)[11:]}",
                     resets_at=end,
                 )
             if share_blocked and not blocked and not higher:
                 # Only this kind's share is spent: no claim, other kinds must not wait for it.
-                return _Attempt(False, wait=wait)
+                return _Attempt(0, wait=wait)
             self._heartbeat(conn, claim, priority, kind, real_now)
-            return _Attempt(False, wait=wait, claimed=True)
+            return _Attempt(0, wait=wait, claimed=True)
 
-    def _grant(self, conn: Connection, now: float, kind: str, job: str) -> None:
+    def _grant(self, conn: Connection, now: float, kind: str, job: str, units: int = 1) -> None:
         margin = self.boundary_margin * self.clock.scale
         for period in PERIODS:
             start, end = window(period, now)
-            self._add(conn, period, start)
+            self._add(conn, period, start, units)
             if end - now <= margin:  # may reach VT after the turn: count it there too
-                self._add(conn, period, end)
-        self._add(conn, f"minute/kind/{kind}", window("minute", now)[0])
+                self._add(conn, period, end, units)
+        self._add(conn, f"minute/kind/{kind}", window("minute", now)[0], units)
         for period in ("day", "month"):
-            self._add(conn, f"{period}/kind/{kind}", window(period, now)[0])
+            self._add(conn, f"{period}/kind/{kind}", window(period, now)[0], units)
         if job:
-            self._add(conn, f"day/job/{job[:200]}", window("day", now)[0])
+            self._add(conn, f"day/job/{job[:200]}", window("day", now)[0], units)
 
     def _heartbeat(
         self, conn: Connection, claim: str, priority: int, kind: str, real_now: float

@@ -76,6 +76,8 @@ def malformed_reason(item: Any) -> str | None:
     stats = attributes(item).get("last_analysis_stats")
     if stats is not None and not isinstance(stats, dict):
         return f"last_analysis_stats is a {type(stats).__name__}, not an object"
+    if _is_clean(item):
+        return None
     pending: list[tuple[str, Any]] = [("", item)]
     while pending:
         path, value = pending.pop()
@@ -84,14 +86,42 @@ def malformed_reason(item: Any) -> str | None:
             pending.extend((f"{path} (key)", key) for key in value)
         elif isinstance(value, list):
             pending.extend((f"{path}[{index}]", inner) for index, inner in enumerate(value))
+        elif _bad_scalar(value):
+            return f"{safe_text(path)} is {_bad_scalar(value)}"
+    return None
+
+
+def _is_clean(item: Any) -> bool:
+    """No value anywhere in `item` that `_bad_scalar` rejects: the fast walk, without the
+    paths (most items are clean; the path of a bad value is only spelled out when one is)."""
+    pending = [item]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+            pending.extend(value.keys())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            if not value.isascii() and not is_encodable(value):
+                return False
         elif isinstance(value, bool) or value is None:
             continue
-        elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-            return f"{safe_text(path)} is an integer outside 64 bits"
-        elif isinstance(value, float) and not math.isfinite(value):
-            return f"{safe_text(path)} is {value}"
-        elif isinstance(value, str) and not is_encodable(value):
-            return f"{safe_text(path)} is not valid Unicode (lone surrogate)"
+        elif _bad_scalar(value):
+            return False
+    return True
+
+
+def _bad_scalar(value: Any) -> str | None:
+    """What is wrong with a scalar VT should never send, or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        return "an integer outside 64 bits"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str) and not is_encodable(value):
+        return "not valid Unicode (lone surrogate)"
     return None
 
 

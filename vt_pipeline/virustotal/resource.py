@@ -466,14 +466,18 @@ class VirusTotalSession:
                 error = await self._client.get_error_async(response)
                 if error:
                     raise error
+                sink = store.sample_writer(sha256, max_bytes)
                 try:
-                    with store.writer(sha256, max_bytes) as sink:
-                        while chunk := await response.content.read_async(1 << 20):
-                            sink.write(chunk)
+                    while chunk := await response.content.read_async(1 << 20):
+                        sink.write(chunk)
+                    # fsync and rename in a worker thread: the other downloads go on meanwhile
+                    size = await asyncio.to_thread(sink.commit)
                 except ArtifactHashMismatch as exc:
                     mismatch.append(str(exc))
                     raise _Retryable(str(exc)) from exc
-                return DownloadResult(sha256, "downloaded", store.size(sha256))
+                finally:
+                    sink.discard()
+                return DownloadResult(sha256, "downloaded", size)
             finally:
                 response.release()
 

@@ -33,7 +33,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import heapq
+import itertools
 import json
+import math
 import os
 import platform
 import resource
@@ -210,6 +213,178 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         "setup_peak_rss_mib": round(setup_rss, 1),
         "runs": runs,
     }
+
+
+# -- the latency-bound floor ------------------------------------------------------------------
+
+FLOOR_ENDPOINTS = ("ioc_stream", "hunting_ruleset", "file_download", "sample")
+_PAGE, _RULESET, _DOWNLOAD, _SAMPLE = FLOOR_ENDPOINTS
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The latency-bound floor of a corpus: the fastest any client could fetch what the
+    pipeline fetched, with `concurrency` requests in flight, `latency_s` per request and no CPU.
+
+    `seconds` is the makespan of list scheduling over the DAG of round trips;
+    `lower_bound_seconds` the trivial bound max(longest chain, ceil(round trips / C)) * L.
+    """
+
+    seconds: float
+    lower_bound_seconds: float
+    rounds: int  # `seconds` in round trips of L
+    longest_chain: int  # round trips on the longest dependency chain
+    round_trips: dict[str, int]  # per endpoint
+    windows: int  # distinct ioc_stream filters
+    concurrency: int
+    latency_s: float
+
+    @property
+    def total_round_trips(self) -> int:
+        return sum(self.round_trips.values())
+
+
+@dataclass
+class _Task:
+    """One round trip of the floor's DAG."""
+
+    endpoint: str
+    rank: tuple[int, int]  # a topological order: pages by position in their chain, then the rest
+    successors: list[int] = dataclasses.field(default_factory=list)
+    predecessors: list[int] = dataclasses.field(default_factory=list)  # any one releases it
+    remaining: int = 1  # round trips on the longest path from this one, itself included
+
+
+def _needed(entry: dict[str, Any]) -> bool:
+    """A round trip the corpus needs: not a retryable refusal (429, 5xx), and a page only when
+    it was served (its files and rulesets are what the other round trips wait for)."""
+    status = int(entry["status"])
+    if entry["endpoint"] == _PAGE:
+        return status == 200
+    return status < 500 and status != 429
+
+
+def floor_tasks(log: Sequence[dict[str, Any]]) -> list[_Task]:
+    """The DAG of round trips behind an emulator request log (see `latency_floor`)."""
+    tasks: list[_Task] = []
+    chains: dict[str, dict[str | None, int]] = {}  # filter -> cursor -> page task, in order
+    named: list[tuple[int, list[str]]] = []  # (page, the keys of what it releases)
+    keyed: dict[str, int] = {}  # "ruleset:<id>" / "file:<sha256>" -> the task a page releases
+    samples: dict[str, int] = {}  # sha256 -> its `sample` task
+
+    def add(endpoint: str, rank: tuple[int, int]) -> int:
+        tasks.append(_Task(endpoint, rank))
+        return len(tasks) - 1
+
+    for entry in sorted(log, key=lambda e: e["start"]):
+        endpoint = entry["endpoint"]
+        if endpoint not in FLOOR_ENDPOINTS or not _needed(entry):
+            continue
+        if endpoint == _PAGE:
+            pages = chains.setdefault(str(entry.get("filter") or ""), {})
+            cursor = entry.get("cursor") or None
+            if cursor not in pages:
+                pages[cursor] = page = add(_PAGE, (0, len(pages)))
+                keys = [f"ruleset:{r}" for r in entry.get("rulesets") or []]
+                named.append((page, keys + [f"file:{f}" for f in entry.get("files") or []]))
+        elif endpoint in (_RULESET, _DOWNLOAD):
+            key = (
+                f"ruleset:{entry.get('ruleset')}"
+                if endpoint == _RULESET
+                else f"file:{entry.get('file')}"
+            )
+            if key not in keyed:
+                keyed[key] = add(endpoint, (1, 0))
+        elif str(entry.get("sha256")) not in samples:
+            samples[str(entry.get("sha256"))] = add(_SAMPLE, (2, 0))
+
+    def link(before: int, after: int) -> None:
+        tasks[before].successors.append(after)
+        tasks[after].predecessors.append(before)
+
+    for pages in chains.values():
+        order = list(pages.values())
+        for page, following in itertools.pairwise(order):
+            link(page, following)
+    for sha256, sample in samples.items():
+        download = keyed.get(f"file:{sha256}")
+        if download is None:  # a sample fetched without its API call: the page releases it
+            keyed[f"file:{sha256}"] = sample
+        else:
+            link(download, sample)
+    for page, keys in named:
+        for key in dict.fromkeys(keys):
+            if key in keyed:
+                link(page, keyed[key])
+    return tasks
+
+
+def latency_floor(log: Sequence[dict[str, Any]], concurrency: int, latency_s: float) -> Floor:
+    """The latency-bound floor of the round trips in an emulator request log.
+
+    The DAG, from the log of one pipeline run (`GET /_emulator/requests`): per window (filter)
+    the chain of its pages (distinct cursors, in the order they were fetched); each ruleset
+    fetched is ready once the first page naming it has completed; each sample downloaded is
+    `file_download` then `sample`, ready once the first page listing the file has completed (a
+    round trip no page names is ready at once). Retries collapse: each page, ruleset and
+    download counts once. Only FLOOR_ENDPOINTS count (not overall_quotas or deletions).
+    Scheduling is list scheduling on `concurrency` slots, every round trip lasting `latency_s`
+    and no CPU, priority to the longest remaining path (pages on a tie). Equal durations make
+    it a sequence of rounds: each round starts the `concurrency` best ready round trips.
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    tasks = floor_tasks(log)
+    order = sorted(range(len(tasks)), key=lambda index: tasks[index].rank)
+    earliest = [0] * len(tasks)  # the round it could end in with unlimited slots
+    for index in order:  # every task has one predecessor or several alternative ones
+        task = tasks[index]
+        earliest[index] = 1 + min((earliest[p] for p in task.predecessors), default=0)
+    for index in reversed(order):
+        task = tasks[index]
+        task.remaining = 1 + max((tasks[s].remaining for s in task.successors), default=0)
+
+    def key(index: int) -> tuple[int, bool, int]:
+        return (-tasks[index].remaining, tasks[index].endpoint != _PAGE, index)
+
+    released = [not task.predecessors for task in tasks]
+    ready = [key(index) for index, free in enumerate(released) if free]
+    heapq.heapify(ready)
+    rounds = 0
+    while ready:
+        rounds += 1
+        started = [heapq.heappop(ready)[2] for _ in range(min(concurrency, len(ready)))]
+        for index in started:
+            for successor in tasks[index].successors:
+                if not released[successor]:
+                    released[successor] = True
+                    heapq.heappush(ready, key(successor))
+    counts = dict.fromkeys(FLOOR_ENDPOINTS, 0)
+    for task in tasks:
+        counts[task.endpoint] += 1
+    longest = max(earliest, default=0)
+    bound = max(longest, math.ceil(len(tasks) / concurrency))
+    return Floor(
+        seconds=rounds * latency_s,
+        lower_bound_seconds=bound * latency_s,
+        rounds=rounds,
+        longest_chain=longest,
+        round_trips=counts,
+        windows=len({e.get("filter") for e in log if e["endpoint"] == _PAGE and _needed(e)}),
+        concurrency=concurrency,
+        latency_s=latency_s,
+    )
+
+
+def mean_in_flight(log: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """Seconds from the first request of FLOOR_ENDPOINTS to the last one's end, and the mean
+    number in flight over them: how much of the allowed concurrency the run used."""
+    spans = [(e["start"], e["end"]) for e in log if e["endpoint"] in FLOOR_ENDPOINTS]
+    if not spans:
+        return 0.0, 0.0
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    busy = sum(end - start for start, end in spans)
+    return wall, (busy / wall if wall > 0 else 0.0)
 
 
 # -- the emulator process ----------------------------------------------------------------------

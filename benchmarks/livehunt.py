@@ -798,7 +798,8 @@ def report(
         f"latency-bound floor at C={floor['concurrency']}, {latency}: {floor['seconds']:.2f} s "
         f"({floor['rounds']:,} rounds of L); trivial bound {floor['lower_bound_seconds']:.2f} s "
         f"= max(longest chain {floor['longest_chain']}, "
-        f"ceil({sum(trips.values()):,} / {floor['concurrency']})) x L"
+        f"ceil({sum(trips.values()):,} / {floor['concurrency']}) = "
+        f"{math.ceil(sum(trips.values()) / floor['concurrency'])}) x L"
     )
     print(
         f"  round trips counted (first pipeline repetition's request log, {floor['windows']} "

@@ -11,6 +11,11 @@ carries VirusTotal's `x-tool` header (see `gti`); an unknown file or URL is a 40
 uploaded (`POST /files` <= 32 MiB, else `GET /files/upload_url`, single use, <= 650 MB) or
 submitted (`POST /urls`) and its analysis has completed (`set_analysis_time`: polls and seconds,
 default the third poll); `GET /_emulator/targets` gives another process `Corpus.targets()`.
+
+Every gated request is also logged (`requests()`, `GET /_emulator/requests`): endpoint, status,
+start and end on the monotonic clock, and what it was about (a stream page's filter, cursor, the
+files it served and the rulesets its notifications name; a download's sha256; a ruleset's id),
+so a benchmark can rebuild the round trips a corpus needs and their order (its latency floor).
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ MAX_URL_UPLOAD = 650 * MIB
 _HASH = re.compile(r"[0-9a-f]{32}|[0-9a-f]{40}|[0-9a-f]{64}")
 _STREAMING = frozenset({"file_download", "sample"})  # they apply body faults themselves
 _UNMETERED = frozenset({"overall_quotas"})
+REQUEST_LOG_LIMIT = 1_000_000  # entries kept (~250 bytes each); later requests are only counted
+_DETAIL = "vt_emulator_request_detail"  # the request key a handler leaves its log details under
 _STATUS_FAULT_ERRORS = {
     "429": (429, "QuotaExceededError", "Quota exceeded"),
     "500": (500, "InternalError", "An internal error occurred"),
@@ -221,6 +228,8 @@ class VirusTotalAPI:
         self._submitted_urls: dict[str, dict] = {}
         self._stats: dict[str, dict[str, int]] = {}
         self._stats_lock = threading.Lock()
+        self._log: list[tuple[str, int, float, float, dict[str, Any] | None]] = []
+        self._log_dropped = 0
 
     # -- controls (thread-safe: they swap or copy whole values) -----------------------------
 
@@ -256,8 +265,33 @@ class VirusTotalAPI:
             return {endpoint: dict(codes) for endpoint, codes in self._stats.items()}
 
     def reset_stats(self) -> None:
+        """Forget the counts and the request log."""
         with self._stats_lock:
             self._stats = {}
+            self._log = []
+            self._log_dropped = 0
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The request log, oldest first: ``{endpoint, status, start, end, ...details}``.
+
+        ``start``/``end`` are ``time.monotonic()`` seconds (start before the injected latency,
+        end once the response is written or handed to aiohttp). Details: ioc_stream ``filter``,
+        ``cursor`` (the one given, or None), ``files`` (ids of the file objects served) and
+        ``rulesets`` (ids the page's notifications name); file_download ``file`` (the sha256
+        when known); sample ``sha256``; hunting_ruleset ``ruleset``. At most
+        ``REQUEST_LOG_LIMIT`` entries are kept; ``requests_dropped`` counts the rest.
+        """
+        with self._stats_lock:
+            log = list(self._log)
+        return [
+            {"endpoint": endpoint, "status": status, "start": start, "end": end, **(detail or {})}
+            for endpoint, status, start, end, detail in log
+        ]
+
+    @property
+    def requests_dropped(self) -> int:
+        """Requests served but not logged, the log being full."""
+        return self._log_dropped
 
     def count(self, endpoint: str, status: int | None = None) -> int:
         codes = self.stats().get(endpoint, {})
@@ -267,10 +301,16 @@ class VirusTotalAPI:
     def deleted_notifications(self) -> frozenset[str]:
         return frozenset(self._deleted)
 
-    def _record(self, endpoint: str, status: int) -> None:
+    def _record(
+        self, endpoint: str, status: int, start: float, end: float, detail: dict[str, Any] | None
+    ) -> None:
         with self._stats_lock:
             codes = self._stats.setdefault(endpoint, {})
             codes[str(status)] = codes.get(str(status), 0) + 1
+            if len(self._log) < REQUEST_LOG_LIMIT:
+                self._log.append((endpoint, status, start, end, detail))
+            else:
+                self._log_dropped += 1
 
     # -- application -------------------------------------------------------------------------
 
@@ -286,6 +326,7 @@ class VirusTotalAPI:
         )
         app.router.add_get("/_emulator/stats", self._get_stats)
         app.router.add_delete("/_emulator/stats", self._delete_stats)
+        app.router.add_get("/_emulator/requests", self._get_requests)
         app.router.add_post("/_emulator/faults", self._post_faults)
         app.router.add_post("/_emulator/latency", self._post_latency)
         app.router.add_post("/_emulator/analysis", self._post_analysis)
@@ -295,8 +336,9 @@ class VirusTotalAPI:
 
     def _gate(self, endpoint: str, access: Access, handler: Handler) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
+            start = time.monotonic()
             response = await self._guarded(endpoint, access, handler, request)
-            self._record(endpoint, response.status)
+            self._record(endpoint, response.status, start, time.monotonic(), request.get(_DETAIL))
             return response
 
         return handle
@@ -369,6 +411,12 @@ class VirusTotalAPI:
         except StreamQueryError as err:
             return api_error(400, "InvalidArgumentError", str(err))
         entries, more = self._index.page(stream_filter, limit, after, self._deleted)
+        request[_DETAIL] = {
+            "filter": query.get("filter", ""),
+            "cursor": query.get("cursor") or None,
+            "files": [entry.object_id for entry in entries if entry.object_type == "file"],
+            "rulesets": _ruleset_ids(entries),
+        }
         body: dict[str, Any] = {
             "data": [self._stream_item(entry, descriptors_only) for entry in entries],
             "meta": {},
@@ -388,6 +436,7 @@ class VirusTotalAPI:
         return json_ok({})
 
     async def _hunting(self, request: web.Request) -> web.Response:
+        request[_DETAIL] = {"ruleset": request.match_info["id"]}
         return self._lookup(self.corpus.hunting_rulesets, request.match_info["id"], "Ruleset")
 
     async def _yara_ruleset(self, request: web.Request) -> web.Response:
@@ -421,9 +470,11 @@ class VirusTotalAPI:
 
     async def _file_download(self, request: web.Request) -> web.Response:
         """Redirect to a key-less, unguessable storage URL, as VirusTotal does."""
+        request[_DETAIL] = {"file": request.match_info["id"].lower()}
         found = self._file_or_error(request.match_info["id"])
         if isinstance(found, web.Response):
             return found
+        request[_DETAIL] = {"file": found["id"]}
         if self.corpus.sample_size(found["id"]) is None:
             return api_error(404, "NotFoundError", f'File "{found["id"]}" content not found')
         token = secrets.token_urlsafe(18)
@@ -436,6 +487,7 @@ class VirusTotalAPI:
         if download is None:
             return api_error(404, "NotFoundError", "Unknown or expired download URL")
         sha256, fault = download
+        request[_DETAIL] = {"sha256": sha256}
         fault = fault or self._faults.pick("sample", BODY_FAULTS)
         size = self.corpus.sample_size(sha256) or 0
         chunks = self.corpus.sample_chunks(sha256)
@@ -611,6 +663,12 @@ class VirusTotalAPI:
         self.reset_stats()
         return json_ok({})
 
+    async def _get_requests(self, request: web.Request) -> web.Response:
+        """The request log (see `requests`); the header says how many were not logged."""
+        response = json_ok(self.requests())
+        response.headers["X-Emulator-Requests-Dropped"] = str(self.requests_dropped)
+        return response
+
     async def _post_faults(self, request: web.Request) -> web.Response:
         try:
             payload = await request.json()
@@ -653,6 +711,24 @@ class VirusTotalAPI:
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             return api_error(400, "InvalidArgumentError", f"invalid latency: {err}")
         return json_ok({"ms": self._latency * 1000})
+
+
+def _ruleset_ids(entries: Iterable[StreamEntry]) -> list[str]:
+    """The distinct hunting rulesets a page's notifications name, in order: their
+    `sources` (as the corpus builds the context), else the older `ruleset_id`."""
+    found: dict[str, None] = {}
+    for entry in entries:
+        sources = entry.context.get("sources") or []
+        for source in sources:
+            if (
+                isinstance(source, dict)
+                and source.get("type", "hunting_ruleset") == "hunting_ruleset"
+                and source.get("id")
+            ):
+                found.setdefault(str(source["id"]), None)
+        if not sources and entry.context.get("ruleset_id"):
+            found.setdefault(str(entry.context["ruleset_id"]), None)
+    return list(found)
 
 
 def _b64(text: str) -> str:

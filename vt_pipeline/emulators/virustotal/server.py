@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -177,7 +178,18 @@ class VirusTotalEmulator:
         return self.api.count(endpoint, status)
 
     def reset_stats(self) -> None:
+        """Forget the counts and the request log."""
         self.api.reset_stats()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The request log, oldest first (see ``VirusTotalAPI.requests``); the same as
+        ``GET /_emulator/requests``, for a benchmark rebuilding a run's round trips."""
+        return self.api.requests()
+
+    @property
+    def requests_dropped(self) -> int:
+        """Requests not logged, the log being full (``REQUEST_LOG_LIMIT``)."""
+        return self.api.requests_dropped
 
     def spend(self, key: str, count: int) -> int:
         """Another client spends ``count`` requests of ``key``'s quota (accepted ones)."""

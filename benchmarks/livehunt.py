@@ -49,6 +49,7 @@ import argparse
 import dataclasses
 import gc
 import heapq
+import importlib
 import itertools
 import json
 import math
@@ -158,6 +159,10 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
     from vt_pipeline.opencti.resource import OpenCTIResource
     from vt_pipeline.storage.store import PartitionedFileIOManager, StorageResource
     from vt_pipeline.virustotal.resource import VirusTotalResource
+
+    # What a run worker does first: load the code location (which also freezes what it loaded
+    # out of the garbage collector's walks; see the end of vt_pipeline/definitions.py).
+    importlib.import_module("vt_pipeline.definitions")
 
     variant = Variant(**spec["variant"])
     vt_options: dict[str, Any] = {"api_key": API_KEY, "api_url": spec["url"]}

@@ -477,9 +477,7 @@ class Budget:
                 COUNTERS.insert().values(key_id=self.key, period=period, start=start, count=amount)
             )
 
-    def _try(
-        self, kind: str, job: str, claim: str, more: bool = False, want: int = 1
-    ) -> _Attempt:
+    def _try(self, kind: str, job: str, claim: str, more: bool = False, want: int = 1) -> _Attempt:
         """One look at the budget for up to `want` units; `more`: other callers of this Budget
         wait after this one."""
         priority = PRIORITIES.get(kind, PRIORITIES["livehunt"])

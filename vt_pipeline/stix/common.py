@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import stix2
-from pycti import Identity, MarkingDefinition, Note, StixCoreRelationship
+from pycti import Identity, MarkingDefinition, Note
 from pycti import Indicator as PyctiIndicator
 from stix2.canonicalization.Canonicalize import canonicalize
 
@@ -127,7 +127,40 @@ def sco_id(stix_type: str, contributing: Mapping[str, Any]) -> str:
         data[key] = value
     if not data:
         raise ValueError(f"{stix_type}: no ID-contributing property")
-    return f"{stix_type}--{uuid.uuid5(SCO_NAMESPACE, canonicalize(data, utf8=False))}"
+    return f"{stix_type}--{uuid.uuid5(SCO_NAMESPACE, canonical_json(data))}"
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    """RFC 8785 canonical JSON of `data`, as stix2's `canonicalize` writes it (ids hash it).
+
+    For what ids hash here (strings and objects of strings, all ASCII) canonical JSON is what
+    `json.dumps` writes with sorted keys, no spaces and no ASCII escaping: the same escapes of
+    quotes, backslashes and control characters, and the code-point order of ASCII keys. That
+    takes ~2 us where stix2's pure Python encoder takes ~40 (3,956 ids in a 1,000-notification
+    run). Anything else (numbers, lists, non-ASCII text) goes to stix2's own encoder.
+    """
+    if _plain_ascii(data):
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return canonicalize(data, utf8=False)
+
+
+def _plain_ascii(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.isascii()
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and k.isascii() and _plain_ascii(v) for k, v in value.items())
+    return False
+
+
+def relationship_id(relationship_type: str, source_ref: str, target_ref: str) -> str:
+    """pycti's `StixCoreRelationship.generate_id` without start/stop time (the same uuid5 over
+    the same canonical JSON), through the fast `canonical_json`."""
+    data = {
+        "relationship_type": relationship_type,
+        "source_ref": source_ref,
+        "target_ref": target_ref,
+    }
+    return f"relationship--{uuid.uuid5(SCO_NAMESPACE, canonical_json(data))}"
 
 
 def author_identity(
@@ -191,7 +224,7 @@ def relationship(
     rel: StixObject = {
         "type": "relationship",
         "spec_version": "2.1",
-        "id": StixCoreRelationship.generate_id(relationship_type, source_ref, target_ref),
+        "id": relationship_id(relationship_type, source_ref, target_ref),
         "created": created,
         "modified": created,
         "relationship_type": relationship_type,

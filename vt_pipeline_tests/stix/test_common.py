@@ -232,3 +232,40 @@ def test_clean_name(value: object, expected: str) -> None:
 
 def test_clean_name_caps_at_the_given_length() -> None:
     assert common.clean_name("abcdef", max_length=3) == "abc"
+
+
+def test_canonical_json_equals_stix2_canonicalize_on_hostile_text() -> None:
+    """The fast encoder behind every id writes what RFC 8785 (stix2) writes: quotes,
+    backslashes, every control character, DEL, non-ASCII, emoji, nested hash objects."""
+    import random
+    import string
+
+    from stix2.canonicalization.Canonicalize import canonicalize
+
+    rng = random.Random(2026)
+    alphabet = [chr(code) for code in range(128)] + ["é", "\u2028", "😀", "Ω"]
+    checked = 0
+    for _ in range(3000):
+        data: dict = {
+            "".join(
+                rng.choice(string.ascii_letters + "_-") for _ in range(rng.randint(1, 6))
+            ): "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+            for _ in range(rng.randint(1, 4))
+        }
+        if rng.random() < 0.3:
+            data["hashes"] = {rng.choice(["MD5", "SHA-256"]): "".join(rng.choices(alphabet, k=8))}
+        assert common.canonical_json(data) == canonicalize(data, utf8=False), data
+        checked += 1
+    assert checked == 3000
+
+
+def test_relationship_id_equals_pycti() -> None:
+    pairs = [
+        ("related-to", "incident--1", "file--2"),
+        ("based-on", 'indicator--"q"', "url--\\x"),
+        ("related-to", "a\x7fb", "c\nd"),
+    ]
+    for rel_type, source, target in pairs:
+        assert common.relationship_id(rel_type, source, target) == (
+            StixCoreRelationship.generate_id(rel_type, source, target)
+        )

@@ -10,7 +10,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 
 from vt_pipeline.livehunt.assets import livehunt_stix_bundles
 from vt_pipeline.livehunt.partitions import livehunt_partitions
-from vt_pipeline.stix.validation import validate_bundle
+from vt_pipeline.stix.validation import validate_bundles
 
 CHECK_NAME = "livehunt_stix_bundle_is_valid"
 BUNDLES_KEY = livehunt_stix_bundles.key
@@ -31,8 +31,9 @@ def livehunt_stix_bundle_is_valid(
     """
     asset_key = BUNDLES_KEY
     targets = _materializations(context.instance, asset_key, set(livehunt_stix_bundles))
+    problems_by_window = validate_bundles(livehunt_stix_bundles)
     for key, bundle in sorted(livehunt_stix_bundles.items()):
-        problems = validate_bundle(bundle)
+        problems = problems_by_window[key]
         yield dg.AssetCheckEvaluation(
             asset_key=asset_key,
             check_name=CHECK_NAME,

@@ -8,7 +8,13 @@ the bundle, and a dangling one makes OpenCTI drop the object.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import json
+import os
+import select
+import signal
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pycti.utils.constants  # noqa: F401  (registers OpenCTI's custom observables with stix2)
@@ -53,6 +59,118 @@ def validate_bundle(bundle: dict[str, Any]) -> list[str]:
             elif ref not in ids:
                 problems.append(f"{name}: {path} -> {ref} is not in the bundle")
     return problems
+
+
+# Below this many objects a second process does not pay for itself (fork, results back).
+PARALLEL_MIN_OBJECTS = 1000
+# A forked validator that has not answered by then is stopped; its share is validated here.
+CHILD_TIMEOUT_SECONDS = 300.0
+
+
+def validate_bundles(
+    bundles: Mapping[str, Any], min_parallel_objects: int = PARALLEL_MIN_OBJECTS
+) -> dict[str, list[str]]:
+    """`validate_bundle` of each bundle, by key.
+
+    stix2 parses ~8,000 objects a second on one core, a third of a Livehunt run's CPU. With a
+    second core and enough objects, a forked copy of this process validates about half of the
+    bundles while this one validates the rest: the same function on the same objects, so
+    nothing is less strict. If the fork fails, dies or does not answer, its share is validated
+    here. Nothing but the problem lists comes back (as JSON through a pipe).
+    """
+    keys = sorted(bundles)
+    sizes = {key: _object_count(bundles[key]) for key in keys}
+    if (
+        sum(sizes.values()) < min_parallel_objects
+        or len(keys) < 2
+        or not hasattr(os, "fork")
+        or len(os.sched_getaffinity(0)) < 2
+    ):
+        return {key: validate_bundle(bundles[key]) for key in keys}
+    mine: list[str] = []
+    theirs: list[str] = []
+    loads = [0, 0]
+    for key in sorted(keys, key=lambda k: -sizes[k]):  # largest first, to the lighter share
+        share = 0 if loads[0] <= loads[1] else 1
+        (mine if share == 0 else theirs).append(key)
+        loads[share] += sizes[key]
+    child = _ForkedValidator.start(bundles, theirs)
+    results = {key: validate_bundle(bundles[key]) for key in mine}
+    answered = child.answer() if child else {}
+    for key in theirs:
+        problems = answered.get(key)
+        results[key] = problems if problems is not None else validate_bundle(bundles[key])
+    return {key: results[key] for key in keys}
+
+
+def _object_count(bundle: Any) -> int:
+    objects = bundle.get("objects") if isinstance(bundle, dict) else None
+    return len(objects) if isinstance(objects, list) else 0
+
+
+class _ForkedValidator:
+    """A forked copy of this process validating some bundles; its answer comes as JSON."""
+
+    def __init__(self, pid: int, read_fd: int) -> None:
+        self.pid, self.read_fd = pid, read_fd
+
+    @classmethod
+    def start(cls, bundles: Mapping[str, Any], keys: list[str]) -> _ForkedValidator | None:
+        """Fork a child validating `keys`; None when no child could be started."""
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError:
+            return None
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            return None
+        if pid == 0:  # the child: validate, answer, and leave without the parent's exit hooks
+            try:
+                os.close(read_fd)
+                answer = json.dumps({key: validate_bundle(bundles[key]) for key in keys})
+                view = memoryview(answer.encode())
+                while view:
+                    view = view[os.write(write_fd, view) :]
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        return cls(pid, read_fd)
+
+    def answer(self) -> dict[str, list[str]]:
+        """The child's problem lists by key; {} if it died, answered garbage or timed out
+        (it is then stopped). Always reaps the child."""
+        chunks: list[bytes] = []
+        complete = False
+        deadline = time.monotonic() + CHILD_TIMEOUT_SECONDS
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                if not select.select([self.read_fd], [], [], remaining)[0]:
+                    break
+                chunk = os.read(self.read_fd, 1 << 20)
+                if not chunk:
+                    complete = True
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(self.read_fd)
+            if not complete:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        try:
+            answer = json.loads(b"".join(chunks)) if complete else {}
+        except ValueError:
+            return {}
+        if not isinstance(answer, dict):
+            return {}
+        return {
+            str(key): [str(problem) for problem in problems]
+            for key, problems in answer.items()
+            if isinstance(problems, list)
+        }
 
 
 def _references(value: Any, path: str) -> Iterator[tuple[str, Any]]:

@@ -86,3 +86,27 @@ def test_duplicate_ids_and_bad_envelope_are_reported(bundle: dict[str, Any]) -> 
     assert validate_bundle({"type": "bundle", "id": "bundle--x", "objects": None}) == [
         "bundle objects is not a list"
     ]
+
+
+def test_validate_bundles_in_two_processes_finds_what_one_finds(bundle: dict[str, Any]) -> None:
+    """The forked half is as strict as this process: every broken bundle is reported, whichever
+    process validated it, and the results equal validate_bundle's one by one."""
+    from vt_pipeline.stix.validation import validate_bundles
+
+    bundles: dict[str, Any] = {}
+    for index in range(12):
+        window = copy.deepcopy(bundle)
+        if index % 3 == 0:
+            _first(window, "incident")["created"] = "not a timestamp"
+        if index % 4 == 1:
+            _first(window, "relationship")["target_ref"] = (
+                "file--00000000-0000-4000-8000-0000000000ff"
+            )
+        bundles[f"2026-11-01-{index:02d}:00"] = window
+
+    parallel = validate_bundles(bundles, min_parallel_objects=0)
+    serial = {key: validate_bundle(value) for key, value in bundles.items()}
+    assert parallel == serial
+    broken = {key for key, problems in parallel.items() if problems}
+    assert len(broken) == 6  # bad dates in 0, 3, 6, 9; dangling references in 1, 5, 9
+    assert validate_bundles({}) == {}

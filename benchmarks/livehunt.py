@@ -760,6 +760,43 @@ def _verdict(target: dict[str, Any], text: str) -> str:
     return f"{'PASS' if target['passed'] else 'FAIL'} (target {text})"
 
 
+def measure_fixed_cost(clock: Clock, args: argparse.Namespace, pipeline: Variant) -> dict[str, Any]:
+    """The pipeline's run over an empty corpus (`--repeats` times, fastest kept): what a run of
+    24 windows costs whatever it carries - Dagster's events (a planned and a materialization
+    event per window and asset, a check result per window), step starts, files per window, one
+    page per window."""
+    seconds, steps = [], {}
+    for repeat in range(args.repeats):
+        label = f"empty corpus {repeat + 1}/{args.repeats}"
+        child = measure(clock, args, label, pipeline, 0, 1, False, EST_RUN_OVERHEAD_S)
+        run = child["runs"][0]
+        if not run["success"]:
+            raise BenchmarkError(f"{label}: the run failed")
+        seconds.append(run["seconds"])
+        if run["seconds"] == min(seconds):
+            steps = run["steps"]
+    clock.say(
+        f"empty corpus: {min(seconds):.2f} s (each: {', '.join(f'{s:.2f}' for s in seconds)})"
+    )
+    return {"seconds": min(seconds), "seconds_each": seconds, "steps_seconds": steps}
+
+
+def report_fixed_cost(
+    fixed: dict[str, Any], pipeline: dict[str, Any], floor: dict[str, Any]
+) -> None:
+    """How much of the end-to-end time any 24-window run costs, and what the data adds."""
+    data = pipeline["seconds"] - fixed["seconds"]
+    steps = ", ".join(f"{_short_step(k)} {v:.2f}" for k, v in fixed["steps_seconds"].items())
+    print(
+        f"fixed cost, the same run over an empty corpus: {fixed['seconds']:.2f} s = "
+        f"{fixed['seconds'] / floor['seconds']:.2f} x the floor (steps: {steps})"
+    )
+    print(
+        f"  end to end minus that: {data:.2f} s = {data / floor['seconds']:.2f} x the floor "
+        "(what the notifications add over the fixed cost)"
+    )
+
+
 def report(
     size: int,
     latency_ms: float,
@@ -1003,6 +1040,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sizes": {},
     }
     ok, summaries = True, []
+    fixed = measure_fixed_cost(clock, args, pipeline)
+    results["fixed_cost"] = fixed
     for size in sizes:
         measured: dict[str, list[dict[str, Any]]] = {}
         log: list[dict[str, Any]] = []
@@ -1045,6 +1084,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 traced = measure(clock, args, label, pipeline, size, memory_runs, True, estimate)
             memory = summarize_memory(size, child, traced)
         size_ok, summary = report(size, args.latency_ms, rows, floor, targets, same, memory)
+        report_fixed_cost(fixed, rows["pipeline"], floor)
         ok, summaries = ok and size_ok, [*summaries, summary]
         results["sizes"][str(size)] = {
             **rows,

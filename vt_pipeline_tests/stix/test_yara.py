@@ -99,3 +99,29 @@ def test_duplicate_rule_names_keep_the_first() -> None:
     rule = find_rule(source, "Dup")
     assert rule is not None
     assert '"one"' in rule.source
+
+
+def test_the_reused_parser_keeps_nothing_of_the_previous_source() -> None:
+    """One parser serves every source: each result equals a fresh plyara parser's, whatever
+    was parsed before (imports, comments, a failed parse)."""
+    import plyara.utils
+
+    sources = [
+        'import "pe"\nrule with_import { condition: pe.number_of_sections > 2 }',
+        '// a comment\nrule plain { strings: $a = "x" condition: $a }',
+        "rule broken { condition: ",
+        'rule tagged : t1 t2 { meta: date = "2024-01-31" condition: true }',
+        'rule plain { strings: $a = "x" condition: $a }',
+    ]
+    for source in sources:
+        try:
+            expected = {
+                raw["rule_name"]: plyara.utils.rebuild_yara_rule(raw)
+                for raw in plyara.Plyara().parse_string(source)
+            }
+        except Exception:
+            with pytest.raises(YaraParseError):
+                yara.parse_ruleset(source)
+            continue
+        parsed = yara.parse_ruleset(source)
+        assert {name: rule.source for name, rule in parsed.items()} == expected

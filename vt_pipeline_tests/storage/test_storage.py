@@ -16,6 +16,7 @@ from vt_pipeline.storage.store import (
     ArtifactStore,
     ArtifactTooLarge,
     PartitionedFileIOManager,
+    SampleWriter,
     StorageResource,
     dumps_json,
     partition_path,
@@ -125,3 +126,101 @@ def test_stored_json_reads_what_the_io_manager_wrote(tmp_path: Path) -> None:
     path.write_bytes(b"[{")
     with pytest.raises(ValueError, match=r"not valid JSON.*move it aside"):
         storage.stored_json(["asset"], "2026-11-20-02:00")
+
+
+def test_a_large_sample_spills_to_disk_as_it_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SPILL_BYTES the bytes go to a `.part-` file while they stream; the result is the
+    same sample, and a mismatch leaves nothing behind either way."""
+    monkeypatch.setattr(SampleWriter, "SPILL_BYTES", 1000)
+    store = ArtifactStore(tmp_path)
+    sink = store.sample_writer(SHA256)
+    for start in range(0, len(SAMPLE), 700):
+        sink.write(SAMPLE[start : start + 700])
+    parts = list(store.path_for(SHA256).parent.glob(".part-*"))
+    assert len(parts) == 1  # spilled before the end
+    assert sink.commit() == len(SAMPLE)
+    assert store.path_for(SHA256).read_bytes() == SAMPLE
+    assert not list(store.path_for(SHA256).parent.glob(".part-*"))
+
+    other = hashlib.sha256(b"x" * 5000).hexdigest()
+    broken = store.sample_writer(other)
+    broken.write(b"x" * 4999)
+    with pytest.raises(ArtifactHashMismatch):
+        broken.commit()
+    broken.discard()
+    assert not store.has(other)
+    assert not list(store.path_for(other).parent.glob(".part-*"))
+
+
+def test_a_sample_commits_in_a_worker_thread_and_a_cancelled_one_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    """What the downloader does: write on the event loop, commit in a thread; a download
+    cancelled before its commit discards its bytes."""
+    import asyncio
+
+    store = ArtifactStore(tmp_path)
+
+    async def main() -> int:
+        done = store.sample_writer(SHA256)
+        done.write(SAMPLE)
+        size = await asyncio.to_thread(done.commit)
+        cancelled = store.sample_writer(hashlib.sha256(b"y").hexdigest())
+        cancelled.write(b"y")
+        cancelled.discard()
+        return size
+
+    assert asyncio.run(main()) == len(SAMPLE)
+    assert store.path_for(SHA256).read_bytes() == SAMPLE
+    assert not store.has(hashlib.sha256(b"y").hexdigest())
+
+
+HANDED: dict[str, object] = {}
+
+
+def test_a_value_written_in_the_run_is_handed_on_unless_its_file_changed(tmp_path: Path) -> None:
+    """The next step gets the very object the step before returned (no parse); a file changed
+    in between is read from disk; a later run reads the files."""
+    keys = dg.StaticPartitionsDefinition(["a", "b"])
+    seen: list[tuple[bool, bool, list[int], list[int]]] = []
+
+    @dg.asset(partitions_def=keys)
+    def upstream(context: dg.AssetExecutionContext) -> dict[str, list[int]]:
+        value = {key: [1, 2] for key in context.partition_keys}
+        HANDED.update(value)
+        return value
+
+    @dg.asset(partitions_def=keys, deps=[upstream])
+    def tamper(context: dg.AssetExecutionContext) -> dict[str, int]:
+        # another writer replaces partition b's file between the two steps
+        partition_path(tmp_path, ["upstream"], "b", ".json").write_bytes(b"[9]")
+        return {key: 0 for key in context.partition_keys}
+
+    @dg.asset(partitions_def=keys, deps=[tamper])
+    def downstream(
+        context: dg.AssetExecutionContext, upstream: dict[str, list[int]]
+    ) -> dict[str, bool]:
+        a, b = upstream["a"], upstream["b"]
+        seen.append((a is HANDED.get("a"), b is HANDED.get("b"), a, b))
+        return {key: True for key in context.partition_keys}
+
+    io_manager = PartitionedFileIOManager(base_dir=str(tmp_path))
+    tags = {"dagster/asset_partition_range_start": "a", "dagster/asset_partition_range_end": "b"}
+    with dg.instance_for_test() as instance:
+        dg.materialize(
+            [upstream, tamper, downstream],
+            instance=instance,
+            tags=tags,
+            resources={"io_manager": io_manager},
+        )
+        dg.materialize(
+            [upstream.to_source_asset(), tamper.to_source_asset(), downstream],
+            instance=instance,
+            selection=[downstream.key],
+            tags=tags,
+            resources={"io_manager": io_manager},
+        )
+    assert seen[0] == (True, False, [1, 2], [9])  # a handed on as written, b read back
+    assert seen[1] == (False, False, [1, 2], [9])  # a new run reads both files

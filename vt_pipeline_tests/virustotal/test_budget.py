@@ -230,3 +230,48 @@ def test_the_store_never_holds_the_key(tmp_path: Path) -> None:
     with b.engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from vt_pipeline_budget_counters")).scalar()
     assert b.usage()["by_job"] == {"vt_enrichment_job": 1}
+
+
+class CountingBudget(Budget):
+    """The real budget, counting its store transactions (one `_try` each)."""
+
+    transactions = 0
+
+    def _try(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        type(self).transactions += 1
+        return super()._try(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_queued_calls_share_one_transaction_and_never_exceed_the_minute(tmp_path: Path) -> None:
+    """40 calls of one run queued at once: the one polling asks for all of them, the store
+    grants what the minute allows (10), and the rest wait for the next minutes. The counters
+    hold exactly the 40 calls made: no unit is granted to nobody."""
+    clock = BudgetClock(SCALE)
+    shared = CountingBudget(
+        f"sqlite:///{tmp_path / 'budget.db'}",
+        KEY,
+        Limits(per_minute=10),
+        clock=clock,
+        boundary_margin=0.05,
+    )
+    at_minute_start(clock)
+
+    async def call() -> float:
+        await shared.acquire("livehunt")
+        return clock.now()
+
+    async def main() -> list[float]:
+        return await asyncio.gather(*(call() for _ in range(40)))
+
+    CountingBudget.transactions = 0
+    moments = asyncio.run(main())
+    per_minute: dict[int, int] = {}
+    for moment in moments:
+        start = window("minute", moment)[0]
+        per_minute[start] = per_minute.get(start, 0) + 1
+    assert max(per_minute.values()) <= 10
+    assert sum(per_minute.values()) == 40
+    assert shared.usage()["by_kind"] == {"livehunt": 40}
+    # one transaction per grant would be 40 plus the waits; a batch serves all queued callers
+    waits = CountingBudget.transactions - len(per_minute)
+    assert CountingBudget.transactions < 40, (CountingBudget.transactions, waits)

@@ -44,6 +44,15 @@ def at_minute_start(clock: BudgetClock) -> None:
     time.sleep(clock.real(window("minute", now)[1] - now) + 0.02)
 
 
+def grants_per_minute(moments: list[float]) -> dict[int, int]:
+    """How many grants each budget minute saw, by the minute's start."""
+    per_minute: dict[int, int] = {}
+    for moment in moments:
+        start = window("minute", moment)[0]
+        per_minute[start] = per_minute.get(start, 0) + 1
+    return per_minute
+
+
 def test_kind_comes_from_the_run_tags() -> None:
     assert kind_from_tags({"vt_pipeline/kind": "interactive"}) == "interactive"
     assert kind_from_tags({"vt_pipeline/kind": "auto,playbook"}) == "playbook"
@@ -84,10 +93,7 @@ def test_two_budgets_on_one_store_never_grant_more_than_the_minute(tmp_path: Pat
         return a + b
 
     moments = asyncio.run(main())
-    per_minute: dict[int, int] = {}
-    for moment in moments:
-        start = window("minute", moment)[0]
-        per_minute[start] = per_minute.get(start, 0) + 1
+    per_minute = grants_per_minute(moments)
     assert max(per_minute.values()) <= 5
     assert len(per_minute) >= 3  # 12 grants at 5 a minute took three minutes
     assert first.usage()["by_kind"] == {"livehunt": 12}
@@ -265,10 +271,7 @@ def test_queued_calls_share_one_transaction_and_never_exceed_the_minute(tmp_path
 
     CountingBudget.transactions = 0
     moments = asyncio.run(main())
-    per_minute: dict[int, int] = {}
-    for moment in moments:
-        start = window("minute", moment)[0]
-        per_minute[start] = per_minute.get(start, 0) + 1
+    per_minute = grants_per_minute(moments)
     assert max(per_minute.values()) <= 10
     assert sum(per_minute.values()) == 40
     assert shared.usage()["by_kind"] == {"livehunt": 40}

@@ -38,10 +38,11 @@ def answer_enrichment_requests(
     cursor: str | None = None
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
-        context = dg.build_sensor_context(
+        # A context manager: resources with a teardown (the IO manager's) are set up in it.
+        with dg.build_sensor_context(
             instance=instance, cursor=cursor, resources=dict(resources), definitions=definitions
-        )
-        tick = opencti_enrichment_sensor.evaluate_tick(context)
+        ) as context:
+            tick = opencti_enrichment_sensor.evaluate_tick(context)
         cursor = tick.cursor or cursor
         for request in tick.run_requests or []:
             requests = request.run_config["ops"]["vt_enrichment"]["config"]["requests"]

@@ -534,3 +534,28 @@ def test_a_spent_day_puts_the_work_in_error_saying_when_to_retry(
     result, requests = enrich(entity, virustotal={**budget, "quota_per_day": 0})
     assert result.success
     assert opencti.score_of(entity) is not None
+
+
+def test_the_demo_driver_answers_with_the_deployments_whole_resource_set(
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    job_resources: Callable[..., dict[str, Any]],
+    dagster_instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    """`answer_enrichment_requests` (the demo's loop) with every resource the code location
+    has, the IO manager included: a resource with a teardown must not break the sensor's
+    context (it did once: the demo failed after Livehunt)."""
+    from vt_pipeline.enrichment.summary import answer_enrichment_requests
+    from vt_pipeline.storage.store import PartitionedFileIOManager
+
+    entity = opencti.create_observable("Domain-Name", vt_corpus.targets().domain)
+    work = opencti.ask_enrichment(entity, ENRICHMENT_CONNECTOR_ID)
+    resources = {
+        **job_resources(),
+        "io_manager": PartitionedFileIOManager(base_dir=str(tmp_path / "storage")),
+    }
+    results = answer_enrichment_requests(dagster_instance, resources, expected=1)
+    assert [r.success for r in results] == [True]
+    status, in_error, message = work_message(opencti, work)
+    assert status == "complete" and not in_error, message

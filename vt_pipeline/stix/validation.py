@@ -84,7 +84,7 @@ def validate_bundles(
         sum(sizes.values()) < min_parallel_objects
         or len(keys) < 2
         or not hasattr(os, "fork")
-        or len(os.sched_getaffinity(0)) < 2
+        or _usable_cpus() < 2
     ):
         return {key: validate_bundle(bundles[key]) for key in keys}
     mine: list[str] = []
@@ -101,6 +101,13 @@ def validate_bundles(
         problems = answered.get(key)
         results[key] = problems if problems is not None else validate_bundle(bundles[key])
     return {key: results[key] for key in keys}
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _object_count(bundle: Any) -> int:

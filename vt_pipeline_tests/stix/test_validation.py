@@ -110,3 +110,31 @@ def test_validate_bundles_in_two_processes_finds_what_one_finds(bundle: dict[str
     broken = {key for key, problems in parallel.items() if problems}
     assert len(broken) == 6  # bad dates in 0, 3, 6, 9; dangling references in 1, 5, 9
     assert validate_bundles({}) == {}
+
+
+def test_a_forked_validator_that_dies_costs_nothing_but_time(
+    bundle: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hostile: the forked copy dies mid-way (killed, out of memory); its share is validated
+    in this process and every problem is still reported."""
+    import os
+
+    from vt_pipeline.stix import validation
+
+    parent = os.getpid()
+    real = validation.validate_bundle
+
+    def dies_in_the_child(value: dict[str, Any]) -> list[str]:
+        if os.getpid() != parent:
+            os._exit(9)
+        return real(value)
+
+    monkeypatch.setattr(validation, "validate_bundle", dies_in_the_child)
+    bundles = {}
+    for index in range(6):
+        window = copy.deepcopy(bundle)
+        if index % 2:
+            _first(window, "incident")["created"] = "not a timestamp"
+        bundles[f"w{index}"] = window
+    results = validation.validate_bundles(bundles, min_parallel_objects=0)
+    assert sorted(key for key, problems in results.items() if problems) == ["w1", "w3", "w5"]

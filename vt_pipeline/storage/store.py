@@ -330,7 +330,7 @@ class SampleWriter:
     `write()` is cheap enough for an event loop: a sample is kept in memory up to
     `SPILL_BYTES` (most samples), and only a larger one goes to a `.part-` file as it streams.
     `commit()` does the blocking part - create the file, fsync, verify the SHA-256, rename - so
-    an async downloader runs it in a worker thread while its other downloads go on (432
+    an async downloader runs it in a worker thread while its other downloads go on (408
     samples committed on the loop cost ~40 % of the Livehunt artifacts step). Nothing reaches
     the final path unless it hashes to the expected SHA-256; `discard()` removes what is left.
     """

@@ -126,6 +126,28 @@ def test_rematerializing_is_byte_identical_and_free(
     assert {"incident", "file", "indicator", "relationship", "artifact", "identity"} <= types
 
 
+def test_bundles_from_handed_on_inputs_equal_bundles_rebuilt_from_the_files(
+    dagster_instance: dg.DagsterInstance, livehunt_resources: ResourcesFactory, tmp_path: Path
+) -> None:
+    """In one run the IO manager hands each step the values the step before wrote; a run of the
+    bundles alone reads them from the files. Both give the same bytes: the handed-on values are
+    what the files hold, and no step changed them in place."""
+    resources = livehunt_resources()
+    run(dagster_instance, resources, HOUR)
+    bundle_path = stored(tmp_path / "storage", "livehunt_stix_bundles", HOUR)
+    handed_on = bundle_path.read_bytes()
+    bundle_path.unlink()
+    rebuilt = dg.materialize(
+        [*livehunt_assets, livehunt_stix_bundle_is_valid],
+        selection=dg.AssetSelection.assets(livehunt_stix_bundles),
+        partition_key=partition_key(HOUR),
+        instance=dagster_instance,
+        resources=resources,
+    )
+    assert rebuilt.success
+    assert bundle_path.read_bytes() == handed_on
+
+
 def test_quota_bursts_and_server_faults_give_the_clean_bundle(
     dagster_instance: dg.DagsterInstance,
     vt_emulator: VirusTotalEmulator,

@@ -212,9 +212,9 @@ class _WrittenValues:
         return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
     def remember(self, run_id: str | None, path: Path, value: Any) -> None:
-        identity = self._identity(path)
         if run_id is None:
             return
+        identity = self._identity(path)
         with self._lock:
             if run_id != self._run_id:
                 self._run_id, self._values = run_id, {}

@@ -234,6 +234,7 @@ class Limits:
 @dataclass
 class _Attempt:
     granted: int  # units granted (0: none)
+    valid_until: float = 0.0  # clock time: the end of the minute the units were counted in
     wait: float = 0.0  # clock seconds
     exhausted: str = ""  # the message when waiting is not worth it
     resets_at: float = 0.0
@@ -341,7 +342,7 @@ class Budget:
                     self._claimed = self._claimed or attempt.claimed
                     if attempt.granted:
                         self._credits = attempt.granted - 1
-                        self._credit_expiry = window("minute", self.clock.now())[1]
+                        self._credit_expiry = attempt.valid_until
                         return time.monotonic() - started
                     if attempt.exhausted:
                         raise BudgetExhausted(
@@ -523,7 +524,7 @@ class Budget:
                     conn.execute(CLAIMS.delete().where(CLAIMS.c.claim_id == claim))
                 if random.random() < 0.01:
                     self._sweep(conn, now, real_now)
-                return _Attempt(units, claimed=more)
+                return _Attempt(units, valid_until=window("minute", now)[1], claimed=more)
             waits = [end for _, end in blocked + share_blocked]
             wait = max(waits) - now if waits else HEARTBEAT_SECONDS * self.clock.scale
             long = [(p, end) for p, end in blocked + share_blocked if p in ("day", "month")]

@@ -17,6 +17,12 @@ threads):
    and the work marked processed with a message a person understands - or, for a playbook step,
    the incoming bundle plus the new objects go back through `playbookStepExecution`.
 
+Each request answered on OpenCTI is recorded on the run (`recovery.record_answered`) right after
+OpenCTI took the answer: if the run dies, the sensor answers again exactly the requests that were
+not (see `recovery.py`). Sending the bundle waits out a RabbitMQ or OpenCTI blip in place and
+keeps the work's figures true (`OpenCTIConnector.send_into_work`), so a work always ends.
+Everything written to a log or a work message has its control characters escaped (`printable`).
+
 Failures: one request's failure ends ITS work in error with the reason (never the token) and never
 touches its batch mates. A failed playbook step passes its bundle through unchanged, so the
 playbook goes on (as for an out-of-scope entity). After every request is answered, the op fails if
@@ -27,7 +33,6 @@ cache window (no quota spent).
 """
 
 import asyncio
-import json
 import re
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,12 +43,14 @@ from typing import Any, TypeVar
 import dagster as dg
 import vt
 
+from vt_pipeline.enrichment.recovery import record_answered
 from vt_pipeline.enrichment.requests import (
     ENRICHMENT_JOB,
     ENRICHMENT_OP,
     SUPPORTED_TYPES,
     EnrichmentRequest,
     InvalidRequest,
+    printable,
 )
 from vt_pipeline.enrichment.settings import TLP_RANKS, EnrichmentSettings
 from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIError, OpenCTIResource
@@ -106,6 +113,7 @@ class Outcome:
     cache_hits: int = 0
     objects: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    reported: bool = False  # OpenCTI took the answer (work closed, playbook step answered)
 
 
 @dataclass
@@ -151,20 +159,26 @@ class Enricher:
             if request.work_id:
                 await self._opencti(
                     "mark the work received",
-                    self.cti.api.work.to_received,
+                    self.cti.mark_received,
                     request.work_id,
                     "vt_pipeline: VirusTotal enrichment started",
                 )
             await self._answer(request, outcome, trace)
+            outcome.reported = True
         except Exception as exc:  # one request's failure never sinks its batch
             outcome.status = OUTCOME_FAILED
             outcome.message = self._reason(exc)
-            await self._report_failure(request, outcome)
+            outcome.reported = await self._report_failure(request, outcome)
         outcome.cache_hits = trace.cache_hits
         outcome.vt_calls = self.vt.log_for(request.request_id).total
         if self.log is not None:
             log = self.log.info if outcome.status != OUTCOME_FAILED else self.log.warning
-            log(f"{request.request_id} ({outcome.entity}): {outcome.status}: {outcome.message}")
+            log(
+                printable(
+                    f"{request.request_id} ({outcome.entity}): {outcome.status}: {outcome.message}",
+                    1000,
+                )
+            )
         return outcome
 
     async def _answer(self, request: EnrichmentRequest, outcome: Outcome, trace: _Trace) -> None:
@@ -193,9 +207,9 @@ class Enricher:
             answer = playbook_bundle(request.bundle or {}, result.objects)
             await self._opencti(
                 "answer the playbook step",
-                self.cti.api.playbook.playbook_step_execution,
+                self.cti.answer_playbook,
                 self._playbook_dict(request),
-                json.dumps(answer),
+                answer,
             )
             outcome.status = OUTCOME_ENRICHED
             outcome.message = self._success_message(outcome, trace)
@@ -490,29 +504,32 @@ class Enricher:
 
         pycti keeps the applicant on the shared helper, so sends are serialized while it is set.
         """
+        if not work_id:
+            raise RequestFailed("the request has no OpenCTI work to send the bundle with")
         if not applicant_id:
-            return self.cti.send_bundle(bundle, work_id)
+            return self.cti.send_into_work(bundle, work_id)
         helper = self.cti.helper
         with self._send_lock:
             default = helper.applicant_id
             helper.applicant_id = applicant_id
             try:
-                return self.cti.send_bundle(bundle, work_id)
+                return self.cti.send_into_work(bundle, work_id)
             finally:
                 helper.applicant_id = default
 
     async def _pass_through(self, request: EnrichmentRequest, outcome: Outcome, why: str) -> None:
         await self._opencti(
             "answer the playbook step",
-            self.cti.api.playbook.playbook_step_execution,
+            self.cti.answer_playbook,
             self._playbook_dict(request),
-            json.dumps(unchanged_playbook_bundle(request.bundle or {})),
+            unchanged_playbook_bundle(request.bundle or {}),
         )
         outcome.status = OUTCOME_PASSED
         outcome.message = f"{why}: the playbook bundle was passed through unchanged"
 
-    async def _report_failure(self, request: EnrichmentRequest, outcome: Outcome) -> None:
-        """End the work in error with the reason; a failed playbook step passes its bundle on."""
+    async def _report_failure(self, request: EnrichmentRequest, outcome: Outcome) -> bool:
+        """End the work in error with the reason; a failed playbook step passes its bundle on.
+        False when OpenCTI could not be told (the sensor answers the request again later)."""
         try:
             if request.work_id:
                 await self._opencti(
@@ -521,12 +538,14 @@ class Enricher:
             elif request.playbook is not None and request.bundle is not None:
                 await self._opencti(
                     "answer the playbook step",
-                    self.cti.api.playbook.playbook_step_execution,
+                    self.cti.answer_playbook,
                     self._playbook_dict(request),
-                    json.dumps(unchanged_playbook_bundle(request.bundle)),
+                    unchanged_playbook_bundle(request.bundle),
                 )
         except Exception as exc:
             outcome.message += f" (and reporting it to OpenCTI failed: {self._reason(exc)})"
+            return False
+        return True
 
     def _playbook_dict(self, request: EnrichmentRequest) -> dict[str, Any]:
         """pycti's playbook dict, the step's execution starting now."""
@@ -538,10 +557,10 @@ class Enricher:
         return f"unexpected error ({type(exc).__name__}): {self._clip(exc)}"
 
     def _clip(self, exc: BaseException) -> str:
-        text = re.sub(r"\s+", " ", str(exc))
+        text = str(exc)
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return text[:500]
+        return printable(text, 500)
 
 
 def best_hash(stix_entity: Mapping[str, Any], entity: Mapping[str, Any]) -> str | None:
@@ -574,8 +593,8 @@ def _hash_dict(value: Any) -> dict[str, str]:
 def _label(entity: Mapping[str, Any]) -> str:
     for key in ("observable_value", "value", "name"):
         if entity.get(key):
-            return str(entity[key])[:200]
-    return str(entity.get("standard_id") or entity.get("id") or "")
+            return printable(entity[key], 200)
+    return printable(entity.get("standard_id") or entity.get("id") or "", 200)
 
 
 async def answer_all(
@@ -586,14 +605,19 @@ async def answer_all(
     responses: ResponseStore,
     log: Any = None,
     secrets: Sequence[str] = (),
+    on_answered: Callable[[Outcome], None] | None = None,
 ) -> tuple[list[Outcome], dict[str, Any]]:
-    """Answer every request concurrently; the outcomes and the session's call metadata."""
+    """Answer every request concurrently; the outcomes and the session's call metadata.
+    `on_answered` is told of each request OpenCTI took the answer of, as soon as it did."""
     async with virustotal.session() as session:
         secrets = [virustotal.api_key, *secrets]
         enricher = Enricher(session, cti, settings, responses, log, secrets=secrets)
 
         async def one(request: EnrichmentRequest) -> Outcome:
-            return await enricher.answer(request)
+            outcome = await enricher.answer(request)
+            if outcome.reported and on_answered is not None:
+                on_answered(outcome)
+            return outcome
 
         tasks: list[Awaitable[Outcome]] = [one(r) for r in requests]
         outcomes = list(await asyncio.gather(*tasks))
@@ -671,6 +695,12 @@ def vt_enrichment(
         except (InvalidRequest, TypeError) as exc:
             refused.append(f"request {index}: {exc}")
     responses = ResponseStore(storage.base_dir)
+
+    def answered(outcome: Outcome) -> None:
+        record_answered(
+            context.instance, context.dagster_run, outcome.request.request_id, outcome.status
+        )
+
     with opencti.connector("enrichment") as cti:
         outcomes, calls = asyncio.run(
             answer_all(
@@ -681,6 +711,7 @@ def vt_enrichment(
                 responses,
                 context.log,
                 secrets=[opencti.token],
+                on_answered=answered,
             )
         )
     metadata = {**outcomes_metadata(outcomes), **calls}

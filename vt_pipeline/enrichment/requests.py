@@ -14,8 +14,10 @@ from it, so a re-delivered message never gives a second run.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from typing import Any
 
 ENRICHMENT_JOB = "vt_enrichment_job"  # job name (the sensor targets it by name)
@@ -61,6 +63,9 @@ class EnrichmentRequest:
     bundle: dict[str, Any] | None = None  # message["event"]["bundle"] (playbook messages)
     applicant_id: str | None = None
     mode: str | None = None  # message["internal"]["mode"]: "manual" or "auto" (OpenCTI 6+)
+    # When the request was made (ISO 8601 UTC): the sensor stamps it when it first batches the
+    # request, so the run config carries it and a re-executed run rebuilds the same objects.
+    requested_at: str | None = None
 
     @property
     def kind(self) -> str:
@@ -99,7 +104,15 @@ class EnrichmentRequest:
         for name in ("request_id", "entity_id"):
             if not isinstance(value.get(name), str) or not value[name]:
                 raise InvalidRequest(f"enrichment request needs a non-empty string {name}")
+        at = value.get("requested_at")
+        if at is not None and (not isinstance(at, str) or parse_time(at) is None):
+            raise InvalidRequest(f"requested_at is not an ISO 8601 time: {printable(at, 60)}")
         return cls(**{key: value[key] for key in known if key in value})
+
+    @property
+    def requested_time(self) -> datetime | None:
+        """`requested_at` as an aware datetime (None when the request carries none)."""
+        return parse_time(self.requested_at) if self.requested_at else None
 
 
 def parse_request(body: bytes) -> EnrichmentRequest:
@@ -153,6 +166,31 @@ def parse_request(body: bytes) -> EnrichmentRequest:
         applicant_id=applicant_id,
         mode=mode,
     )
+
+
+def parse_time(value: str) -> datetime | None:
+    """ISO 8601 (a trailing Z allowed) -> aware UTC datetime; None if it is not one."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def utc_iso(moment: datetime) -> str:
+    """An aware datetime as `YYYY-MM-DDTHH:MM:SS.mmmZ` (what OpenCTI writes)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: Any, limit: int = 500) -> str:
+    """Text for a log line or an OpenCTI work message: control characters that an entity value
+    or a message may carry (NUL, terminal escapes, C1 codes) are shown escaped (`\\x1b`), never
+    passed raw to a terminal or a UI; white space runs become one space; at most `limit`."""
+    folded = re.sub(r"\s+", " ", str(text))
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", folded)[:limit]
 
 
 def enrichment_run_config(requests: Sequence[EnrichmentRequest]) -> dict[str, Any]:

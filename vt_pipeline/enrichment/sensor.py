@@ -11,10 +11,16 @@ Never loses and never doubles a request, whatever crashes when:
 - a re-read message whose run does not exist yet re-requests the SAME run key (the daemon
   creates a run key once, so a tick that was resumed or half-done gives no second run); a
   request of a run key whose run exists without it is batched again, under a new key;
+- from then on the run holds the request: the cursor keeps the run (`running`) until it has
+  ended; a run that ended without answering every request (killed, its daemon or machine dead,
+  OpenCTI unreachable at the end) has them answered again by one new run, or closed in error
+  after `recovery.MAX_ATTEMPTS` runs (see `recovery.py`);
 - a malformed message, an entity type vt_pipeline cannot enrich, an entity outside the
   connector's scope, an auto-enrichment with CONNECTOR_AUTO off are reported on their work
   (in error, with the reason) - a playbook step gets its bundle passed through unchanged -
-  and acknowledged; the sensor goes on with the rest.
+  and acknowledged; the sensor goes on with the rest. OpenCTI refusing that report (a work it
+  no longer knows) is logged and the message acknowledged too; only an unreachable OpenCTI
+  leaves the message queued for a later tick.
 
 The daemon stores a tick's cursor with the run requests it reserved and resumes an interrupted
 tick, and the cursor is lost when a tick raises: nothing here relies on more than that.
@@ -27,13 +33,14 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
 from vt_pipeline.config import env_int, parse_list
+from vt_pipeline.enrichment import recovery
 from vt_pipeline.enrichment.requests import (
     ENRICHMENT_JOB,
     ENRICHMENT_OP,
@@ -42,9 +49,11 @@ from vt_pipeline.enrichment.requests import (
     InvalidRequest,
     enrichment_run_config,
     parse_request,
+    printable,
+    utc_iso,
 )
 from vt_pipeline.opencti.listen_queue import ListenQueue, QueueMessage
-from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIResource
+from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIResource, OpenCTIUnavailable
 
 SENSOR_NAME = "opencti_enrichment_sensor"
 # Below the daemon's 5 s loop, so every loop evaluates it: a click at idle is read within
@@ -84,6 +93,7 @@ class EnrichmentCursor:
     pending: dict[str, list[str]] = field(default_factory=dict)  # run key -> request ids
     seen: dict[str, float] = field(default_factory=dict)  # run key -> when last requested
     done: list[str] = field(default_factory=list)  # oldest first
+    running: dict[str, float] = field(default_factory=dict)  # run id -> when found; not ended
 
     @classmethod
     def parse(cls, raw: str | None) -> EnrichmentCursor:
@@ -94,7 +104,9 @@ class EnrichmentCursor:
             data = json.loads(raw)
             pending = {str(k): [str(i) for i in v] for k, v in data["pending"].items()}
             seen = {str(k): float(v) for k, v in data.get("seen", {}).items()}
-            return cls(pending=pending, seen=seen, done=[str(i) for i in data["done"]])
+            running = {str(k): float(v) for k, v in data.get("running", {}).items()}
+            done = [str(i) for i in data["done"]]
+            return cls(pending=pending, seen=seen, done=done, running=running)
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
 
@@ -105,6 +117,7 @@ class EnrichmentCursor:
                 "pending": self.pending,
                 "seen": self.seen,
                 "done": self.done,
+                "running": self.running,
             },
             separators=(",", ":"),
         )
@@ -145,6 +158,8 @@ class TickReport:
     passed_through: int = 0
     acknowledged: int = 0
     left: int = 0
+    retried: int = 0  # requests of ended runs sent again in a new run
+    abandoned: int = 0  # requests of ended runs closed in error (tried too often)
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -159,6 +174,10 @@ class TickReport:
         ]
         if self.left:
             parts.append(f"{self.left} left for the next tick")
+        if self.retried:
+            parts.append(f"{self.retried} request(s) of ended runs sent again")
+        if self.abandoned:
+            parts.append(f"{self.abandoned} request(s) of ended runs closed in error")
         text = ", ".join(parts)
         return text + ("; " + "; ".join(self.problems[:5]) if self.problems else "")
 
@@ -219,7 +238,9 @@ def requests_in_run(run: dg.DagsterRun) -> set[str]:
 
 
 def resolve_pending(instance: dg.DagsterInstance, cursor: EnrichmentCursor, memory: int) -> None:
-    """Pending run keys whose run exists: their requests are done (or batched again)."""
+    """Pending run keys whose run exists: their requests are done (or batched again), and the
+    run is watched until it ends."""
+    now = time.time()
     for key in list(cursor.pending):
         runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: key}))
         if not runs:
@@ -227,6 +248,115 @@ def resolve_pending(instance: dg.DagsterInstance, cursor: EnrichmentCursor, memo
         carried = set().union(*(requests_in_run(run) for run in runs))
         cursor.finish([rid for rid in cursor.pending[key] if rid in carried], memory)
         cursor.forget(key)  # the others (not in the run) are new again when re-read
+        for run in runs:
+            cursor.running.setdefault(run.run_id, now)
+
+
+def recover_ended_runs(
+    instance: dg.DagsterInstance,
+    cursor: EnrichmentCursor,
+    cti: OpenCTIConnector,
+    deadline: float,
+    report: TickReport,
+    log: Any,
+) -> list[dg.RunRequest]:
+    """Runs the cursor watches that ended: forget those that answered everything; the others'
+    unanswered requests go to one retry run, or are closed in error (see `recovery.py`).
+    A run is forgotten only once that is done, so a crash at any point repeats it harmlessly."""
+    if not cursor.running:
+        return []
+    runs = instance.get_runs(filters=dg.RunsFilter(run_ids=list(cursor.running)))
+    found = {run.run_id: run for run in runs}
+    requests: list[dg.RunRequest] = []
+    for run_id in list(cursor.running):
+        run = found.get(run_id)
+        if run is None or run.status == dg.DagsterRunStatus.SUCCESS:
+            cursor.running.pop(run_id)  # deleted from the instance, or every request answered
+            continue
+        if run.status not in recovery.ENDED_BADLY:
+            continue  # queued or still running
+        if time.monotonic() > deadline:
+            report.left += 1
+            continue
+        try:
+            outcome, retry = _recover(instance, run, cti, report, log)
+        except OpenCTIUnavailable as exc:  # cannot check or close works now: a later tick will
+            report.problems.append(f"run {run_id}: OpenCTI unreachable: {printable(exc, 200)}")
+            continue
+        if retry is not None:
+            requests.append(retry)
+            found_retry = instance.get_runs(
+                filters=dg.RunsFilter(tags={RUN_KEY_TAG: retry.run_key}), limit=1
+            )
+            if not found_retry:
+                continue  # requested now (or again): forgotten once the retry run exists
+            cursor.running.setdefault(found_retry[0].run_id, time.time())
+        if outcome and recovery.OUTCOME_TAG not in run.tags:
+            instance.add_run_tags(run_id, {recovery.OUTCOME_TAG: outcome})
+            log.warning(
+                f"{SENSOR_NAME}: enrichment run {run_id} ended {run.status.value}: {outcome}"
+            )
+        cursor.running.pop(run_id)
+    return requests
+
+
+def _recover(
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun,
+    cti: OpenCTIConnector,
+    report: TickReport,
+    log: Any,
+) -> tuple[str, dg.RunRequest | None]:
+    """What to do with one ended run's unanswered requests: (its outcome, a retry run request)."""
+    left = [
+        request
+        for request in recovery.unanswered(instance, run)
+        if not (request.work_id and cti.work_status(request.work_id) == "complete")
+    ]
+    if not left:
+        return "every request was answered", None
+    attempt = recovery.attempt_of(run)
+    if attempt < recovery.MAX_ATTEMPTS:
+        key = recovery.retry_key(run.run_id)
+        if recovery.OUTCOME_TAG not in run.tags:
+            report.retried += len(left)
+        retry = dg.RunRequest(
+            run_key=key,
+            run_config=enrichment_run_config(left),
+            tags=recovery.retry_tags(run, left),
+        )
+        return (
+            f"{len(left)} request(s) it had not answered were sent again in a new run "
+            f"(run key {key}, attempt {attempt + 1} of {recovery.MAX_ATTEMPTS})",
+            retry,
+        )
+    reason = printable(
+        f"vt_pipeline: this request was not answered: {attempt} enrichment runs ended before "
+        f"answering it (last: run {run.run_id}, {recovery.death_reason(instance, run)}); not "
+        "tried again. Ask for the enrichment again if it is still wanted.",
+        1500,
+    )
+    for request in left:
+        _close(cti, request, reason, log)
+    report.abandoned += len(left)
+    return f"{len(left)} request(s) it had not answered were closed in error: {reason}", None
+
+
+def _close(cti: OpenCTIConnector, request: EnrichmentRequest, reason: str, log: Any) -> None:
+    """End one request that will not be enriched: its work in error, or its playbook bundle
+    passed on unchanged. OpenCTIUnavailable propagates (try again later); a refusal is logged."""
+    try:
+        if request.playbook is not None and request.bundle is not None:
+            cti.answer_playbook(request.pycti_playbook(utc_iso(datetime.now(UTC))), request.bundle)
+        elif request.work_id:
+            cti.close_work(request.work_id, reason, in_error=True)
+    except OpenCTIUnavailable:
+        raise
+    except Exception as exc:
+        log.warning(
+            f"{SENSOR_NAME}: OpenCTI refused to end request {printable(request.request_id, 120)}"
+            f": {printable(exc, 300)}"
+        )
 
 
 def evaluate(
@@ -242,6 +372,7 @@ def evaluate(
     cursor = EnrichmentCursor.parse(context.cursor)
     resolve_pending(context.instance, cursor, settings.done_memory)
     report = TickReport()
+    requests: list[dg.RunRequest] = []
     scope = {t.lower() for t in parse_list(opencti.enrichment_connector_scope)}
     with (
         opencti.connector("enrichment", deadline=deadline) as cti,
@@ -266,13 +397,18 @@ def evaluate(
                 if request is not None:
                     cursor.finish([request.request_id], settings.done_memory)
         report.acknowledged = queue.ack(to_ack)
-    requests: list[dg.RunRequest] = []
+        cti.api.session_requests_timeout = max(0.2, deadline - margin - time.monotonic())
+        requests += recover_ended_runs(
+            context.instance, cursor, cti, deadline - margin, report, context.log
+        )
     now = time.time()
+    stamp = utc_iso(datetime.now(UTC))
     for key, carried in plan.rerequest.items():
         order = {rid: i for i, rid in enumerate(cursor.pending[key])}
         requests.append(run_request(key, sorted(carried, key=lambda r: order[r.request_id])))
         cursor.request(key, cursor.pending[key], now)
-    for batch in batches(plan.new, settings.batch_size):
+    new = [r if r.requested_at else replace(r, requested_at=stamp) for r in plan.new]
+    for batch in batches(new, settings.batch_size):
         key = run_key(batch)
         cursor.request(key, [r.request_id for r in batch], now)
         requests.append(run_request(key, batch))
@@ -340,13 +476,18 @@ def _report_refusal(
     report: TickReport,
     log: Any,
 ) -> bool:
-    """Tell OpenCTI (work in error, or the playbook bundle passed through); False: retry later."""
+    """Tell OpenCTI (work in error, or the playbook bundle passed through). True: the message
+    can go (reported, or refused by OpenCTI: a work it no longer knows); False: OpenCTI is
+    unreachable, the message stays queued for a later tick."""
+    reason = printable(reason, 2000)
     try:
-        if request is not None and request.playbook is not None:
-            playbook = request.pycti_playbook(_now())
-            cti.api.playbook.playbook_step_execution(playbook, json.dumps(request.bundle))
+        if request is not None and request.playbook is not None and request.bundle is not None:
+            cti.answer_playbook(request.pycti_playbook(utc_iso(datetime.now(UTC))), request.bundle)
             report.passed_through += 1
-            log.info(f"playbook step {request.request_id}: bundle passed through ({reason})")
+            log.info(
+                f"playbook step {printable(request.request_id, 200)}: bundle passed through "
+                f"({reason})"
+            )
             return True
         if work_id:
             cti.close_work(work_id, reason, in_error=True)
@@ -354,13 +495,16 @@ def _report_refusal(
             log.warning(f"enrichment message dropped, no work to report it on: {reason}")
         report.refused += 1
         return True
-    except Exception as exc:  # OpenCTI down: the message stays queued, reported next tick
-        report.problems.append(f"could not report on OpenCTI: {str(exc)[:200]}")
+    except OpenCTIUnavailable as exc:  # down or restarting: reported on a later tick
+        report.problems.append(f"OpenCTI unreachable, will report later: {printable(exc, 200)}")
         return False
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except Exception as exc:  # OpenCTI answered and refused: retrying would never succeed
+        report.refused += 1
+        log.warning(
+            f"{SENSOR_NAME}: OpenCTI refused the report on work {printable(work_id, 120)} "
+            f"({printable(exc, 300)}); the message is acknowledged: {reason}"
+        )
+        return True
 
 
 def build_enrichment_sensor(

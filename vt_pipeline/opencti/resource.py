@@ -19,10 +19,16 @@ OpenCTI work that carries it is complete without errors.
 Transient failures (HTTP 5xx or 429, refused, dropped or timed-out connections, a lost RabbitMQ
 connection or channel) are waited out with bounded exponential backoff (`retry_attempts`,
 `retry_backoff_seconds`, `retry_backoff_max_seconds`), then fail with what happened. A call is
-retried in place when repeating it is harmless; sending a bundle is not (pycti adds the work's
-expectations before publishing, so a resend into the same work would never complete): a failed
-send closes its work in error and starts again in a new work (`deliver_bundle`). A refused token
-is said to be one, and never retried.
+retried in place when repeating it is harmless. Sending a bundle is not harmless as it is: pycti
+adds the work's expectations before publishing, so a resend into the same work would leave it
+expecting pieces that never come. Livehunt's delivery closes the failed work in error and starts
+again in a new work (`deliver_bundle`); an enrichment request has exactly one work, OpenCTI's, so
+`send_into_work` counts what each failed attempt registered and published, reports the pieces
+that were never published back on the work (`reportExpectation`, as pycti does for an empty
+bundle) and sends again into the same work. Real OpenCTI completes a work only once every
+expectation is reported (`updateProcessedTime` in its `domain/work.js`: `to_processed`, even in
+error, leaves a work with open expectations in progress), so this settling is what lets a work
+end, in error or not. A refused token is said to be one, and never retried.
 """
 
 from __future__ import annotations
@@ -413,7 +419,10 @@ class OpenCTIConnector:
         self._token = token
         self._timeout = work_timeout_seconds
         self._backoff = backoff or _Backoff(1, 0.0, 0.0)
+        self._tally = _SendTally()
         _watch_status(api)
+        if helper is not None:
+            _count_sends(helper, self._tally)
 
     @property
     def helper(self) -> Any:
@@ -473,8 +482,65 @@ class OpenCTIConnector:
         )
         return len(sent or [])
 
+    def send_into_work(self, bundle: dict[str, Any], work_id: str) -> int:
+        """Send a bundle into an existing work, waiting out a RabbitMQ or OpenCTI blip in place.
+
+        After each failed attempt, the pieces pycti announced but never published are reported
+        back on the work, so that its figures stay true and it can complete; the last failure is
+        reported with its reason (then `close_work(..., in_error=True)` ends the work)."""
+        delays = self._backoff.delays()
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            self._tally.expected = self._tally.published = 0
+            try:
+                return self.send_bundle(bundle, work_id)
+            except OpenCTIUnavailable as exc:
+                unsent = max(0, self._tally.expected - self._tally.published)
+                delay = next(delays, None)
+                if delay is None:
+                    reason = (
+                        f"{exc}; gave up after {attempt} attempts over "
+                        f"{time.monotonic() - started:.0f} s"
+                    )
+                    self._settle(work_id, unsent, f"vt_pipeline: bundle not sent: {reason}")
+                    raise OpenCTIUnavailable(reason) from None
+                self._settle(work_id, unsent, None)
+                log.warning("%s; sending again into work %s in %.1f s", exc, work_id, delay)
+                time.sleep(delay)
+            except OpenCTIError as exc:
+                unsent = max(0, self._tally.expected - self._tally.published)
+                self._settle(work_id, unsent, f"vt_pipeline: bundle not sent: {exc}")
+                raise
+
+    def _settle(self, work_id: str, unsent: int, error: str | None) -> None:
+        """Report `unsent` expectations of the work as done (the first with `error`)."""
+        for index in range(unsent):
+            variables: dict[str, Any] = {"id": work_id, "error": None}
+            if error and index == 0:
+                variables["error"] = {"error": error[:2000], "source": "vt_pipeline"}
+            self._guard("settle a work's expectations", self.api.query, _REPORT, variables, True)
+
+    def mark_received(self, work_id: str, message: str) -> None:
+        self._guard("mark a work received", self.api.work.to_received, work_id, message)
+
     def close_work(self, work_id: str, message: str, in_error: bool = False) -> None:
         self._guard("close a work", self.api.work.to_processed, work_id, message, in_error)
+
+    def answer_playbook(self, playbook: dict[str, Any], bundle: dict[str, Any]) -> None:
+        """Answer a playbook step with a bundle (pycti's `playbook_step_execution`). Tried once:
+        a step answered twice would run the rest of the playbook twice."""
+        self._once(
+            "answer a playbook step",
+            self.api.playbook.playbook_step_execution,
+            playbook,
+            json.dumps(bundle),
+        )
+
+    def work_status(self, work_id: str) -> str | None:
+        """The work's status (wait, progress, complete), or None if OpenCTI does not know it."""
+        work = self._guard("read a work", self.api.work.get_work, work_id)
+        return str(work.get("status")) if isinstance(work, dict) and work else None
 
     def fail_work(self, work_id: str, reason: str) -> bool:
         """Close a work in error with the reason (one try: OpenCTI may be what failed);
@@ -628,6 +694,44 @@ class OpenCTIConnector:
         if not created or not created.get("id"):
             raise OpenCTIError(f"OpenCTI did not create the artifact {file_name!r}")
         return str(created["id"])
+
+
+_REPORT = """
+    mutation reportExpectation($id: ID!, $error: WorkErrorInput) {
+        workEdit(id: $id) { reportExpectation(error: $error) }
+    }
+"""
+
+
+class _SendTally(threading.local):
+    """Per thread: the expectations pycti added and the pieces it published in one send."""
+
+    expected: int = 0
+    published: int = 0
+
+
+def _count_sends(helper: Any, tally: _SendTally) -> None:
+    """Count, per thread, what pycti's `send_stix2_bundle` announces (`add_expectations`) and
+    publishes (`_send_bundle`, once per piece the broker confirmed), so a failed send can be
+    settled on its work. pycti's `add_expectations` swallows its own errors: an announcement
+    OpenCTI never received is then settled too, which only completes the work early."""
+    if getattr(helper, "_vt_pipeline_counted", False):
+        return
+    send, work = helper._send_bundle, helper.api.work
+    add = work.add_expectations
+
+    def counted_send(*args: Any, **kwargs: Any) -> Any:
+        result = send(*args, **kwargs)
+        tally.published += 1
+        return result
+
+    def counted_add(work_id: str, expectations: int) -> Any:
+        tally.expected += int(expectations or 0)
+        return add(work_id, expectations)
+
+    helper._send_bundle = counted_send
+    work.add_expectations = counted_add
+    helper._vt_pipeline_counted = True
 
 
 def display_name(name: Any, fallback: str) -> str:

@@ -82,9 +82,16 @@ class Work:
             }
         )
 
-    def check_complete(self) -> None:
-        """OpenCTI's rule: complete once processed is reported and all expectations are met."""
-        if self.status != "complete" and self.processed_time and self.processed >= self.expected:
+    def check_complete(self, processed_reported: bool = False) -> None:
+        """OpenCTI's rule (`domain/work.js`, `redis.ts` `isWorkCompleted`): complete when the
+        processed count EQUALS the expectations, checked on each `reportExpectation` and on
+        `toProcessed`; `toProcessed` also completes a work that never announced any. So a work
+        whose expectations were announced and never all reported stays in progress, even after
+        `toProcessed(inError: true)`; one reported beyond its expectations never completes."""
+        if self.status == "complete":
+            return
+        met = self.expected > 0 and self.processed == self.expected
+        if met or (processed_reported and self.expected == 0):
             self.status = "complete"
             self.completed_time = now_iso()
 
@@ -376,7 +383,7 @@ class Platform:
             work.add_message(message, error=bool(inError))
             if work.status == "wait":
                 work.status = "progress"
-            work.check_complete()
+            work.check_complete(processed_reported=True)
             return work.id
 
         def report_expectation(error: Mapping[str, Any] | None = None, **_: Any) -> str:

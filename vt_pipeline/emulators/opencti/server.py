@@ -316,11 +316,13 @@ class OpenCTIEmulator(Service):
             time.sleep(interval)
 
     def wait_for_work(self, work_id: str, timeout: float = 10.0) -> Work:
-        """Wait until a work is complete; TimeoutError with its state otherwise."""
+        """Wait until a work is complete and its connector reported it processed (OpenCTI may
+        complete a work on its last expectation, before the connector's closing message);
+        TimeoutError with its state otherwise."""
 
         def done() -> bool:
             work = self.work(work_id)
-            return work is not None and work.status == "complete"
+            return work is not None and work.status == "complete" and bool(work.processed_time)
 
         if not self.wait_until(done, timeout):
             work = self.work(work_id)

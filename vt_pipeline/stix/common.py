@@ -61,6 +61,22 @@ def stix_timestamp(seconds: int | float) -> str:
     return f"{moment.year:04d}{moment.strftime('-%m-%dT%H:%M:%S')}.000Z"
 
 
+def moment_timestamp(moment: datetime) -> str:
+    """STIX timestamp of a timezone-aware datetime, to the millisecond (OpenCTI's precision).
+
+    For times that are not VT's (an enrichment request's): two requests a few hundred
+    milliseconds apart still give two versions in order. A naive datetime is a caller error
+    (ValueError): its zone would be guessed from the machine, and the bytes with it.
+    """
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{moment!r} has no time zone")
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError as error:  # year 1 at UTC+x, year 9999 at UTC-x
+        raise ValueError(f"{moment!r} is outside the years 1-9999") from error
+    return f"{utc.year:04d}{utc.strftime('-%m-%dT%H:%M:%S')}.{utc.microsecond // 1000:03d}Z"
+
+
 def human_timestamp(seconds: int | float) -> str:
     """ISO UTC date with an explicit `Z`, for descriptions (upstream wrote naive local time)."""
     return stix_timestamp(seconds).replace(".000Z", "Z")

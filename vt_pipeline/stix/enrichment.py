@@ -4,8 +4,8 @@ Data model of the upstream enrichment connector (shared/reference/upstream-conne
 bugs fixed:
 - The score is VT's GTI threat score when VT sent one, else the detection ratio, and
   `replace_with_lower_score=False` protects the existing score from BOTH (upstream let GTI through).
-- Indicators: `valid_until` = `valid_from` (VT's analysis date, not the clock) + the configured
-  MINUTES (upstream added days), patterns escaped, a Hostname gets a `hostname:value` pattern.
+- Indicators: valid for the configured MINUTES (upstream added days) from the enrichment
+  request (see the dates below), patterns escaped, a Hostname gets a `hostname:value` pattern.
 - Notes have ids from the subject, the analysis date and the content, so re-enriching the same
   analysis upserts the same notes (upstream's clock-based ids duplicated them); every cell is
   escaped (stix/notes.py).
@@ -18,6 +18,31 @@ bugs fixed:
 
 What VT sends is untrusted: a part that cannot be used (absurd counts, non-objects, control
 characters, unknown country, bad DNS record...) is dropped and counted in `stats`, never raised.
+
+Dates. No clock is read here: every date is VT's or the request's, both passed in, so a run
+re-executed with the same request rebuilds the same bytes.
+- From the request (`requested_at`, when the enrichment was asked): what a user reads as "from
+  now". An Indicator's `valid_from` and `modified` (detection Indicators and crowdsourced YARA
+  Indicators), and a detection Indicator's `valid_until` = `valid_from` + the configured minutes.
+  VT's analysis of a file may be years old; an Indicator valid from it would be born expired, and
+  OpenCTI would revoke it and never deploy a detection rule from it. Asking VT again re-confirms
+  the verdict: a later request re-sends the same Indicator (its id comes from the pattern alone)
+  valid from that request, a new version of one object, not a second Indicator. Its `modified`
+  moves forward with the validity because OpenCTI takes a re-sent `modified` only when it is
+  later than the stored one (a re-sent object that is not newer is not a new version); an
+  unchanged `modified` would leave the old validity in place.
+- From VT's data: what VT observed, dated when VT observed it. An Indicator's `created` (the
+  analysis that gave the verdict; a YARA rule's own date), never after `requested_at`, so it is
+  stable across requests of one analysis and never after `modified`; OpenCTI keeps the first
+  `created` it was given anyway. Notes (`created`, and their ids, hash VT's analysis date: the
+  same analysis enriched again upserts the same notes, a new analysis adds one); relationships
+  (`created`/`modified`: the analysis for resolutions, autonomous system, country, YARA
+  matches and `based-on`, or the entity's own date when VT gives none; no start/stop time is
+  emitted); the analysis date written in the notes.
+- Fixed: the author Identity and Country locations (shared, never re-dated).
+Without `requested_at` (a caller that has no request time) the Indicators fall back to VT's
+dates (valid from the analysis, the YARA rule's date), the behaviour before request times: an
+old report then gives an expired Indicator.
 """
 
 from __future__ import annotations
@@ -30,6 +55,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -157,15 +183,21 @@ def build_enrichment(
     vt_object: dict[str, Any],
     options: EnrichmentMappingOptions,
     yara_rulesets: Mapping[str, dict[str, Any]] | None = None,
+    *,
+    requested_at: datetime | None = None,
 ) -> EnrichmentResult:
     """Enrich one observable (`entity_type` in ENTITY_TYPES; a Hostname is looked up as a VT
     domain) with its raw VT `data` object. `yara_rulesets`: crowdsourced ruleset id -> raw VT
-    `data` of `/yara_rulesets/{id}`. The input entity is not modified. Raises ValueError only for
-    a caller error (unsupported type, entity without id); bad VT data is dropped and counted."""
+    `data` of `/yara_rulesets/{id}`. `requested_at`: when the enrichment was asked (timezone
+    aware); the Indicators are valid from it (module docstring). None only for a caller without
+    a request time: the Indicators are then valid from VT's analysis date. The input entity is
+    not modified. Raises ValueError only for a caller error (unsupported type, entity without id,
+    naive `requested_at`); bad VT data is dropped and counted."""
     if entity_type not in SCO_TYPES:
         raise ValueError(f"cannot enrich entity type {entity_type!r}: not one of {ENTITY_TYPES}")
+    requested = _requested(requested_at)
     entity = _copied_entity(stix_entity)
-    builder = _Builder(options, yara_rulesets or {}, entity)
+    builder = _Builder(options, yara_rulesets or {}, entity, requested)
     outcome = builder.enrich(entity, entity_type, vt_object, protect_score=True)
     return builder.result(entity, outcome.written)
 
@@ -175,9 +207,12 @@ def build_indicator_enrichment(
     lookups: Sequence[tuple[str, str, dict[str, Any] | None]],
     options: EnrichmentMappingOptions,
     yara_rulesets: Mapping[str, dict[str, Any]] | None = None,
+    *,
+    requested_at: datetime | None = None,
 ) -> EnrichmentResult:
     """Enrich an Indicator through its observable values: `lookups` holds (OpenCTI observable
     type, value, VT data or None when VT had nothing) per value of `x_opencti_observable_values`.
+    `requested_at` as in `build_enrichment` (it dates the crowdsourced YARA Indicators).
 
     Each value becomes its observable (`based-on` from the Indicator) with VT's knowledge and
     relationships starting at the observable. The Indicator's score is decided once: the highest
@@ -185,8 +220,9 @@ def build_indicator_enrichment(
     No detection Indicator is created per value: the entity already is that Indicator. With
     `replace_with_lower_score=False` the observables are sent without a score, since their
     current score in OpenCTI is unknown here (their notes still carry VT's)."""
+    requested = _requested(requested_at)
     entity = _copied_entity(indicator)
-    builder = _Builder(options, yara_rulesets or {}, entity)
+    builder = _Builder(options, yara_rulesets or {}, entity, requested)
     scores: list[int] = []
     created = _entity_time(entity)
     for observable_type, value, vt_object in lookups:
@@ -272,6 +308,15 @@ def _copied_entity(stix_entity: Any) -> dict[str, Any]:
     return copy.deepcopy(stix_entity)
 
 
+def _requested(requested_at: datetime | None) -> str | None:
+    """The request time as a STIX timestamp; ValueError when it is naive or unspellable."""
+    if requested_at is None:
+        return None
+    if not isinstance(requested_at, datetime):
+        raise ValueError(f"requested_at must be a datetime, not {type(requested_at).__name__}")
+    return common.moment_timestamp(requested_at)
+
+
 def _entity_time(entity: Mapping[str, Any]) -> str:
     """A date from the entity for objects VT gives none for (its `modified`/`created`)."""
     for key in ("modified", "created"):
@@ -302,9 +347,12 @@ class _Builder:
         options: EnrichmentMappingOptions,
         yara_rulesets: Mapping[str, dict[str, Any]],
         entity: dict[str, Any],
+        requested: str | None = None,
     ) -> None:
         self.options = options
         self.yara_rulesets = yara_rulesets
+        # When the enrichment was asked (STIX timestamp): Indicators are valid from it.
+        self.requested = requested
         self.stats: Counter[str] = Counter()
         self.author = common.author_identity(AUTHOR_NAME)
         self.author_id: str = self.author["id"]
@@ -539,15 +587,18 @@ class _Builder:
         reference: StixObject,
     ) -> None:
         """An Indicator on the value when VT's malicious count reaches the configured threshold
-        (> 0), valid from VT's analysis date for the configured minutes, `based-on` the entity."""
+        (> 0), valid for the configured minutes from the request (else from VT's analysis date),
+        `based-on` the entity. Dates: module docstring."""
         prefix = _OPTION_PREFIX[entity_type]
         threshold = getattr(self.options, f"{prefix}_indicator_create_positives")
         malicious = vt.analysis_counts(vt_object).get("malicious")
         if not (threshold > 0 and malicious is not None and malicious >= threshold):
             return
-        if analysed_at is None:
-            self.stats["invalid_values"] += 1  # no analysis date: no validity window
+        dates = self.indicator_dates(analysed_at)
+        if dates is None:
+            self.stats["invalid_values"] += 1  # neither request nor analysis date: no validity
             return
+        created, valid_from = dates
         pattern, main_type = _pattern(entity_type, subject, _entity_hashes(entity))
         if pattern is None:
             self.stats["invalid_values"] += 1
@@ -560,13 +611,15 @@ class _Builder:
                 f"{malicious} VirusTotal engines flag this {main_type} as malicious "
                 f"(threshold {threshold})."
             ),
-            valid_from=analysed_at,
+            valid_from=valid_from,
+            created=created,
+            modified=valid_from,
             created_by_ref=self.author_id,
             object_marking_refs=self.markings,
             main_observable_type=main_type,
         )
         minutes = getattr(self.options, f"{prefix}_indicator_valid_minutes")
-        valid_until = _plus_minutes(analysed_at, minutes)
+        valid_until = _plus_minutes(valid_from, minutes)
         if valid_until is not None:
             indicator["valid_until"] = valid_until
         indicator["x_opencti_detection"] = bool(getattr(self.options, f"{prefix}_indicator_detect"))
@@ -578,7 +631,18 @@ class _Builder:
         if indicator["id"] not in self.objects:
             self.stats["indicators"] += 1
         self.add(indicator)
-        self.relate("based-on", indicator["id"], entity["id"], analysed_at)
+        self.relate("based-on", indicator["id"], entity["id"], created)
+
+    def indicator_dates(self, vt_date: str | None) -> tuple[str, str] | None:
+        """(`created`, `valid_from`) of an Indicator whose evidence VT dated `vt_date`: valid
+        from the request, created at VT's date but never after the request (a file uploaded
+        on request is analysed after it); without a request, both VT's date. `modified` is
+        `valid_from`. None when there is neither date."""
+        if self.requested is None:
+            return None if vt_date is None else (vt_date, vt_date)
+        if vt_date is None:
+            return self.requested, self.requested
+        return min(vt_date, self.requested, key=_instant), self.requested
 
     def add_yara_indicators(self, file_id: str, vt_object: dict, created: str) -> None:
         """One YARA Indicator per crowdsourced YARA result whose rule is found in its fetched
@@ -622,11 +686,13 @@ class _Builder:
         if _UNSAFE_SOURCE.search(rule.source):
             self.stats["invalid_values"] += 1  # not writable as UTF-8 (lone surrogate)
             return None
-        valid_from = (
+        rule_date = (
             _timestamp(rule.date)
             or _timestamp(vt.safe_timestamp(attrs.get("creation_date")))
             or created
         )
+        # VT still runs the rule: valid from the request, created at the rule's own date
+        rule_created, valid_from = self.indicator_dates(rule_date) or (rule_date, rule_date)
         ruleset_name = _text(result.get("ruleset_name")) or _text(attrs.get("name"))
         author = _text(result.get("author")) or _text(attrs.get("author"))
         source = _text(result.get("source")) or _text(attrs.get("source"))
@@ -646,6 +712,8 @@ class _Builder:
             name=rule.name,
             description="\n".join(lines),
             valid_from=valid_from,
+            created=rule_created,
+            modified=valid_from,
             created_by_ref=self.author_id,
             object_marking_refs=(),
             main_observable_type="StixFile",
@@ -975,14 +1043,20 @@ def _pattern(entity_type: str, subject: str, hashes: Mapping[str, str]) -> tuple
     return common.value_pattern(SCO_TYPES[entity_type], subject), entity_type
 
 
+def _instant(stamp: str) -> datetime:
+    """The moment a STIX timestamp of this module spells (they all end in `Z`)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
 def _plus_minutes(stamp: str, minutes: Any) -> str | None:
-    """`stamp` + `minutes` (a positive int); None when not positive or past the year 9999."""
+    """`stamp` + `minutes` (a positive int), milliseconds kept; None when not positive or past
+    the year 9999."""
     if isinstance(minutes, bool) or not isinstance(minutes, int) or minutes <= 0:
         return None
-    seconds = vt.safe_timestamp(stamp)
-    if seconds is None:
+    try:
+        return common.moment_timestamp(_instant(stamp) + timedelta(minutes=minutes))
+    except (ValueError, OverflowError):
         return None
-    return _timestamp(seconds + minutes * 60)
 
 
 def _extension(entity: dict[str, Any], extension: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import stix2
@@ -33,6 +33,16 @@ def test_stix_timestamp_pads_early_years_and_rejects_unspellable_ones() -> None:
     for bad in (10**12, -(10**12), True):
         with pytest.raises(ValueError):
             common.stix_timestamp(bad)
+
+
+def test_moment_timestamp_keeps_milliseconds_in_utc_and_refuses_naive_times() -> None:
+    moment = datetime(2025, 11, 20, 11, 30, 15, 250_999, tzinfo=timezone(timedelta(hours=1)))
+    assert common.moment_timestamp(moment) == "2025-11-20T10:30:15.250Z"
+    assert common.moment_timestamp(datetime(5, 1, 2, tzinfo=UTC)) == "0005-01-02T00:00:00.000Z"
+    with pytest.raises(ValueError, match="time zone"):
+        common.moment_timestamp(datetime(2025, 11, 20, 10, 30))
+    with pytest.raises(ValueError, match="years 1-9999"):
+        common.moment_timestamp(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=2))))
 
 
 def test_normalize_label_matches_upstream() -> None:

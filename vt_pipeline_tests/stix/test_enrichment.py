@@ -8,7 +8,7 @@ import json
 import random
 import re
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -60,17 +60,22 @@ def enrich(
     vt_object: dict[str, Any],
     opts: EnrichmentMappingOptions = DEFAULTS,
     rulesets: dict[str, Any] | None = None,
+    requested_at: datetime | None = None,
 ) -> EnrichmentResult:
     """Enrich, and check what every enrichment must hold: the input untouched, the bundle the
     job sends valid, counters complete, no unexpected failure, the same bytes twice."""
     before = copy.deepcopy(entity)
-    result = build_enrichment(entity, entity_type, vt_object, opts, rulesets)
+    result = build_enrichment(
+        entity, entity_type, vt_object, opts, rulesets, requested_at=requested_at
+    )
     assert entity == before
     bundle = enrichment_bundle(ef.context_objects(entity), result.objects)
     assert validate_bundle(bundle) == []
     assert set(result.stats) == set(STAT_KEYS)
     assert result.stats["section_errors"] == 0
-    again = build_enrichment(entity, entity_type, vt_object, opts, rulesets)
+    again = build_enrichment(
+        entity, entity_type, vt_object, opts, rulesets, requested_at=requested_at
+    )
     assert serialize_bundle(enrichment_bundle([], again.objects)) == serialize_bundle(
         enrichment_bundle([], result.objects)
     )
@@ -423,6 +428,148 @@ def test_no_indicator_without_an_analysis_date_or_past_year_9999() -> None:
     late = ef.vt_ip(analysis_date=253_402_300_000)
     indicator = one(enrich(ip(None), "IPv4-Addr", late), "indicator")
     assert "valid_until" not in indicator  # + 2880 minutes cannot be spelled in STIX
+
+
+# -- dates: the request's and VT's -------------------------------------------------------------
+
+# A report VT analysed two years before the enrichment request.
+OLD_ANALYSIS = ef.ANALYSIS_DATE - 2 * 365 * 86_400
+OLD_STAMP = "2023-11-21T10:00:00.000Z"
+REQUESTED = datetime(2025, 11, 20, 9, 30, 15, 250_000, tzinfo=UTC)
+REQUESTED_STAMP = "2025-11-20T09:30:15.250Z"
+
+
+def instant(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def prefix_of(entity_type: str) -> str:
+    return {"StixFile": "file", "Artifact": "file", "IPv4-Addr": "ip", "Url": "url"}.get(
+        entity_type, "domain"
+    )
+
+
+@pytest.mark.parametrize("entity_type", list(CASES))
+def test_old_report_indicator_is_valid_from_the_request_for_the_configured_minutes(
+    entity_type: str,
+) -> None:
+    entity, vt_object = case(entity_type, analysis_date=OLD_ANALYSIS)
+    opts = options(**{f"{prefix_of(entity_type)}_indicator_valid_minutes": 90})
+    result = enrich(entity, entity_type, vt_object, opts, requested_at=REQUESTED)
+    indicator = one(result, "indicator")
+    assert indicator["valid_from"] == indicator["modified"] == REQUESTED_STAMP
+    assert instant(indicator["valid_until"]) - instant(indicator["valid_from"]) == timedelta(
+        minutes=90
+    )
+    assert instant(indicator["valid_from"]) <= REQUESTED < instant(indicator["valid_until"])
+    # What VT observed keeps VT's date: the verdict's analysis, its note, the relationship.
+    assert indicator["created"] == OLD_STAMP
+    assert one(result, "note")["created"] == OLD_STAMP
+    based_on = next(
+        r for r in of_type(result, "relationship") if r["source_ref"] == indicator["id"]
+    )
+    assert based_on["created"] == based_on["modified"] == OLD_STAMP
+    stix2.parse(indicator, allow_custom=True)  # valid_until > valid_from, created <= modified
+
+
+def test_without_a_request_time_the_indicator_falls_back_to_vt_dates() -> None:
+    entity, vt_object = case("IPv4-Addr", analysis_date=OLD_ANALYSIS)
+    indicator = one(enrich(entity, "IPv4-Addr", vt_object), "indicator")
+    assert indicator["valid_from"] == indicator["created"] == indicator["modified"] == OLD_STAMP
+    assert indicator["valid_until"] == "2023-11-23T10:00:00.000Z"
+
+
+def test_same_request_same_bytes_whatever_its_time_zone() -> None:
+    """A re-executed run passes the same request time again: the same bytes (enrich() itself
+    builds twice); its zone is only a spelling; a millisecond later is another version."""
+    entity, opts = ef.opencti_file(), options(file_import_yara=True)
+    vt_object = ef.vt_file(analysis_date=OLD_ANALYSIS, yara=[(RULESET_ID, "Test_Rule")])
+
+    def replay(requested_at: datetime) -> bytes:
+        result = enrich(copy.deepcopy(entity), "StixFile", vt_object, opts, RULESETS, requested_at)
+        return serialize_bundle(enrichment_bundle(ef.context_objects(entity), result.objects))
+
+    reference = replay(REQUESTED)
+    paris = timezone(timedelta(hours=1))
+    assert replay(REQUESTED.astimezone(paris)) == reference
+    assert replay(REQUESTED + timedelta(milliseconds=1)) != reference
+
+
+def test_later_request_moves_validity_forward_on_the_same_indicator_and_notes() -> None:
+    """Re-enriching the same VT analysis later: one Indicator re-validated, nothing else new."""
+    entity, vt_object = case("Url", analysis_date=OLD_ANALYSIS)
+    first = enrich(entity, "Url", vt_object, requested_at=REQUESTED)
+    later_at = REQUESTED + timedelta(days=3)
+    later = enrich(copy.deepcopy(entity), "Url", vt_object, requested_at=later_at)
+    assert [o["id"] for o in later.objects] == [o["id"] for o in first.objects]
+    old, new = one(first, "indicator"), one(later, "indicator")
+    assert instant(new["valid_from"]) == later_at
+    assert instant(new["valid_until"]) - instant(old["valid_until"]) == timedelta(days=3)
+    # OpenCTI takes a re-sent `modified` only when it is later than the stored one.
+    assert new["modified"] > old["modified"] and new["created"] == old["created"]
+    changed = {"valid_from", "valid_until", "modified"}
+    assert {k: v for k, v in new.items() if k not in changed} == {
+        k: v for k, v in old.items() if k not in changed
+    }
+    others = [o for o in first.objects if o["id"] != old["id"]]
+    assert others == [o for o in later.objects if o["id"] != new["id"]]
+    assert one(later, "note")["id"] == one(first, "note")["id"]
+
+
+def test_new_analysis_later_adds_a_note_and_keeps_the_indicator() -> None:
+    entity, _ = case("Domain-Name")
+    first = enrich(
+        entity, "Domain-Name", ef.vt_domain(analysis_date=OLD_ANALYSIS), requested_at=REQUESTED
+    )
+    fresh = ef.vt_domain(analysis_date=ef.ANALYSIS_DATE + 86_400)
+    # the request (11-21 09:30) before the analysis (11-21 10:00), as for a file uploaded on it
+    later = enrich(entity, "Domain-Name", fresh, requested_at=REQUESTED + timedelta(days=1))
+    assert one(later, "indicator")["id"] == one(first, "indicator")["id"]
+    assert one(later, "note")["id"] != one(first, "note")["id"]
+    late = one(later, "indicator")  # created never after modified: at the request
+    assert late["created"] == late["valid_from"] == late["modified"] == "2025-11-21T09:30:15.250Z"
+
+
+def test_request_time_dates_an_indicator_vt_gave_no_analysis_date() -> None:
+    vt_object = ef.vt_ip()
+    for key in ("last_analysis_date", "last_submission_date", "last_modification_date"):
+        vt_object["attributes"].pop(key, None)
+    result = enrich(ip(None), "IPv4-Addr", vt_object, requested_at=REQUESTED)
+    indicator = one(result, "indicator")
+    assert indicator["valid_from"] == indicator["created"] == REQUESTED_STAMP
+
+
+def test_request_time_must_be_timezone_aware() -> None:
+    entity, vt_object = case("IPv4-Addr")
+    naive = datetime(2025, 11, 20, 9, 30)
+    with pytest.raises(ValueError, match="time zone"):
+        build_enrichment(entity, "IPv4-Addr", vt_object, DEFAULTS, requested_at=naive)
+    with pytest.raises(ValueError, match="time zone"):
+        build_indicator_enrichment(ef.opencti_indicator(), lookups(), DEFAULTS, requested_at=naive)
+
+
+def test_request_validity_past_year_9999_has_no_valid_until() -> None:
+    entity, vt_object = case("IPv4-Addr")
+    end = datetime(9999, 12, 31, 12, tzinfo=UTC)
+    indicator = one(enrich(entity, "IPv4-Addr", vt_object, requested_at=end), "indicator")
+    assert indicator["valid_from"] == "9999-12-31T12:00:00.000Z"
+    assert "valid_until" not in indicator
+
+
+def test_yara_indicator_is_valid_from_the_request_and_created_at_the_rule_date() -> None:
+    vt_object = ef.vt_file(analysis_date=OLD_ANALYSIS, yara=[(RULESET_ID, "Test_Rule")])
+    opts = options(file_import_yara=True)
+    result = enrich(ef.opencti_file(), "StixFile", vt_object, opts, RULESETS, REQUESTED)
+    yara = next(i for i in of_type(result, "indicator") if i["pattern_type"] == "yara")
+    assert yara["valid_from"] == yara["modified"] == REQUESTED_STAMP
+    assert yara["created"] == "2025-01-15T00:00:00.000Z"  # the rule's date
+    match = next(r for r in of_type(result, "relationship") if r["target_ref"] == yara["id"])
+    assert match["created"] == OLD_STAMP  # VT saw the match in its analysis
+    # Through an Indicator's values too.
+    indicator = ef.opencti_indicator()
+    values = [("StixFile", SHA256, vt_object)]
+    through = build_indicator_enrichment(indicator, values, opts, RULESETS, requested_at=REQUESTED)
+    assert [i for i in of_type(through, "indicator") if i["pattern_type"] == "yara"] == [yara]
 
 
 # -- crowdsourced YARA -------------------------------------------------------------------------

@@ -27,7 +27,12 @@ from typing import Any
 import dagster as dg
 from dagster._core.events import DagsterEventType, EngineEventData
 
-from vt_pipeline.enrichment.requests import ENRICHMENT_OP, EnrichmentRequest, InvalidRequest
+from vt_pipeline.enrichment.requests import (
+    ENRICHMENT_OP,
+    EnrichmentRequest,
+    InvalidRequest,
+    printable,
+)
 
 ANSWERED_KEY = "vt_pipeline/answered_request"
 ATTEMPT_TAG = "vt_pipeline/attempt"
@@ -109,12 +114,22 @@ def retry_tags(dead: dg.DagsterRun, requests: Sequence[EnrichmentRequest]) -> di
 
 
 def death_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
-    """Why the run ended, as its failure event says (first line), else its status."""
-    records = instance.get_records_for_run(
-        run.run_id, of_type={DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_CANCELED}
-    ).records
-    for record in reversed(records):
-        message = record.event_log_entry.message or ""
-        if message:
-            return message.splitlines()[0][:300]
-    return f"it ended {run.status.value}"
+    """Why the run ended, in one line: its step's error (what the op raised), else the run's
+    failure message (the dead-run sweep's, a launcher's), else its status."""
+    kinds = {
+        DagsterEventType.STEP_FAILURE,
+        DagsterEventType.RUN_FAILURE,
+        DagsterEventType.RUN_CANCELED,
+    }
+    step_error, run_message = "", ""
+    for record in instance.get_records_for_run(run.run_id, of_type=kinds).records:
+        entry = record.event_log_entry
+        event = entry.dagster_event
+        if event is not None and event.event_type == DagsterEventType.STEP_FAILURE:
+            error = getattr(event.event_specific_data, "error", None)
+            cause = getattr(error, "cause", None) or error
+            step_error = step_error or str(getattr(cause, "message", "") or "")
+        elif entry.message:
+            run_message = entry.message
+    text = (step_error or run_message).strip().splitlines()
+    return printable(text[0], 300) if text else f"it ended {run.status.value}"

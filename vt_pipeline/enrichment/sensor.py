@@ -263,40 +263,51 @@ def recover_ended_runs(
     """Runs the cursor watches that ended: forget those that answered everything; the others'
     unanswered requests go to one retry run, or are closed in error (see `recovery.py`).
     A run is forgotten only once that is done, so a crash at any point repeats it harmlessly."""
-    if not cursor.running:
-        return []
-    runs = instance.get_runs(filters=dg.RunsFilter(run_ids=list(cursor.running)))
-    found = {run.run_id: run for run in runs}
     requests: list[dg.RunRequest] = []
-    for run_id in list(cursor.running):
-        run = found.get(run_id)
-        if run is None or run.status == dg.DagsterRunStatus.SUCCESS:
-            cursor.running.pop(run_id)  # deleted from the instance, or every request answered
-            continue
-        if run.status not in recovery.ENDED_BADLY:
-            continue  # queued or still running
-        if time.monotonic() > deadline:
-            report.left += 1
-            continue
-        try:
-            outcome, retry = _recover(instance, run, cti, report, log)
-        except OpenCTIUnavailable as exc:  # cannot check or close works now: a later tick will
-            report.problems.append(f"run {run_id}: OpenCTI unreachable: {printable(exc, 200)}")
-            continue
-        if retry is not None:
-            requests.append(retry)
-            found_retry = instance.get_runs(
-                filters=dg.RunsFilter(tags={RUN_KEY_TAG: retry.run_key}), limit=1
+    todo = list(cursor.running)
+    while todo:
+        found = {r.run_id: r for r in instance.get_runs(filters=dg.RunsFilter(run_ids=todo))}
+        todo, later = [], todo
+        for run_id in later:
+            run = found.get(run_id)
+            if run is None or run.status == dg.DagsterRunStatus.SUCCESS:
+                cursor.running.pop(run_id, None)  # deleted, or every request answered
+                continue
+            if run.status not in recovery.ENDED_BADLY:
+                continue  # queued or still running
+            if time.monotonic() > deadline:
+                report.left += 1
+                continue
+            existing = instance.get_runs(
+                filters=dg.RunsFilter(tags={RUN_KEY_TAG: recovery.retry_key(run_id)}), limit=1
             )
-            if not found_retry:
-                continue  # requested now (or again): forgotten once the retry run exists
-            cursor.running.setdefault(found_retry[0].run_id, time.time())
-        if outcome and recovery.OUTCOME_TAG not in run.tags:
-            instance.add_run_tags(run_id, {recovery.OUTCOME_TAG: outcome})
-            log.warning(
-                f"{SENSOR_NAME}: enrichment run {run_id} ended {run.status.value}: {outcome}"
-            )
-        cursor.running.pop(run_id)
+            if existing:  # its retry run exists: that run is watched now
+                retry_run = existing[0]
+                if retry_run.run_id not in cursor.running:
+                    cursor.running[retry_run.run_id] = time.time()
+                    todo.append(retry_run.run_id)  # judged in this tick too
+                outcome = (
+                    f"the requests it had not answered were sent again in run "
+                    f"{retry_run.run_id} (attempt {recovery.attempt_of(retry_run)} of "
+                    f"{recovery.MAX_ATTEMPTS})"
+                )
+            else:
+                try:
+                    outcome, retry = _recover(instance, run, cti, report, log)
+                except OpenCTIUnavailable as exc:  # cannot check or close works now
+                    report.problems.append(
+                        f"run {run_id}: OpenCTI unreachable: {printable(exc, 200)}"
+                    )
+                    continue
+                if retry is not None:
+                    requests.append(retry)  # asked (again) until its run exists
+                    continue
+            if recovery.OUTCOME_TAG not in run.tags:
+                instance.add_run_tags(run_id, {recovery.OUTCOME_TAG: outcome})
+                log.warning(
+                    f"{SENSOR_NAME}: enrichment run {run_id} ended {run.status.value}: {outcome}"
+                )
+            cursor.running.pop(run_id, None)
     return requests
 
 
@@ -307,7 +318,8 @@ def _recover(
     report: TickReport,
     log: Any,
 ) -> tuple[str, dg.RunRequest | None]:
-    """What to do with one ended run's unanswered requests: (its outcome, a retry run request)."""
+    """What to do with one ended run's unanswered requests: (its outcome, None) when they are
+    settled (answered, or closed in error now), ("", the retry's run request) otherwise."""
     left = [
         request
         for request in recovery.unanswered(instance, run)
@@ -318,18 +330,13 @@ def _recover(
     attempt = recovery.attempt_of(run)
     if attempt < recovery.MAX_ATTEMPTS:
         key = recovery.retry_key(run.run_id)
-        if recovery.OUTCOME_TAG not in run.tags:
-            report.retried += len(left)
+        report.retried += len(left)
         retry = dg.RunRequest(
             run_key=key,
             run_config=enrichment_run_config(left),
             tags=recovery.retry_tags(run, left),
         )
-        return (
-            f"{len(left)} request(s) it had not answered were sent again in a new run "
-            f"(run key {key}, attempt {attempt + 1} of {recovery.MAX_ATTEMPTS})",
-            retry,
-        )
+        return "", retry  # the outcome is said once the retry run exists
     reason = printable(
         f"vt_pipeline: this request was not answered: {attempt} enrichment runs ended before "
         f"answering it (last: run {run.run_id}, {recovery.death_reason(instance, run)}); not "

@@ -7,8 +7,9 @@ matched by ruleset label), network subjects (URL, domain, IP) are mapped instead
 malware-config hosts are classified without a DNS lookup, and every id is derived from content.
 
 Determinism: notifications are processed sorted by (notification date, notification id), and
-the bundle is sorted by id. One id always carries one content, in any window and in any order:
-an object that several notifications reach (a YARA Indicator, a File and what hangs on it, a
+the bundle is sorted by id. One id always carries one content, in any window and in any order
+(but the validity of a detection Indicator, which each window re-confirms: see below): an
+object that several notifications reach (a YARA Indicator, a File and what hangs on it, a
 relationship between two such objects) takes every field from the VT objects it describes -
 the rule and its ruleset, the file - never from whichever notification comes first:
 - YARA Indicator: pattern, name and description from the rule (description: its `description`
@@ -23,10 +24,22 @@ the rule and its ruleset, the file - never from whichever notification comes fir
   freshest data on it), which does not depend on input order; a value that is both a subject
   and in some file's malware config is the subject's observable (configs are mapped last, and
   only add their labels to it).
-- File Indicator, malware-config observables, indicators and Note: dated by the file's
-  `first_submission_date`.
+- Malware-config observables and Note: dated by the file's `first_submission_date`.
+- Detection Indicators built from a file (the File Indicator, the malware-config network
+  Indicators): `created` = the file's `first_submission_date` (what VT observed), and valid
+  from the latest notification of the file in the batch (`valid_from` = `modified` = that
+  notification's date), with no `valid_until`: OpenCTI's lifecycle (decay rule or default
+  lifetime) counts from `valid_from`. The notification is the request here: VT matched the file
+  against a live rule at that date, which re-confirms it. Valid from the first submission, a
+  file VT first saw years ago gave an Indicator born expired, which OpenCTI revokes at once and
+  never deploys. A later window re-sends the same Indicator (id from the pattern) valid from
+  its own notification, with a later `modified`: OpenCTI takes a re-sent `modified` only when
+  it is later than the stored one. Within a batch the latest notification wins (for a config
+  value two files share, the later of theirs), whatever the input order, so a window
+  re-materialized from its stored notifications gives the same bytes. This is the one thing an
+  id carries that depends on the batch: its validity.
 - A relationship between two shared objects is dated by its source: `based-on` by the
-  Indicator's `valid_from`, the malware config's `related-to` by the file's first submission.
+  Indicator's `created`, the malware config's `related-to` by the file's first submission.
   Only relationships from an Incident (one Incident per notification) take the notification's
   date, the Incident's own.
 The notification date remains a last resort only where VT gave no date at all (a ruleset with
@@ -147,6 +160,7 @@ def build_livehunt_bundle(
     ordered = _ordered(notifications, builder.stats)
     for notification in ordered:  # the last one of a subject is its latest data
         builder.latest[notification.subject] = notification.item
+        builder.matched[notification.subject] = common.stix_timestamp(notification.timestamp)
     for notification in ordered:
         builder.add_notification(notification)
     for deferred in builder.deferred:
@@ -215,6 +229,8 @@ class _Builder:
         # subject -> ids of the objects built once per subject (observable, artifact, ...)
         self.subjects: dict[vt.Observable, _SubjectIds] = {}
         self.latest: dict[vt.Observable, dict[str, Any]] = {}
+        # subject -> date of its latest notification: VT matched it then (indicator validity)
+        self.matched: dict[vt.Observable, str] = {}
         # objects built once every notification's own objects exist (malware configs)
         self.deferred: list[Callable[[], None]] = []
 
@@ -233,6 +249,17 @@ class _Builder:
             self.objects[obj["id"]] = obj
         else:
             common.merge_labels(existing, obj)
+        return obj["id"]
+
+    def add_detection_indicator(self, obj: StixObject) -> str:
+        """`add`, and of two versions the later validity wins (the earlier `created`): what
+        two files' configs share is valid from the later match, in any input order."""
+        existing = self.objects.get(obj["id"])
+        self.add(obj)
+        if existing is not None:
+            if obj["valid_from"] > existing["valid_from"]:
+                existing["valid_from"] = existing["modified"] = obj["valid_from"]
+            existing["created"] = min(existing["created"], obj["created"])
         return obj["id"]
 
     def relate(self, rel_type: str, source: str, target: str, created: str) -> None:
@@ -274,6 +301,7 @@ class _Builder:
         if known is not None:
             return known
         item = self.latest[subject]
+        matched = self.matched[subject]
         options = self.options
         # Shared objects about a file are dated by the file, not by this notification.
         created = _timestamp_or(vt.attributes(item).get("first_submission_date"), created)
@@ -286,14 +314,15 @@ class _Builder:
         if subject.kind == "file":
             ids.artifact = self.add_artifact(subject.value, item)
             if options.create_file_indicators:
-                ids.file_indicator = self.add_file_indicator(subject.value, item, created)
+                indicator_id = self.add_file_indicator(subject.value, item, created, matched)
+                ids.file_indicator = indicator_id
                 if ids.observable:
-                    valid_from = self.objects[ids.file_indicator]["valid_from"]
-                    self.relate("based-on", ids.file_indicator, ids.observable, valid_from)
+                    since = self.objects[indicator_id]["created"]
+                    self.relate("based-on", indicator_id, ids.observable, since)
             if config.raw and ids.observable:
                 # after every notification's own objects: a subject's observable is never
                 # replaced by the same value extracted from some file's malware config
-                args = (subject.value, item, config, ids.observable, created)
+                args = (subject.value, item, config, ids.observable, created, matched)
                 self.deferred.append(lambda: self.add_malware_config(*args))
         self.subjects[subject] = ids
         return ids
@@ -476,9 +505,13 @@ class _Builder:
 
     # -- indicators ----------------------------------------------------------------------
 
-    def add_file_indicator(self, sha256: str, item: dict[str, Any], created: str) -> str:
-        valid_from = _timestamp_or(vt.attributes(item).get("first_submission_date"), created)
-        return self.add(
+    def add_file_indicator(
+        self, sha256: str, item: dict[str, Any], created: str, matched: str
+    ) -> str:
+        """The file's hash Indicator, valid from its latest notification (`matched`), created
+        at its first submission (`created`; module docstring)."""
+        first_seen = _timestamp_or(vt.attributes(item).get("first_submission_date"), created)
+        return self.add_detection_indicator(
             common.indicator(
                 f"[file:hashes.'SHA-256' = '{sha256}']",
                 pattern_type="stix",
@@ -486,7 +519,7 @@ class _Builder:
                 description=(
                     f"File with SHA-256 {sha256} observed in VirusTotal Livehunt notifications."
                 ),
-                valid_from=valid_from,
+                **_validity(first_seen, matched),
                 created_by_ref=self.author_id,
                 object_marking_refs=self.markings,
                 main_observable_type="StixFile",
@@ -566,10 +599,12 @@ class _Builder:
         config: _MalwareConfig,
         file_id: str,
         created: str,
+        matched: str,
     ) -> None:
-        """Network observables (and indicators) related to the file, and a Note of the config."""
+        """Network observables (and indicators, valid from the file's latest notification
+        `matched`) related to the file, and a Note of the config."""
         labels = config.labels
-        valid_from = _timestamp_or(vt.attributes(item).get("first_submission_date"), created)
+        first_seen = _timestamp_or(vt.attributes(item).get("first_submission_date"), created)
         refs = [file_id]
         for stix_type, value in config.extracted:
             observable = common.value_observable(
@@ -583,7 +618,7 @@ class _Builder:
             refs.append(self.add(observable))
             self.relate("related-to", file_id, observable["id"], created)
             if self.wants_indicator(stix_type):
-                indicator_id = self.add(
+                indicator_id = self.add_detection_indicator(
                     common.indicator(
                         common.value_pattern(stix_type, value),
                         pattern_type="stix",
@@ -592,7 +627,7 @@ class _Builder:
                             f"{_OPENCTI_TYPE[stix_type]} {value} extracted from a malware "
                             "configuration by VirusTotal."
                         ),
-                        valid_from=valid_from,
+                        **_validity(first_seen, matched),
                         created_by_ref=self.author_id,
                         object_marking_refs=self.markings,
                         main_observable_type=_OPENCTI_TYPE[stix_type],
@@ -730,6 +765,13 @@ def _dicts(values: Any) -> list[dict[str, Any]]:
     if not isinstance(values, list):
         return []
     return [value for value in values if isinstance(value, dict)]
+
+
+def _validity(first_seen: str, matched: str) -> dict[str, str]:
+    """Dates of a detection Indicator built from a file VT first saw at `first_seen` and matched
+    at `matched` (both STIX timestamps of whole seconds): valid from the match, created at the
+    first sighting but never after the match."""
+    return {"valid_from": matched, "created": min(first_seen, matched), "modified": matched}
 
 
 def _timestamp_or(value: Any, default: str | None) -> str | None:

@@ -269,7 +269,10 @@ def test_file_indicator() -> None:
     assert indicator["pattern"] == pattern
     assert indicator["pattern_type"] == "stix"
     assert indicator["id"] == Indicator.generate_id(pattern)
-    assert indicator["valid_from"] == "2025-11-19T10:00:00.000Z"
+    # valid from VT's match (the notification), created when VT first saw the file
+    assert indicator["valid_from"] == indicator["modified"] == CREATED
+    assert indicator["created"] == "2025-11-19T10:00:00.000Z"
+    assert "valid_until" not in indicator  # OpenCTI's lifecycle counts from valid_from
     assert indicator["x_opencti_main_observable_type"] == "StixFile"
     assert relations(result) == {
         ("incident", "related-to", "file"),
@@ -282,7 +285,72 @@ def test_file_indicator_without_first_submission_uses_the_notification_date() ->
     item = factories.file_notification()
     del item["attributes"]["first_submission_date"]
     result = build([item], create_file_indicators=True, create_yara_rule=False)
-    assert one(result, "indicator")["valid_from"] == CREATED
+    indicator = one(result, "indicator")
+    assert indicator["valid_from"] == indicator["created"] == indicator["modified"] == CREATED
+
+
+YEARS_AGO = DATE - 3 * 365 * 86_400  # 2022-11-21T10:00:00Z
+
+
+def detection_indicators(result: LivehuntBundle) -> list[dict[str, Any]]:
+    return [i for i in of_type(result, "indicator") if i["pattern_type"] == "stix"]
+
+
+def test_detection_indicators_of_an_old_file_are_valid_at_its_notification() -> None:
+    """A file VT first saw three years ago, matched today: its hash Indicator and its malware
+    config's Indicators are valid from today's notification, not born expired."""
+    item = factories.file_notification(
+        first_submission_date=YEARS_AGO, malware_config=factories.malware_config()
+    )
+    result = build(
+        [item],
+        create_file_indicators=True,
+        get_malware_config=True,
+        create_ip_indicators=True,
+        create_domain_name_indicators=True,
+        create_url_indicators=True,
+    )
+    indicators = detection_indicators(result)
+    assert len(indicators) == 4  # the hash, an IP, a domain, a URL
+    for indicator in indicators:
+        assert indicator["valid_from"] == indicator["modified"] == CREATED, indicator["name"]
+        assert indicator["created"] == "2022-11-21T10:00:00.000Z"
+        assert "valid_until" not in indicator
+    # what VT observed keeps VT's date: the config note, the relationships from the file
+    assert one(result, "note")["created"] == "2022-11-21T10:00:00.000Z"
+    for rel in of_type(result, "relationship"):
+        if not rel["source_ref"].startswith("incident--"):
+            assert rel["created"] in ("2022-11-21T10:00:00.000Z", "2025-01-15T00:00:00.000Z")
+
+
+def test_a_file_notified_twice_is_valid_from_its_latest_notification() -> None:
+    def notified(date: int, notification_id: str) -> dict[str, Any]:
+        return factories.file_notification(
+            notification_date=date,
+            notification_id=notification_id,
+            first_submission_date=YEARS_AGO,
+        )
+
+    early, late = notified(DATE, "n-1"), notified(DATE + 600, "n-2")
+    for items in ([early, late], [late, early]):
+        (indicator,) = detection_indicators(build(items, create_file_indicators=True))
+        assert indicator["valid_from"] == common.stix_timestamp(DATE + 600)
+        assert indicator["created"] == common.stix_timestamp(YEARS_AGO)  # first submission
+
+
+def test_a_config_value_two_files_share_is_valid_from_the_later_match() -> None:
+    config = factories.malware_config(hosts=("198.51.100.23",), urls=())
+    first = factories.file_notification(
+        "a", notification_date=DATE, first_submission_date=YEARS_AGO, malware_config=config
+    )
+    second = factories.file_notification(
+        "b", notification_date=DATE + 900, first_submission_date=DATE, malware_config=config
+    )
+    options = {"get_malware_config": True, "create_ip_indicators": True}
+    for items in ([first, second], [second, first]):
+        (indicator,) = detection_indicators(build(items, **options))
+        assert indicator["valid_from"] == indicator["modified"] == common.stix_timestamp(DATE + 900)
+        assert indicator["created"] == common.stix_timestamp(YEARS_AGO)
 
 
 def test_tlp_levels() -> None:
@@ -779,19 +847,31 @@ def test_a_file_name_of_100000_characters_with_nul_is_capped_and_cleaned() -> No
     assert file["x_opencti_additional_names"] == ["b c"]
 
 
-# -- one id, one content: in any window, in any order ------------------------------------------
+# -- one id, one content: in any window, in any order (but a detection Indicator's validity) --
 
 
 def by_id(result: LivehuntBundle) -> dict[str, dict[str, Any]]:
     return {obj["id"]: obj for obj in result.bundle["objects"]}
 
 
+VALIDITY = ("valid_from", "modified")
+
+
+def settled(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object without what each window re-confirms: a detection Indicator's validity."""
+    if obj["type"] == "indicator" and obj["pattern_type"] == "stix":
+        return {key: value for key, value in obj.items() if key not in VALIDITY}
+    return obj
+
+
 def assert_shared_objects_identical(*results: LivehuntBundle) -> set[str]:
-    """Every id found in several bundles has the same content in each; the shared ids."""
+    """Every id found in several bundles has the same content in each, a detection Indicator's
+    validity aside; the shared ids."""
     seen: dict[str, dict[str, Any]] = {}
     shared: set[str] = set()
     for result in results:
         for object_id, obj in by_id(result).items():
+            obj = settled(obj)
             if object_id in seen:
                 shared.add(object_id)
                 assert obj == seen[object_id], object_id
@@ -856,6 +936,17 @@ def test_shared_objects_do_not_depend_on_the_window_or_the_first_notification() 
         if r["relationship_type"] == "based-on" and r["id"] in shared
     ]
     assert len(based_on) >= 2  # YARA -> File, File Indicator -> File (and config indicators)
+    # each window's detection Indicators are valid from its own notification, created at the
+    # file's first submission
+    moved = [i["id"] for i in detection_indicators(early)]
+    assert len(moved) == 4 and set(moved) <= shared
+    for window, matched in ((early, DATE), (late, DATE + 5 * 3600)):
+        for indicator_id in moved:
+            indicator = by_id(window)[indicator_id]
+            assert (
+                indicator["valid_from"] == indicator["modified"] == common.stix_timestamp(matched)
+            )
+            assert indicator["created"] == common.stix_timestamp(first_seen)
 
 
 def test_a_subject_is_its_own_observable_even_when_a_config_names_it_first() -> None:

@@ -118,8 +118,10 @@ class Outcome:
 
 @dataclass
 class _Trace:
-    """Per-request counters the lookups update."""
+    """Per request: when it was asked (what the Indicators are valid from) and the counters the
+    lookups update."""
 
+    requested_at: datetime
     cache_hits: int = 0
     cached_at: list[datetime] = field(default_factory=list)
 
@@ -154,7 +156,8 @@ class Enricher:
         """Answer one request; never raises (its failure is its outcome)."""
         call_scope(request.request_id)
         outcome = Outcome(request, entity=request.entity_id)
-        trace = _Trace()
+        # The sensor stamps each request; a run config written by hand may carry no time.
+        trace = _Trace(requested_at=request.requested_time or self.clock())
         try:
             if request.work_id:
                 await self._opencti(
@@ -326,7 +329,9 @@ class Enricher:
             if entity_type == "Url" and not self.settings.url_upload_unseen:
                 hint = " (VIRUSTOTAL_URL_UPLOAD_UNSEEN is off)"
             raise RequestFailed(f"VirusTotal has no record of {entity_type} {value}{hint}")
-        return build_enrichment(stix_entity, entity_type, body["data"], self.options)
+        return build_enrichment(
+            stix_entity, entity_type, body["data"], self.options, requested_at=trace.requested_at
+        )
 
     async def _enrich_file(
         self,
@@ -352,7 +357,14 @@ class Enricher:
                 raise RequestFailed(f"VirusTotal has no record of file {file_hash}{hint}")
             body = await self._upload_artifact(entity, file_hash, trace)
         rulesets = await self._yara_rulesets(body["data"], trace)
-        return build_enrichment(stix_entity, entity_type, body["data"], self.options, rulesets)
+        return build_enrichment(
+            stix_entity,
+            entity_type,
+            body["data"],
+            self.options,
+            rulesets,
+            requested_at=trace.requested_at,
+        )
 
     async def _upload_artifact(
         self, entity: dict[str, Any], file_hash: str, trace: _Trace
@@ -437,7 +449,9 @@ class Enricher:
         for kind, _, data in lookups:
             if data is not None and kind in FILE_TYPES:
                 rulesets.update(await self._yara_rulesets(data, trace))
-        return build_indicator_enrichment(stix_entity, lookups, self.options, rulesets)
+        return build_indicator_enrichment(
+            stix_entity, lookups, self.options, rulesets, requested_at=trace.requested_at
+        )
 
     async def _lookup(
         self, object_type: str, object_id: str, trace: _Trace, fresh: bool = False

@@ -453,6 +453,31 @@ def test_stats_count_requests_by_endpoint_and_status(emulator: VirusTotalEmulato
     assert emulator.stats() == {}
 
 
+def test_endpoints_it_does_not_implement_are_counted_and_cost_quota() -> None:
+    """A client calling what the emulator lacks must not look cheaper than on VirusTotal."""
+    emulator = VirusTotalEmulator(generate_corpus(3, 60, START, END), quota_per_minute=3)
+    sha256 = next(iter(emulator.corpus.files))
+    with emulator.serve(), vt.Client("demo", host=emulator.url) as client:
+        for path in (f"/files/{sha256}/comments", "/collections/malware--x"):
+            error = api_error(client.get_json, path)
+            assert error.code == "NotFoundError" and "not implemented" in error.message
+        assert client.post(f"/files/{sha256}/analyse").status == 404
+        # Those three were spent: VirusTotal would have counted them against the key too.
+        assert api_error(client.get_object, f"/files/{sha256}").code == "QuotaExceededError"
+        status, _ = http("GET", f"{emulator.url}/api/v2/file/report")  # no key: 401, counted
+        assert status == 401
+        assert emulator.stats() == {"not_implemented": {"404": 3, "401": 1}, "file": {"429": 1}}
+        assert http("GET", f"{emulator.url}/_emulator/stats")[1] == {"requests": emulator.stats()}
+    paths = [entry.get("path") for entry in emulator.requests()]
+    assert paths == [
+        f"/api/v3/files/{sha256}/comments",
+        "/api/v3/collections/malware--x",
+        f"/api/v3/files/{sha256}/analyse",
+        None,  # refused before the handler: no detail, but counted
+        None,
+    ]
+
+
 def test_latency_applies_per_request_and_overlaps() -> None:
     corpus = generate_corpus(3, 20, START, END)
     sha256 = next(iter(corpus.files))

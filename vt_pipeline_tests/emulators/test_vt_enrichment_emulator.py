@@ -18,6 +18,7 @@ import vt
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
 from vt_pipeline.emulators.virustotal.gti import gti_kind
+from vt_pipeline.emulators.virustotal.keys import ApiKey
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.emulators.virustotal.targets import known_values
 
@@ -96,6 +97,36 @@ def test_gti_assessment_only_with_the_x_tool_header(corpus: Corpus, url: str) ->
         assert gti.get_object(f"/files/{targets.file_no_gti}").gti_assessment == {}
     kinds = Counter(gti_kind(o) for o in corpus.files.values())
     assert kinds["full"] > kinds["empty"] > 0 and kinds["none"] > 0
+
+
+def test_gti_goes_only_to_keys_licensed_for_it(corpus: Corpus) -> None:
+    """VirusTotal decides per key: a premium key without the GTI licence, or a public one, gets
+    no assessment even when it sends `x-tool`; the licensed key gets it only when it does."""
+    targets = corpus.targets()
+    keys = {"gti": True, "vt-only": ApiKey(premium=True, gti=False), "public": False}
+    paths = [f"/files/{targets.file_gti}", f"/ip_addresses/{targets.ip}"]
+    paths += [f"/domains/{targets.domain}", f"/urls/{url_id(targets.url)}"]
+    scored = [p for p in paths if gti_kind(corpus_object(corpus, p)) == "full"]
+    assert f"/files/{targets.file_gti}" in scored
+    with VirusTotalEmulator(corpus, api_keys=keys).serve() as served:
+        for key, headers, licensed in (
+            ("gti", GTI, True),
+            ("gti", {}, False),
+            ("vt-only", GTI, False),
+            ("public", GTI, False),
+        ):
+            with vt.Client(key, host=served, headers=headers) as client:
+                for path in scored:
+                    attributes = client.get_json(path)["data"]["attributes"]
+                    assert ("gti_assessment" in attributes) == licensed, (key, path)
+
+
+def corpus_object(corpus: Corpus, path: str) -> dict:
+    """The corpus object a lookup path names."""
+    _, collection, key = path.split("/")
+    if collection == "urls":
+        key = hashlib.sha256(base64.urlsafe_b64decode(key + "==")).hexdigest()
+    return getattr(corpus, collection)[key]
 
 
 def test_gti_score_differs_from_the_detection_ratio(corpus: Corpus, url: str) -> None:

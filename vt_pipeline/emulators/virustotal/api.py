@@ -6,15 +6,19 @@ not count), the handler, then an injected body fault (truncated/malformed) on a 
 emulator's own state (deleted notifications, uploads, analyses, statistics) lives here; the
 corpus is never modified.
 
-For enrichment: file, URL, domain and IP lookups add `gti_assessment` only when the request
-carries VirusTotal's `x-tool` header (see `gti`); an unknown file or URL is a 404 until it is
-uploaded (`POST /files` <= 32 MiB, else `GET /files/upload_url`, single use, <= 650 MB) or
-submitted (`POST /urls`) and its analysis has completed (`set_analysis_time`: polls and seconds,
-default the third poll); `GET /_emulator/targets` gives another process `Corpus.targets()`.
+For enrichment: file, URL, domain and IP lookups carry `gti_assessment` only when the request
+has VirusTotal's `x-tool` header and its key is licensed for GTI (see `gti`, `keys`); a captured
+corpus is served as captured. An unknown file or URL is a 404 until it is uploaded
+(`POST /files` <= 32 MiB, else `GET /files/upload_url`, single use, <= 650 MB) or submitted
+(`POST /urls`) and its analysis has completed (`set_analysis_time`: polls and seconds, default
+the third poll); `GET /_emulator/targets` gives another process `Corpus.targets()`.
 
-Every gated request is also logged (`requests()`, `GET /_emulator/requests`): endpoint, status,
-start and end on the monotonic clock, and what it was about (a stream page's filter, cursor, the
-files it served and the rulesets its notifications name; a download's sha256; a ruleset's id),
+Every request under `/api/` is counted in `stats()`, to the endpoints the emulator does not
+implement too (`not_implemented`: a 404 after the key and quota checks VirusTotal would make),
+so a client calling them does not look cheaper than it is. Every gated request is also logged
+(`requests()`, `GET /_emulator/requests`): endpoint, status, start and end on the monotonic
+clock, and what it was about (a stream page's filter, cursor, the files it served and the
+rulesets its notifications name; a download's sha256; a ruleset's id; an unimplemented path),
 so a benchmark can rebuild the round trips a corpus needs and their order (its latency floor).
 """
 
@@ -40,7 +44,7 @@ from aiohttp import BodyPartReader, web
 from vt_pipeline.emulators.virustotal.corpus import Corpus, StreamEntry
 from vt_pipeline.emulators.virustotal.faults import BODY_FAULTS, STATUS_FAULTS, FaultInjector
 from vt_pipeline.emulators.virustotal.filetypes import sniff
-from vt_pipeline.emulators.virustotal.gti import with_gti
+from vt_pipeline.emulators.virustotal.gti import as_served, asks_for_gti
 from vt_pipeline.emulators.virustotal.ioc_stream import (
     StreamIndex,
     StreamQueryError,
@@ -49,6 +53,8 @@ from vt_pipeline.emulators.virustotal.ioc_stream import (
     parse_filter,
     parse_limit,
 )
+from vt_pipeline.emulators.virustotal.keys import ApiKey
+from vt_pipeline.emulators.virustotal.keys import api_keys as key_privileges
 from vt_pipeline.emulators.virustotal.objects import API_ROOT, submitted_file, url_id, url_object
 from vt_pipeline.emulators.virustotal.quotas import QuotaTracker
 from vt_pipeline.emulators.virustotal.samples import MIB, Hashes
@@ -196,7 +202,7 @@ class VirusTotalAPI:
         self,
         corpus: Corpus,
         *,
-        api_keys: Mapping[str, bool] | None = None,
+        api_keys: Mapping[str, bool | ApiKey] | None = None,
         latency_ms: float = 0.0,
         faults: str = "",
         fault_seed: int = 0,
@@ -212,7 +218,7 @@ class VirusTotalAPI:
         self.corpus = corpus
         self.set_analysis_time(analysis_polls, analysis_seconds)
         self.fault_timeout_seconds = fault_timeout_seconds
-        self._keys = dict(api_keys if api_keys is not None else {"demo": True})
+        self._keys = key_privileges(api_keys)
         self._latency = latency_ms / 1000
         self._faults = FaultInjector(faults, fault_seed)
         self._quotas = QuotaTracker(
@@ -278,8 +284,8 @@ class VirusTotalAPI:
         end once the response is written or handed to aiohttp). Details: ioc_stream ``filter``,
         ``cursor`` (the one given, or None), ``files`` (ids of the file objects served) and
         ``rulesets`` (ids the page's notifications name); file_download ``file`` (the sha256
-        when known); sample ``sha256``; hunting_ruleset ``ruleset``. At most
-        ``REQUEST_LOG_LIMIT`` entries are kept; ``requests_dropped`` counts the rest.
+        when known); sample ``sha256``; hunting_ruleset ``ruleset``; not_implemented ``path``.
+        At most ``REQUEST_LOG_LIMIT`` entries are kept; ``requests_dropped`` counts the rest.
         """
         with self._stats_lock:
             log = list(self._log)
@@ -319,7 +325,8 @@ class VirusTotalAPI:
         for method, path, endpoint, access, handler in _ROUTES:
             gated = self._gate(endpoint, access, getattr(self, handler))
             app.router.add_route(method, "/api/v3" + path, gated)
-        app.router.add_route("*", "/api/v3/{tail:.*}", self._unknown)
+        unknown = self._gate("not_implemented", "key", self._unknown)
+        app.router.add_route("*", "/api/{tail:.*}", unknown)
         app.router.add_get("/_emulator/samples/{id}", self._gate("sample", "open", self._sample))
         app.router.add_post(
             "/_emulator/uploads/{id}", self._gate("file_upload", "open", self._upload)
@@ -378,7 +385,7 @@ class VirusTotalAPI:
             return api_error(401, "AuthenticationRequiredError", "X-Apikey header is missing")
         if key not in self._keys:
             return api_error(401, "WrongCredentialsError", "Wrong API key")
-        if access == "premium" and not self._keys[key]:
+        if access == "premium" and not self._keys[key].premium:
             return api_error(403, "ForbiddenError", _PREMIUM_MESSAGE)
         return None
 
@@ -389,7 +396,16 @@ class VirusTotalAPI:
         return api_error(*_STATUS_FAULT_ERRORS[fault])
 
     async def _unknown(self, request: web.Request) -> web.Response:
-        return api_error(404, "NotFoundError", f"Resource not found: {request.path}")
+        """A VirusTotal endpoint the emulator does not implement (its path is logged)."""
+        request[_DETAIL] = {"path": request.path}
+        message = f"Resource not found: {request.path} (not implemented by the emulator)"
+        return api_error(404, "NotFoundError", message)
+
+    def _served(self, obj: dict, request: web.Request) -> dict:
+        """A looked-up object as this request gets it: with GTI only for a GTI key asking."""
+        key = self._keys.get(request.headers.get("x-apikey", ""))
+        licensed = key is not None and key.gti and asks_for_gti(request.headers)
+        return as_served(obj, licensed, self.corpus.assess_gti)
 
     # -- Livehunt ----------------------------------------------------------------------------
 
@@ -466,7 +482,7 @@ class VirusTotalAPI:
         found = self._file_or_error(request.match_info["id"])
         if isinstance(found, web.Response):
             return found
-        return json_ok({"data": with_gti(found, request.headers)})
+        return json_ok({"data": self._served(found, request)})
 
     async def _file_download(self, request: web.Request) -> web.Response:
         """Redirect to a key-less, unguessable storage URL, as VirusTotal does."""
@@ -555,7 +571,7 @@ class VirusTotalAPI:
         for key in _url_keys(raw):
             obj = self.corpus.urls.get(key) or self._submitted_urls.get(key)
             if obj is not None:
-                return json_ok({"data": with_gti(obj, request.headers)})
+                return json_ok({"data": self._served(obj, request)})
         return api_error(404, "NotFoundError", f'URL "{raw}" not found')
 
     async def _domain(self, request: web.Request) -> web.Response:
@@ -563,7 +579,7 @@ class VirusTotalAPI:
         obj = self.corpus.domains.get(domain)
         if obj is None:
             return api_error(404, "NotFoundError", f'Domain "{domain}" not found')
-        return json_ok({"data": with_gti(obj, request.headers)})
+        return json_ok({"data": self._served(obj, request)})
 
     async def _resolutions(self, request: web.Request) -> web.Response:
         domain = request.match_info["id"]
@@ -595,7 +611,7 @@ class VirusTotalAPI:
         obj = self.corpus.ip_addresses.get(address)
         if obj is None:
             return api_error(404, "NotFoundError", f'IP address "{address}" not found')
-        return json_ok({"data": with_gti(obj, request.headers)})
+        return json_ok({"data": self._served(obj, request)})
 
     # -- analyses and quotas -----------------------------------------------------------------
 

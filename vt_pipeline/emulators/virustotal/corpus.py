@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from vt_pipeline.emulators.virustotal import objects as vtobjects
 from vt_pipeline.emulators.virustotal.filetypes import FILE_TYPES, FileType
+from vt_pipeline.emulators.virustotal.gti import Assessor, gti_assessment
 from vt_pipeline.emulators.virustotal.objects import C2, FileSpec
 from vt_pipeline.emulators.virustotal.rulesets import (
     HuntingRuleset,
@@ -113,7 +114,11 @@ class _Notifications(Sequence[dict]):
 
 
 class Corpus:
-    """Everything the emulator serves; read-only (the emulator keeps deletions and uploads)."""
+    """Everything the emulator serves; read-only (the emulator keeps deletions and uploads).
+
+    `assess_gti` derives the `gti_assessment` of a synthetic object; a captured corpus has none
+    (None): its objects carry their own, or none, and are served as captured.
+    """
 
     def __init__(
         self,
@@ -128,6 +133,7 @@ class Corpus:
         yara_rulesets: Mapping[str, dict],
         samples: SampleStore,
         file_aliases: Mapping[str, str] | None = None,
+        assess_gti: Assessor | None = None,
     ) -> None:
         self.stream: tuple[StreamEntry, ...] = tuple(
             sorted(stream, key=lambda entry: (-entry.date, entry.notification_id))
@@ -141,6 +147,7 @@ class Corpus:
         self.yara_rulesets = yara_rulesets
         self.samples = samples
         self._aliases = file_aliases if file_aliases is not None else _aliases_of(files)
+        self.assess_gti = assess_gti
 
     @property
     def notifications(self) -> Sequence[dict]:
@@ -453,6 +460,7 @@ class _Generator:
                 synthetic, {sha: self.files[s.index].layout for sha, s in specs.items()}
             ),
             file_aliases=aliases,
+            assess_gti=gti_assessment,
         )
 
 

@@ -1,23 +1,33 @@
-"""Google Threat Intelligence assessments the emulator adds to files, URLs, domains and IPs.
+"""Google Threat Intelligence assessments, handed out as VirusTotal hands them out.
 
-VirusTotal returns `gti_assessment` only to requests that carry its `x-tool` header (upstream's
-enrichment connector sends one); without it the attribute is absent. The assessment is derived
-from the object's id and detections (same object, same assessment), not stored in the corpus,
-so Livehunt's objects and bundles do not change. About 60 % of objects get a full assessment
-(`threat_score`, `verdict`, `severity`), 15 % an empty one (`{}`: no score, fall back to the
-detection ratio) and 25 % none at all.
+VirusTotal returns `gti_assessment` (files, URLs, domains, IPs) only when both hold:
+- the request names its tool in the `x-tool` header (the API reference: "required to obtain the
+  gti_assesment data"; upstream's enrichment connector sends one);
+- its API key is licensed for Google Threat Intelligence (`keys.ApiKey.gti`).
+Any other request gets the object without the attribute.
+
+Where the assessment comes from depends on the corpus:
+- a synthetic corpus (`generate_corpus`) derives one from the object's id and detections (same
+  object, same assessment). It is not stored, so Livehunt's objects and bundles do not change.
+  About 60 % of objects get a full assessment (`threat_score`, `verdict`, `severity`), 15 % an
+  empty one (`{}`: no score, a consumer falls back to the detection ratio) and 25 % none;
+- a captured corpus (`--fixtures`) serves an object's own `gti_assessment` exactly as captured,
+  or none when the capture has none: the emulator never invents or rewrites one (a real report
+  with 47/65 detections must not come back with a made-up score of 100).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 GTI_HEADER = "x-tool"
 FULL_SHARE = 60  # percent of objects with a scored assessment
 EMPTY_SHARE = 15  # percent with an empty one
+
+Assessor = Callable[[Mapping[str, Any]], "dict[str, Any] | None"]
 
 
 def gti_kind(obj: Mapping[str, Any]) -> str:
@@ -40,7 +50,7 @@ def _verdict(score: int) -> tuple[str, str]:
 
 
 def gti_assessment(obj: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The object's `gti_assessment`, `{}` for an empty one, None when it has none.
+    """A synthetic object's `gti_assessment`, `{}` for an empty one, None when it has none.
 
     The threat score follows the detections but is not the detection ratio (GTI weighs more
     than engines), so a test can tell which of the two a consumer used.
@@ -69,11 +79,29 @@ def gti_assessment(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def with_gti(obj: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
-    """The object as served: with its assessment when the request asked for GTI."""
-    if not headers.get(GTI_HEADER):
+def asks_for_gti(headers: Mapping[str, str]) -> bool:
+    """Whether the request names its tool, without which VirusTotal never sends GTI."""
+    return bool(headers.get(GTI_HEADER))
+
+
+def as_served(obj: dict[str, Any], licensed: bool, assess: Assessor | None) -> dict[str, Any]:
+    """The object as a request gets it.
+
+    `licensed`: the request qualifies for GTI (`x-tool` and a GTI key). `assess`: the corpus's
+    assessor, None for a captured corpus, whose objects are then served exactly as captured to
+    a qualifying request, and without their captured `gti_assessment` to any other.
+    """
+    attrs = obj.get("attributes")
+    if not isinstance(attrs, Mapping):
         return obj
-    assessment = gti_assessment(obj)
+    if not licensed:
+        if "gti_assessment" not in attrs:
+            return obj
+        kept = {key: value for key, value in attrs.items() if key != "gti_assessment"}
+        return {**obj, "attributes": kept}
+    if assess is None:
+        return obj
+    assessment = assess(obj)
     if assessment is None:
         return obj
-    return {**obj, "attributes": {**obj.get("attributes", {}), "gti_assessment": assessment}}
+    return {**obj, "attributes": {**attrs, "gti_assessment": assessment}}

@@ -29,6 +29,7 @@ from vt_pipeline.emulators.virustotal.api import VirusTotalAPI
 from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
 from vt_pipeline.emulators.virustotal.faults import parse_fault_spec
 from vt_pipeline.emulators.virustotal.fixtures import FixtureError, load_fixtures
+from vt_pipeline.emulators.virustotal.keys import PUBLIC, ApiKey
 
 _SHUTDOWN_TIMEOUT = 0.25  # seconds given to in-flight requests (e.g. a held timeout fault)
 
@@ -36,7 +37,9 @@ _SHUTDOWN_TIMEOUT = 0.25  # seconds given to in-flight requests (e.g. a held tim
 class VirusTotalEmulator:
     """Serves a ``VirusTotalAPI`` on 127.0.0.1, in a background thread or in the running loop.
 
-    ``api_keys`` maps each accepted key to whether it is premium (default: premium ``demo``).
+    ``api_keys`` maps each accepted key to its privileges, an ``ApiKey(premium=, gti=)`` or
+    True (premium and licensed for Google Threat Intelligence) / False (a public key); default:
+    ``{"demo": True}``.
     ``clock`` drives quotas and submission dates, so tests can move time without sleeping.
     """
 
@@ -44,7 +47,7 @@ class VirusTotalEmulator:
         self,
         corpus: Corpus,
         *,
-        api_keys: Mapping[str, bool] | None = None,
+        api_keys: Mapping[str, bool | ApiKey] | None = None,
         latency_ms: float = 0.0,
         faults: str = "",
         fault_seed: int = 0,
@@ -237,7 +240,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faults", type=_fault_spec, default="", help="ENDPOINT:KIND:RATE[:N],...")
     parser.add_argument("--fault-seed", type=int, default=0)
     parser.add_argument("--fault-timeout", type=float, default=30.0, help="seconds a timeout holds")
-    parser.add_argument("--api-key", default="demo", help="the premium API key")
+    parser.add_argument(
+        "--api-key", default="demo", help="the premium API key (licensed for GTI, see --no-gti)"
+    )
+    parser.add_argument(
+        "--no-gti",
+        action="store_true",
+        help="the --api-key is not licensed for Google Threat Intelligence: no gti_assessment",
+    )
     parser.add_argument(
         "--public-key", action="append", default=[], help="a non-premium API key (repeatable)"
     )
@@ -253,8 +263,8 @@ def build_emulator(args: argparse.Namespace) -> VirusTotalEmulator:
         end = args.end or datetime.now(UTC).replace(microsecond=0)
         start = args.start or end - timedelta(hours=24)
         corpus = generate_corpus(args.seed, args.notifications, start, end)
-    keys = {key: False for key in args.public_key}
-    keys[args.api_key] = True
+    keys: dict[str, ApiKey] = {key: PUBLIC for key in args.public_key}
+    keys[args.api_key] = ApiKey(premium=True, gti=not args.no_gti)
     return VirusTotalEmulator(
         corpus,
         api_keys=keys,

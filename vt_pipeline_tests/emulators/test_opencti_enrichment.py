@@ -394,6 +394,40 @@ def test_an_indicator_on_several_observables_reads_every_value(opencti: OpenCTIE
     assert stix_indicator["pattern"] == pattern
 
 
+def test_an_indicator_sent_back_as_read_keeps_one_entry_per_observable_value(
+    opencti: OpenCTIEmulator, enricher: Any
+) -> None:
+    """pycti reads observable values with `"hashes": null` (and a file's hashes as a list);
+    an enrichment that sends the Indicator back that way must not double them."""
+    digest = hashlib.sha256(b"sent back").hexdigest()
+    pattern = f"[file:hashes.'SHA-256' = '{digest}'] OR [domain-name:value = 'example.net']"
+    indicator_id = opencti.create_indicator(
+        pattern,
+        observable_values=[
+            {"type": "StixFile", "hashes": {"SHA-256": digest}},
+            {"type": "Domain-Name", "value": "example.net"},
+        ],
+    )
+    work_id = opencti.ask_enrichment(indicator_id, enricher.connect_id)
+    entity, stix_indicator, _ = pycti_enrichment_read(enricher.api, "Indicator", indicator_id)
+    read_back = entity["x_opencti_observable_values"]
+    assert read_back[1] == {"type": "Domain-Name", "value": "example.net", "hashes": None}
+    extra = {"type": "IPv4-Addr", "value": "192.0.2.10"}
+    stix_indicator["x_opencti_observable_values"] = [*read_back, extra]
+    bundle = {"type": "bundle", "id": "bundle--4", "objects": [stix_indicator]}
+    for _ in range(2):  # a re-run sends the same again
+        enricher.send_stix2_bundle(json.dumps(bundle), work_id=work_id)
+    enricher.api.work.to_processed(work_id, "enriched")
+    assert opencti.wait_for_work(work_id, timeout=15).in_error is False
+
+    values = enricher.api.indicator.read(id=indicator_id)["x_opencti_observable_values"]
+    assert values == [
+        {"type": "StixFile", "value": digest, "hashes": [{"algorithm": "SHA-256", "hash": digest}]},
+        {"type": "Domain-Name", "value": "example.net", "hashes": None},
+        {"type": "IPv4-Addr", "value": "192.0.2.10", "hashes": None},
+    ]
+
+
 def test_another_process_sets_up_and_reads_over_http(
     opencti: OpenCTIEmulator, enricher: Any, rabbitmq: RabbitMQ
 ) -> None:

@@ -2,7 +2,8 @@
 
 What it keeps of OpenCTI's behaviour, because the pipeline relies on it:
 - upsert: an object sent twice is one object; scalar properties take the newest value, lists
-  (labels, markings, external references, names...) are unioned, dicts merged;
+  (labels, markings, external references, observable values...) are unioned by what identifies
+  their items (`merge_stix`), dicts merged;
 - observables are deduplicated the way OpenCTI does it, by content and not only by id: Files,
   Artifacts and certificates by any shared hash, value observables (URL, domain, IP...) by
   value. A merged-in id stays readable (`x_opencti_stix_ids`);
@@ -301,18 +302,84 @@ def _json_key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _hash_map(hashes: Any) -> dict[str, str]:
+    """Hashes in STIX's form (`{"SHA-256": h}`) from either that or GraphQL's
+    `[{"algorithm", "hash"}]` (what pycti reads back and may send again)."""
+    if isinstance(hashes, Mapping):
+        return {str(a): str(h) for a, h in hashes.items() if h}
+    if isinstance(hashes, list):
+        return {
+            str(item["algorithm"]): str(item["hash"])
+            for item in hashes
+            if isinstance(item, Mapping) and item.get("algorithm") and item.get("hash")
+        }
+    return {}
+
+
+def observable_value_of(item: Mapping[str, Any]) -> str | None:
+    """An observable value's `value`: the one given, else its SHA-256, else any hash (what
+    OpenCTI shows for a file known by hashes only)."""
+    hashes = _hash_map(item.get("hashes"))
+    value = item.get("value") or hashes.get("SHA-256") or next(iter(hashes.values()), None)
+    return None if value is None else str(value)
+
+
+def _list_item_identity(key: str, item: Any) -> str:
+    """What makes two items of the list `key` the same item when an object is merged.
+
+    - `x_opencti_observable_values`: (type, value), the value as `observable_value_of` derives
+      it, so `{"type": "Domain-Name", "value": "a.b", "hashes": null}` (pycti re-sending what it
+      read) is the value already held, not a second one;
+    - `external_references`: pycti's `ExternalReference.generate_id` inputs, the URL, else
+      (source_name, external_id), as OpenCTI keys an external reference by its standard id;
+    - other objects with an `id` or `standard_id` (refs): that id;
+    - anything else: its JSON text, null members left out (absent and null are one value).
+    OpenCTI's own list upsert was not found documented; these identities are the ids OpenCTI
+    gives the same things elsewhere.
+    """
+    if isinstance(item, Mapping):
+        if key == "x_opencti_observable_values":
+            value = observable_value_of(item)
+            if value is not None:
+                return _json_key(["observable", item.get("type"), value])
+        if key == "external_references":
+            if item.get("url") is not None:
+                return _json_key(["reference", item["url"]])
+            if item.get("source_name") is not None and item.get("external_id") is not None:
+                return _json_key(["reference", item["source_name"], item["external_id"]])
+        for id_key in ("standard_id", "id"):
+            if isinstance(item.get(id_key), str):
+                return _json_key(["id", item[id_key]])
+        return _json_key({k: v for k, v in item.items() if v is not None})
+    return _json_key(item)
+
+
+def _merge_list(key: str, old: list[Any], incoming: list[Any]) -> None:
+    """Union `incoming` into `old` by item identity; an item already held is updated in place
+    (its non-null members win), so a value sent again with more detail keeps one entry."""
+    held = {_list_item_identity(key, item): item for item in old}
+    for item in incoming:
+        identity = _list_item_identity(key, item)
+        current = held.get(identity)
+        if current is None:
+            held[identity] = copy.deepcopy(item)
+            old.append(held[identity])
+        elif isinstance(current, dict) and isinstance(item, Mapping):
+            if key == "x_opencti_observable_values" and "hashes" in item:
+                item = {**item, "hashes": _hash_map(item["hashes"]) or None}
+            merge_stix(current, item)
+
+
 def merge_stix(existing: dict[str, Any], incoming: Mapping[str, Any]) -> None:
-    """OpenCTI-style upsert of one STIX object into another, in place."""
+    """OpenCTI-style upsert of one STIX object into another, in place: scalars take the
+    incoming value unless it is null, dicts merge, lists are unioned by item identity
+    (`_list_item_identity`), never by their JSON text."""
     for key, value in incoming.items():
         if key in ("id", "type", "spec_version", "created") and key in existing:
             continue
         old = existing.get(key)
         if isinstance(old, list) and isinstance(value, list):
-            seen = {_json_key(v) for v in old}
-            for item in value:
-                if _json_key(item) not in seen:
-                    old.append(copy.deepcopy(item))
-                    seen.add(_json_key(item))
+            _merge_list(key, old, value)
         elif isinstance(old, dict) and isinstance(value, Mapping):
             merge_stix(old, value)
         elif value is not None:

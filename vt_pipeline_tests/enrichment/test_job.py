@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -19,6 +20,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
+import yaml
 from vt import url_id
 
 from vt_pipeline.emulators.opencti.amqp import listen_queue
@@ -43,6 +45,8 @@ from vt_pipeline.storage.store import StorageResource
 from vt_pipeline.virustotal.budget import window
 from vt_pipeline.virustotal.resource import VirusTotalResource
 from vt_pipeline_tests.conftest import PREMIUM_KEY, take
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -559,3 +563,94 @@ def test_the_demo_driver_answers_with_the_deployments_whole_resource_set(
     assert [r.success for r in results] == [True]
     status, in_error, message = work_message(opencti, work)
     assert status == "complete" and not in_error, message
+
+
+def broker_down_during_send(
+    rabbitmq: RabbitMQ, opencti: OpenCTIEmulator, work_id: str, down_seconds: float
+) -> threading.Thread:
+    """In a thread: once the job has marked the work received (it then waits on VirusTotal,
+    slowed down by the test), stop RabbitMQ, and start it again `down_seconds` later; the
+    bundle goes out while it is down."""
+
+    def blip() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            work = opencti.work(work_id)
+            if work is not None and work.received_time:
+                break
+            time.sleep(0.01)
+        rabbitmq.restart(down_seconds=down_seconds)
+
+    thread = threading.Thread(target=blip, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_broker_blip_while_sending_is_waited_out_in_the_same_work(
+    opencti: OpenCTIEmulator,
+    rabbitmq: RabbitMQ,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    job_resources: Callable[..., dict[str, Any]],
+) -> None:
+    """RabbitMQ restarts while the bundle is being sent: the send waits it out and goes into
+    the same work, whose figures stay true, so it completes without an error. The wait is in
+    the run's log (dagster.yaml hands vt_pipeline's Python loggers to Dagster)."""
+    entity = opencti.create_observable("Domain-Name", vt_corpus.targets().domain)
+    opencti.ask_enrichment(entity, ENRICHMENT_CONNECTOR_ID)
+    [request] = [parse_request(b) for b in take(rabbitmq, listen_queue(ENRICHMENT_CONNECTOR_ID))]
+    vt_emulator.set_latency(1500)
+    python_logs = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())["python_logs"]
+    with dg.instance_for_test(overrides={"python_logs": python_logs}) as instance:
+        blip = broker_down_during_send(rabbitmq, opencti, request.work_id or "", down_seconds=3)
+        result = vt_enrichment_job.execute_in_process(
+            run_config=enrichment_run_config([request]),
+            resources=job_resources(),
+            instance=instance,
+        )
+        blip.join(60)
+        assert result.success
+        logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(f"sending again into work {request.work_id}" in m for m in logged), logged[-5:]
+    work = opencti.wait_for_work(request.work_id or "", timeout=60).summary()
+    assert work["status"] == "complete" and not work["errors"], work
+    assert work["expected"] == work["processed"] > 0
+    assert opencti.score_of(entity) is not None
+
+
+def test_a_broker_down_for_good_ends_the_work_in_error_with_the_reason(
+    opencti: OpenCTIEmulator,
+    rabbitmq: RabbitMQ,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    job_resources: Callable[..., dict[str, Any]],
+    dagster_instance: dg.DagsterInstance,
+) -> None:
+    """Retries run out: the pieces never published are settled on the work with the reason, and
+    the work ends (complete, in error) instead of staying in progress forever."""
+    entity = opencti.create_observable("Domain-Name", vt_corpus.targets().domain)
+    opencti.ask_enrichment(entity, ENRICHMENT_CONNECTOR_ID)
+    [request] = [parse_request(b) for b in take(rabbitmq, listen_queue(ENRICHMENT_CONNECTOR_ID))]
+    resources = job_resources()
+    resources["opencti"] = OpenCTIResource(
+        url=opencti.url,
+        token=opencti.token,
+        work_timeout_seconds=30,
+        retry_attempts=2,
+        retry_backoff_seconds=0.2,
+        retry_backoff_max_seconds=0.2,
+    )
+    vt_emulator.set_latency(1500)
+    blip = broker_down_during_send(rabbitmq, opencti, request.work_id or "", down_seconds=6)
+    result = vt_enrichment_job.execute_in_process(
+        run_config=enrichment_run_config([request]),
+        resources=resources,
+        instance=dagster_instance,
+        raise_on_error=False,
+    )
+    blip.join(60)
+    assert not result.success
+    work = opencti.wait_for_work(request.work_id or "", timeout=60).summary()
+    assert work["status"] == "complete", work
+    assert work["expected"] == work["processed"] > 0
+    assert any("RabbitMQ" in e and "gave up after 2 attempts" in e for e in work["errors"]), work

@@ -29,8 +29,9 @@ re-executed with the same request rebuilds the same bytes.
   the verdict: a later request re-sends the same Indicator (its id comes from the pattern alone)
   valid from that request, a new version of one object, not a second Indicator. Its `modified`
   moves forward with the validity because OpenCTI takes a re-sent `modified` only when it is
-  later than the stored one (a re-sent object that is not newer is not a new version); an
-  unchanged `modified` would leave the old validity in place.
+  later than the stored one (OpenCTI issue 13296; in STIX a version that is not newer is no new
+  version); an unchanged `modified` would leave the old validity in place. The request time is
+  written to the millisecond (OpenCTI's precision), so close requests stay in order.
 - From VT's data: what VT observed, dated when VT observed it. An Indicator's `created` (the
   analysis that gave the verdict; a YARA rule's own date), never after `requested_at`, so it is
   stable across requests of one analysis and never after `modified`; OpenCTI keeps the first

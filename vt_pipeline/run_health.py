@@ -51,6 +51,8 @@ from dagster._core.storage.dagster_run import RunsFilter
 from dagster._core.storage.runs import InMemoryRunStorage, SqliteRunStorage
 
 from vt_pipeline.config import env_bool
+from vt_pipeline.enrichment.recovery import OUTCOME_TAG
+from vt_pipeline.enrichment.requests import ENRICHMENT_JOB
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +132,16 @@ def _end_if_dead(
     message = (
         f"The process of this run (pid {pid} on {host}) is gone - killed or crashed - while the "
         f"run was {current.status.value}: vt_pipeline's dead-run sweep marked it failed and "
-        "freed its concurrency slots. Re-execute it to finish the work."
+        "freed its concurrency slots. "
     )
+    if current.job_name == ENRICHMENT_JOB:
+        message += (
+            "Its enrichment requests that it had not answered are answered again by the "
+            "enrichment sensor, in one new run (a second death closes their works in error): "
+            f"no need to re-execute it; the run's tag {OUTCOME_TAG} says what became of them."
+        )
+    else:
+        message += "Re-execute it to finish the work."
     instance.report_run_failed(
         current,
         message,

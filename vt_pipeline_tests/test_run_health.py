@@ -16,6 +16,8 @@ import pytest
 from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.utils import make_new_run_id
 
+from vt_pipeline.enrichment.recovery import OUTCOME_TAG
+from vt_pipeline.enrichment.requests import ENRICHMENT_JOB
 from vt_pipeline.run_health import (
     HOST_TAG,
     dead_run_sweeper,
@@ -163,11 +165,12 @@ def started_run(
     pid: int,
     tags: dict[str, str] | None = None,
     at: float | None = None,
+    job_name: str = "sweep_test",
 ) -> str:
     """A run as a worker with process `pid` leaves it: STARTED, its RUN_START emitted by pid."""
     run_id = make_new_run_id()
-    instance.add_run(dg.DagsterRun(job_name="sweep_test", run_id=run_id, tags=tags or {}))
-    event = DagsterEvent(DagsterEventType.RUN_START.value, job_name="sweep_test", pid=pid)
+    instance.add_run(dg.DagsterRun(job_name=job_name, run_id=run_id, tags=tags or {}))
+    event = DagsterEvent(DagsterEventType.RUN_START.value, job_name=job_name, pid=pid)
     instance.report_dagster_event(event, run_id, timestamp=at)
     assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.STARTED
     return run_id
@@ -209,3 +212,15 @@ def test_a_pid_recycled_by_a_newer_process_is_not_the_runs(instance: dg.DagsterI
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_sweep_says_what_becomes_of_a_dead_enrichment_runs_requests(
+    instance: dg.DagsterInstance,
+) -> None:
+    livehunt = started_run(instance, dead_pid())
+    enrichment = started_run(instance, dead_pid(), job_name=ENRICHMENT_JOB)
+    messages = {run.run_id: run.message for run in end_dead_runs(instance)}
+    assert "Re-execute it to finish the work" in messages[livehunt]
+    assert "answered again by the enrichment sensor" in messages[enrichment]
+    assert "no need to re-execute it" in messages[enrichment]
+    assert OUTCOME_TAG in messages[enrichment]

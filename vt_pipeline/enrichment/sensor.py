@@ -53,7 +53,12 @@ from vt_pipeline.enrichment.requests import (
     utc_iso,
 )
 from vt_pipeline.opencti.listen_queue import ListenQueue, QueueMessage
-from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIResource, OpenCTIUnavailable
+from vt_pipeline.opencti.resource import (
+    OpenCTIConnector,
+    OpenCTIError,
+    OpenCTIResource,
+    OpenCTIUnavailable,
+)
 
 SENSOR_NAME = "opencti_enrichment_sensor"
 # Below the daemon's 5 s loop, so every loop evaluates it: a click at idle is read within
@@ -299,6 +304,10 @@ def recover_ended_runs(
                         f"run {run_id}: OpenCTI unreachable: {printable(exc, 200)}"
                     )
                     continue
+                except Exception as exc:  # one run's trouble never sinks the tick
+                    report.problems.append(f"run {run_id}: {printable(exc, 200)}")
+                    log.exception(f"{SENSOR_NAME}: could not settle ended run {run_id}")
+                    continue
                 if retry is not None:
                     requests.append(retry)  # asked (again) until its run exists
                     continue
@@ -320,11 +329,7 @@ def _recover(
 ) -> tuple[str, dg.RunRequest | None]:
     """What to do with one ended run's unanswered requests: (its outcome, None) when they are
     settled (answered, or closed in error now), ("", the retry's run request) otherwise."""
-    left = [
-        request
-        for request in recovery.unanswered(instance, run)
-        if not (request.work_id and cti.work_status(request.work_id) == "complete")
-    ]
+    left = [r for r in recovery.unanswered(instance, run) if not _answered_on_opencti(cti, r)]
     if not left:
         return "every request was answered", None
     attempt = recovery.attempt_of(run)
@@ -347,6 +352,18 @@ def _recover(
         _close(cti, request, reason, log)
     report.abandoned += len(left)
     return f"{len(left)} request(s) it had not answered were closed in error: {reason}", None
+
+
+def _answered_on_opencti(cti: OpenCTIConnector, request: EnrichmentRequest) -> bool:
+    """Whether OpenCTI says the request's work is complete (a work it no longer knows: no)."""
+    if not request.work_id:
+        return False
+    try:
+        return cti.work_status(request.work_id) == "complete"
+    except OpenCTIUnavailable:
+        raise
+    except OpenCTIError:
+        return False
 
 
 def _close(cti: OpenCTIConnector, request: EnrichmentRequest, reason: str, log: Any) -> None:

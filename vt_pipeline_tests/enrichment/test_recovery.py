@@ -196,3 +196,19 @@ def test_control_characters_in_a_request_reach_opencti_escaped(harness: Harness)
     [error] = work_state(harness, work)[2]
     assert "Evil\\x00\\x1b[2J\\x9bType" in error
     assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in error)
+
+
+def test_a_dead_runs_work_opencti_no_longer_knows_does_not_hold_the_others(
+    harness: Harness,
+) -> None:
+    """A work deleted in OpenCTI meanwhile: its request is dropped with a log line; the others
+    of the dead run are still run again."""
+    works = harness.ask(3)
+    die(harness, harness.tick().run_requests)
+    harness.opencti.platform.works.pop(works[0])
+    [retry] = harness.tick().run_requests
+    assert run_ids([retry]) == [works]  # unknown to OpenCTI: not known to be answered
+    die(harness, [retry])
+    assert harness.tick().run_requests == []
+    assert EnrichmentCursor.parse(harness.cursor).running == {}
+    assert [work_state(harness, w)[0] for w in works[1:]] == ["complete", "complete"]

@@ -14,7 +14,12 @@ import pytest
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
 from vt_pipeline.emulators.virustotal.fixtures import dump_fixtures, load_fixtures
-from vt_pipeline.emulators.virustotal.objects import HOSTILE_NAMES
+from vt_pipeline.emulators.virustotal.objects import (
+    FILE_STATS,
+    HOSTILE_NAMES,
+    NETWORK_STATS,
+    is_analysed,
+)
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 START = END - timedelta(hours=24)
@@ -121,9 +126,9 @@ def test_file_sizes_types_and_dates_vary(corpus: Corpus) -> None:
     assert any("crowdsourced_yara_results" in attrs for attrs in files)
     for attrs in files:
         assert attrs["size"] == corpus.sample_size(attrs["sha256"])
-        assert len(attrs["last_analysis_results"]) >= 20
         stats = attrs["last_analysis_stats"]
         assert sum(stats.values()) == len(attrs["last_analysis_results"])
+        assert len(attrs["last_analysis_results"]) >= 20 or not any(stats.values())
 
 
 def test_submission_ages_span_minutes_to_years(corpus: Corpus) -> None:
@@ -137,6 +142,61 @@ def test_submission_ages_span_minutes_to_years(corpus: Corpus) -> None:
     assert any(86400 <= age <= 3 * 86400 for age in ages)
     assert any(7 * 86400 <= age < 60 * 86400 for age in ages)
     assert max(ages) > 365 * 86400
+
+
+def days_before_end(timestamp: int) -> float:
+    return (END.timestamp() - timestamp) / 86400
+
+
+def test_most_reports_are_old_and_their_dates_agree(corpus: Corpus) -> None:
+    """A report is what VirusTotal last did with an object, often years ago; only the
+    notifications (when VT matched) are in the corpus's range."""
+    analysed = [o["attributes"] for o in corpus.files.values() if is_analysed(o)]
+    ages = [days_before_end(attrs["last_analysis_date"]) for attrs in analysed]
+    assert 0.25 < sum(age < 3 for age in ages) / len(ages) < 0.6
+    assert sum(age > 30 for age in ages) / len(ages) > 0.4
+    assert sum(age > 365 for age in ages) / len(ages) > 0.1 and max(ages) > 5 * 365
+    first_seen = {}
+    for entry in corpus.stream:
+        first_seen.setdefault(entry.object_id, entry.date)  # newest first: ends on the oldest
+        first_seen[entry.object_id] = min(first_seen[entry.object_id], entry.date)
+    for sha256, obj in corpus.files.items():
+        attrs = obj["attributes"]
+        first = attrs.get("first_submission_date") or attrs["last_submission_date"]
+        last = attrs.get("last_analysis_date", attrs["last_submission_date"])
+        assert first <= attrs["last_submission_date"] <= attrs["last_modification_date"]
+        assert last <= attrs["last_modification_date"] <= first_seen[sha256]
+        assert attrs.get("creation_date", first) <= first
+    for collection in (corpus.urls, corpus.domains, corpus.ip_addresses):
+        dates = [o["attributes"].get("last_analysis_date") for o in collection.values()]
+        assert max(days_before_end(d) for d in dates if d) > 365
+        for obj in collection.values():
+            attrs = obj["attributes"]
+            report = attrs.get("last_analysis_date", attrs["last_modification_date"])
+            assert report <= attrs["last_modification_date"] <= END.timestamp()
+    # as in VirusTotal's own IPv4 and domain reports, some have no analysis date at all
+    for collection in (corpus.domains, corpus.ip_addresses):
+        assert any("last_analysis_date" not in o["attributes"] for o in collection.values())
+
+
+def test_some_reports_have_no_analysis_yet(corpus: Corpus) -> None:
+    """Just submitted: no analysis date, no engine results, every count 0 (a queued analysis)."""
+    files = [o for o in corpus.files.values() if not is_analysed(o)]
+    urls = [o for o in corpus.urls.values() if not is_analysed(o)]
+    assert len(files) == round(0.03 * len(corpus.files))
+    assert len(urls) == max(1, round(0.05 * len(corpus.urls)))
+    for obj, stats in [*((f, FILE_STATS) for f in files), *((u, NETWORK_STATS) for u in urls)]:
+        attrs = obj["attributes"]
+        assert "last_analysis_date" not in attrs and attrs["last_analysis_results"] == {}
+        assert attrs["last_analysis_stats"] == dict.fromkeys(stats, 0)
+        assert attrs["first_submission_date"] == attrs["last_submission_date"]
+        assert attrs["times_submitted"] == 1 and "popular_threat_classification" not in attrs
+    notified = {e.object_id: e.date for e in corpus.stream}
+    for obj in files:
+        assert 0 < notified[obj["id"]] - obj["attributes"]["last_submission_date"] <= 3600
+    small = generate_corpus(8, 20, START, END)  # every corpus has one of each to test with
+    assert [o for o in small.files.values() if not is_analysed(o)]
+    assert [o for o in small.urls.values() if not is_analysed(o)]
 
 
 def test_hostile_values_are_sprinkled(corpus: Corpus) -> None:

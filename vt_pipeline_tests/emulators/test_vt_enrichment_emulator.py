@@ -211,6 +211,41 @@ def test_an_upload_is_queued_then_analysed_after_the_configured_polls(corpus: Co
         assert client.get_json(f"/analyses/{analysis_id}")["meta"]["file_info"]["sha256"] == sha256
 
 
+def test_a_report_with_no_analysis_yet_is_analysed_once_submitted(corpus: Corpus) -> None:
+    targets = corpus.targets()
+    content = b"".join(corpus.sample_chunks(targets.unanalysed_file))
+    clock = Clock()
+    emulator = VirusTotalEmulator(corpus, api_keys={KEY: True}, analysis_polls=0, clock=clock)
+    with emulator.serve() as served, vt.Client(KEY, host=served) as client:
+        for path in (
+            f"/files/{targets.unanalysed_file}",
+            f"/urls/{url_id(targets.unanalysed_url)}",
+        ):
+            before = client.get_json(path)["data"]["attributes"]
+            assert before["last_analysis_results"] == {} and "last_analysis_date" not in before
+            assert not any(before["last_analysis_stats"].values())
+        analyses = [upload(client, "/files", content), client.scan_url(targets.unanalysed_url).id]
+        for analysis_id in analyses:
+            completed = client.get_object(f"/analyses/{analysis_id}")
+            assert completed.status == "completed" and sum(completed.stats.values()) > 0
+        for path in (
+            f"/files/{targets.unanalysed_file}",
+            f"/urls/{url_id(targets.unanalysed_url)}",
+        ):
+            after = client.get_json(path)["data"]["attributes"]
+            assert after["last_analysis_results"] and after["last_analysis_date"] == clock.now
+            assert after["first_submission_date"] < clock.now  # submitted before, minutes ago
+
+
+def test_an_old_report_keeps_its_old_analysis_date(corpus: Corpus, url: str) -> None:
+    """What a lookup says about when VirusTotal analysed a file, a year and more before."""
+    targets = corpus.targets()
+    with vt.Client(KEY, host=url) as client:
+        analysed = client.get_object(f"/files/{targets.old_file}").last_analysis_date
+    assert analysed < END - timedelta(days=365)
+    assert corpus.files[targets.old_file]["attributes"]["last_analysis_results"]
+
+
 def test_analysis_seconds_follow_the_emulator_clock(corpus: Corpus) -> None:
     clock = Clock()
     emulator = VirusTotalEmulator(

@@ -55,7 +55,14 @@ from vt_pipeline.emulators.virustotal.ioc_stream import (
 )
 from vt_pipeline.emulators.virustotal.keys import ApiKey
 from vt_pipeline.emulators.virustotal.keys import api_keys as key_privileges
-from vt_pipeline.emulators.virustotal.objects import API_ROOT, submitted_file, url_id, url_object
+from vt_pipeline.emulators.virustotal.objects import (
+    API_ROOT,
+    analysed_at,
+    is_analysed,
+    submitted_file,
+    url_id,
+    url_object,
+)
 from vt_pipeline.emulators.virustotal.quotas import QuotaTracker
 from vt_pipeline.emulators.virustotal.samples import MIB, Hashes
 
@@ -468,7 +475,9 @@ class VirusTotalAPI:
     # -- files -------------------------------------------------------------------------------
 
     def _find_file(self, file_hash: str) -> dict | None:
-        return self.corpus.find_file(file_hash) or self._submitted_files.get(file_hash.lower())
+        """What this emulator analysed wins over the corpus (a file the corpus holds
+        unanalysed is analysed once uploaded)."""
+        return self._submitted_files.get(file_hash.lower()) or self.corpus.find_file(file_hash)
 
     def _file_or_error(self, file_hash: str) -> dict | web.Response:
         if not _HASH.fullmatch(file_hash.lower()):
@@ -540,9 +549,12 @@ class VirusTotalAPI:
             message = f"File larger than {limit // MIB} MB; use /files/upload_url"
             return api_error(413, "RequestEntityTooLargeError", message)
         now = int(self._clock())
-        target = self._find_file(upload.hashes.sha256) or submitted_file(
-            upload.hashes, upload.size, upload.filename, sniff(upload.head), now
-        )
+        known = self._find_file(upload.hashes.sha256)
+        target = known
+        if known is None or not is_analysed(known):
+            file_type = sniff(upload.head)
+            new = submitted_file(upload.hashes, upload.size, upload.filename, file_type, now)
+            target = analysed_at(new, now, known)
         info = {**upload.hashes.as_dict(), "size": upload.size}
         analysis_id = base64.urlsafe_b64encode(f"{upload.hashes.md5}:{now}".encode()).decode()
         self._analyses[analysis_id] = _Analysis(
@@ -558,9 +570,10 @@ class VirusTotalAPI:
         if not isinstance(url, str) or not url.strip():
             return api_error(400, "BadRequestError", 'Missing form field "url"')
         key, now = url_id(url), int(self._clock())
-        target = (
-            self.corpus.urls.get(key) or self._submitted_urls.get(key) or url_object(url, 0, now)
-        )
+        known = self._submitted_urls.get(key) or self.corpus.urls.get(key)
+        target = known
+        if known is None or not is_analysed(known):
+            target = analysed_at(url_object(url, 0, now), now, known)
         analysis_id = f"u-{key}-{now}"
         meta = {"url_info": {"id": key, "url": url}}
         self._analyses[analysis_id] = _Analysis("url", target, meta, now, self._clock())
@@ -569,7 +582,7 @@ class VirusTotalAPI:
     async def _url(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]
         for key in _url_keys(raw):
-            obj = self.corpus.urls.get(key) or self._submitted_urls.get(key)
+            obj = self._submitted_urls.get(key) or self.corpus.urls.get(key)
             if obj is not None:
                 return json_ok({"data": self._served(obj, request)})
         return api_error(404, "NotFoundError", f'URL "{raw}" not found')

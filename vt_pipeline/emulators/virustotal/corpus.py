@@ -227,6 +227,19 @@ def _pick_positions(rng: random.Random, population: Sequence[int], share: float)
     )
 
 
+UNANALYSED_FILES = 0.03  # share of files just submitted, with no analysis yet
+UNANALYSED_URLS = 0.05
+
+
+def _unanalysed(seed: int, kind: str, population: Sequence[T], share: float) -> set[T]:
+    """Which objects VirusTotal has not analysed yet: `share` of them, at least one once there
+    are two (so every corpus has such a report to test), from their own RNG so that the rest
+    of the corpus does not depend on them."""
+    rng = random.Random(f"vt-unanalysed:{seed}:{kind}")
+    count = max(1, round(len(population) * share)) if len(population) >= 2 else 0
+    return set(rng.sample(list(population), count))
+
+
 _NETWORK_SHARES = {"url": 0.06, "domain": 0.05, "ip_address": 0.04}
 _NET_RULES = {
     "url": "net_url_phishing_path",
@@ -423,9 +436,16 @@ class _Generator:
         seed = self.seed
         synthetic = SyntheticSamples(seed)
         hashes = synthetic.hash_all(file.layout for file in self.files)
+        waiting = _unanalysed(seed, "file", range(len(self.files)), UNANALYSED_FILES)
         specs = {
             hashes[f.index].sha256: FileSpec(
-                f.index, hashes[f.index], f.layout.size, f.file_type, f.seen, f.hostile
+                f.index,
+                hashes[f.index],
+                f.layout.size,
+                f.file_type,
+                f.seen,
+                f.hostile,
+                analysed=f.index not in waiting,
             )
             for f in self.files
         }
@@ -435,6 +455,7 @@ class _Generator:
         ]
         c2s = self._c2_pool(max(3, len(drafts) // 250))
         domains, ips, urls = _network_subjects(network, c2s, self.end)
+        queued = _unanalysed(seed, "url", sorted(urls), UNANALYSED_URLS)
         yara = self.yara_rulesets
         aliases = {
             alias: sha
@@ -444,7 +465,12 @@ class _Generator:
         return Corpus(
             stream=stream,
             files=LazyObjects(specs, lambda spec: vtobjects.file_object(spec, seed, yara, c2s)),
-            urls=LazyObjects(urls, lambda spec: vtobjects.url_object(spec[0], seed, spec[1])),
+            urls=LazyObjects(
+                urls,
+                lambda spec: vtobjects.url_object(
+                    spec[0], seed, spec[1], analysed=vtobjects.url_id(spec[0]) not in queued
+                ),
+            ),
             domains=LazyObjects(
                 domains, lambda spec: vtobjects.domain_object(spec[0], seed, spec[1])
             ),

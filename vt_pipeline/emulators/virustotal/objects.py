@@ -2,6 +2,25 @@
 
 Each object is built on request from a small spec and its own seeded RNG, so a corpus of 10,000
 files needs no memory for attributes and the same spec always gives the same JSON.
+
+Dates are those of VirusTotal's reports, not of the corpus: a report is what VT last did with an
+object, often long ago. Relative to the date an object was seen (its notification, for Livehunt):
+- files: first submitted minutes to ten years before (13 % minutes, 13 % hours, 13 % one to
+  three days: Livehunt's default MAX_AGE_DAYS keeps those; 14 % weeks, 19 % months, 24 % years,
+  4 % unknown). A file first seen within three days was analysed on the submission that matched;
+  an older one was last submitted and analysed at any time since, mostly long ago (30 % were
+  reanalysed later), so most reports are weeks to years old; `last_modification_date` follows
+  the analysis by up to 14 days;
+- URLs likewise (first seen minutes to years before, most reports old); domains and IPs have no
+  submission dates, their analysis is hours to years old and, in 20 % of them, absent altogether,
+  with only `last_modification_date` left (the real IPv4 and domain reports in
+  `vt_pipeline_tests/fixtures/vt_real_reports` have no `last_analysis_date`);
+- reports with no analysis yet (`FileSpec.analysed`, `url_object(analysed=False)`; the corpus
+  picks 3 % of files and 5 % of URLs, at least one of each): just submitted (first and last
+  submission the same, minutes before) and not analysed: no `last_analysis_date`,
+  `last_analysis_results` empty and every `last_analysis_stats` count 0, as `GET /analyses/{id}`
+  reports a queued analysis (developers.virustotal.com/reference/analyses-object). No captured
+  object in that state was found public; its attributes are this module's decision.
 """
 
 from __future__ import annotations
@@ -113,6 +132,7 @@ class FileSpec:
     file_type: FileType
     seen: int  # first notification date; submission dates are relative to it
     hostile: bool
+    analysed: bool = True  # False: just submitted, no analysis yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,36 +241,99 @@ def _fuzzy_hashes(hashes: Hashes, size: int) -> dict[str, str]:
     }
 
 
-def _first_submission(rng: random.Random, seen: int) -> int | None:
-    """Ages of every kind relative to the notification, including unknown (None)."""
-    kind = rng.choices(
-        ("minutes", "hours", "days", "weeks", "years", "null"), (20, 20, 20, 20, 16, 4)
-    )
-    spans = {
-        "minutes": (MINUTE, HOUR - 1),
-        "hours": (HOUR, DAY - 1),
-        "days": (DAY, 3 * DAY),
-        "weeks": (7 * DAY, 8 * 7 * DAY),
-        "years": (365 * DAY, 10 * 365 * DAY),
-    }
-    if kind[0] == "null":
+FRESH = 3 * DAY  # a report first seen within this was analysed on the submission that matched
+_AGES = {  # age class -> (shortest, longest) in seconds
+    "minutes": (MINUTE, HOUR - 1),
+    "hours": (HOUR, DAY - 1),
+    "days": (DAY, FRESH),
+    "weeks": (7 * DAY, 8 * 7 * DAY),
+    "months": (60 * DAY, 365 * DAY),
+    "years": (365 * DAY, 10 * 365 * DAY),
+}
+_FILE_AGES = {"minutes": 13, "hours": 13, "days": 13, "weeks": 14, "months": 19, "years": 24}
+_FILE_UNKNOWN_AGE = 4
+_URL_AGES = {"minutes": 10, "hours": 10, "days": 10, "weeks": 15, "months": 25, "years": 30}
+_ANALYSIS_AGES = {"hours": 15, "days": 10, "weeks": 15, "months": 25, "years": 35}
+
+
+def _age(rng: random.Random, weights: dict[str, int], unknown: int = 0) -> int | None:
+    """Seconds before the reference date, from weighted age classes; None for unknown."""
+    names = [*weights, "unknown"]
+    kind = rng.choices(names, [*weights.values(), unknown])[0]
+    if kind == "unknown":
         return None
-    low, high = spans[kind[0]]
-    return seen - rng.randint(low, high)
+    return rng.randint(*_AGES[kind])
+
+
+def _report_dates(rng: random.Random, first: int | None, seen: int) -> dict[str, int]:
+    """last_submission_date, last_analysis_date and last_modification_date of a report first
+    submitted at `first` (None: unknown), as of `seen`."""
+    if first is None or seen - first < FRESH:
+        earliest = first if first is not None else seen - rng.randint(0, HOUR)
+        last_submission = max(earliest, seen - rng.randint(0, 900))  # the submission that matched
+        last_analysis = min(seen, last_submission + rng.randint(0, 120))
+    else:
+        last_submission = first + int((seen - first) * rng.random() ** 3)  # mostly long ago
+        if rng.random() < 0.3:  # reanalysed since
+            last_analysis = last_submission + int((seen - last_submission) * rng.random() ** 2)
+        else:
+            last_analysis = min(seen, last_submission + rng.randint(0, 120))
+    modified = last_analysis + rng.randint(0, min(seen - last_analysis, 14 * DAY))
+    return {
+        "last_submission_date": last_submission,
+        "last_analysis_date": last_analysis,
+        "last_modification_date": modified,
+    }
 
 
 def _submission_dates(rng: random.Random, seen: int) -> dict[str, Any]:
-    first = _first_submission(rng, seen)
-    earliest = first if first is not None else seen - rng.randint(0, HOUR)
-    last_submission = max(earliest, seen - rng.randint(0, 900))  # the submission that matched
-    dates: dict[str, Any] = {
-        "first_submission_date": first,
-        "last_submission_date": last_submission,
-        "last_analysis_date": min(seen, last_submission + rng.randint(0, 120)),
-    }
+    age = _age(rng, _FILE_AGES, _FILE_UNKNOWN_AGE)
+    first = None if age is None else seen - age
+    dates: dict[str, Any] = {"first_submission_date": first, **_report_dates(rng, first, seen)}
     if first is None and rng.random() < 0.4:
         del dates["first_submission_date"]  # some files have the attribute missing entirely
     return dates
+
+
+def _just_submitted(rng: random.Random, seen: int) -> dict[str, int]:
+    """Dates of an object submitted minutes ago and not analysed yet."""
+    submitted = seen - rng.randint(MINUTE, HOUR)
+    return {
+        "first_submission_date": submitted,
+        "last_submission_date": submitted,
+        "last_modification_date": submitted + rng.randint(0, 60),
+    }
+
+
+def not_analysed(stat_names: Sequence[str]) -> dict[str, Any]:
+    """The verdict attributes of an object with no analysis yet (zero counts, no results)."""
+    return {
+        "last_analysis_stats": dict.fromkeys(stat_names, 0),
+        "last_analysis_results": {},
+        "reputation": 0,
+        "total_votes": {"harmless": 0, "malicious": 0},
+    }
+
+
+def analysed_at(obj: dict[str, Any], now: int, known: dict[str, Any] | None = None) -> dict:
+    """`obj` as the analysis of a submission at `now` leaves it: submitted and analysed now,
+    first submitted when `known` (the report VirusTotal held before) says, else now."""
+    before = (known or {}).get("attributes") or {}
+    first = before.get("first_submission_date") or now
+    attrs = {
+        **obj["attributes"],
+        "first_submission_date": min(first, now),
+        "last_submission_date": now,
+        "last_analysis_date": now,
+        "last_modification_date": now,
+        "times_submitted": int(before.get("times_submitted") or 0) + 1,
+    }
+    return {**obj, "attributes": attrs}
+
+
+def is_analysed(obj: dict[str, Any]) -> bool:
+    """Whether VirusTotal has analysed the object (it has engine results)."""
+    return bool((obj.get("attributes") or {}).get("last_analysis_results"))
 
 
 def _names(rng: random.Random, spec: FileSpec) -> list[str]:
@@ -339,7 +422,8 @@ def file_object(
     """A realistic ``file`` object for a generated sample."""
     rng = random.Random(f"vt-file:{seed}:{spec.index}")
     file_type = spec.file_type
-    dates = _submission_dates(rng, spec.seen)
+    analysed = spec.analysed
+    dates = _submission_dates(rng, spec.seen) if analysed else _just_submitted(rng, spec.seen)
     names = _names(rng, spec)
     attrs: dict[str, Any] = {
         "md5": spec.hashes.md5,
@@ -355,15 +439,21 @@ def file_object(
         "tags": _file_tags(rng, spec),
         "type_tags": list(file_type.type_tags),
         **dates,
-        "last_modification_date": dates["last_analysis_date"],
-        "times_submitted": rng.randint(1, 40),
-        "unique_sources": rng.randint(1, 12),
-        **_verdicts(rng, file_type, dates["last_analysis_date"]),
+        "times_submitted": rng.randint(1, 40) if analysed else 1,
+        "unique_sources": rng.randint(1, 12) if analysed else 1,
+        **(
+            _verdicts(rng, file_type, dates["last_analysis_date"])
+            if analysed
+            else not_analysed(FILE_STATS)
+        ),
     }
     if file_type.extension:
         attrs["type_extension"] = file_type.extension
-    if file_type.type_tag in ("peexe", "pedll"):
-        attrs["creation_date"] = spec.seen - rng.randint(DAY, 5 * 365 * DAY)
+    if file_type.type_tag in ("peexe", "pedll"):  # compiled before VirusTotal first saw it
+        first = attrs.get("first_submission_date") or spec.seen
+        attrs["creation_date"] = first - rng.randint(DAY, 5 * 365 * DAY)
+    if not analysed:
+        return object_envelope("file", spec.hashes.sha256, "files", attrs)
     if yara_rulesets and rng.random() < 0.5:
         attrs["crowdsourced_yara_results"] = _crowdsourced_results(rng, yara_rulesets)
     threat = attrs.get("popular_threat_classification")
@@ -404,12 +494,11 @@ def submitted_file(hashes: Hashes, size: int, name: str, file_type: FileType, da
     return object_envelope("file", hashes.sha256, "files", attrs)
 
 
-def _network_common(rng: random.Random, seen: int, malicious: int) -> dict[str, Any]:
+def _network_common(rng: random.Random, malicious: int) -> dict[str, Any]:
     stats, results = network_analysis(rng, malicious)
     vendors = rng.sample(_CATEGORY_VENDORS, rng.randint(0, 3))
     return {
         "categories": {vendor: rng.choice(_CATEGORIES) for vendor in sorted(vendors)},
-        "last_analysis_date": seen - rng.randint(0, 6 * HOUR),
         "last_analysis_stats": stats,
         "last_analysis_results": results,
         "reputation": -malicious * rng.randint(0, 3),
@@ -418,20 +507,41 @@ def _network_common(rng: random.Random, seen: int, malicious: int) -> dict[str, 
     }
 
 
-def url_object(url: str, seed: int, seen: int) -> dict:
+def url_object(url: str, seed: int, seen: int, analysed: bool = True) -> dict:
+    """A URL's report as of `seen`; not `analysed`: just submitted, no analysis yet."""
     rng = random.Random(f"vt-url:{seed}:{url}")
-    first = seen - rng.randint(MINUTE, 30 * DAY)
+    if not analysed:
+        attrs: dict[str, Any] = {
+            "url": url,
+            **_just_submitted(rng, seen),
+            "times_submitted": 1,
+            "categories": {},
+            "tags": [],
+            **not_analysed(NETWORK_STATS),
+        }
+        return object_envelope("url", url_id(url), "urls", attrs)
+    first = seen - (_age(rng, _URL_AGES) or 0)
     attrs = {
         "url": url,
         "last_final_url": url,
         "title": rng.choice(("Sign in to your account", "Index of /", "404 Not Found", "")),
         "first_submission_date": first,
-        "last_submission_date": rng.randint(first, seen),
+        **_report_dates(rng, first, seen),
         "times_submitted": rng.randint(1, 25),
         "last_http_response_code": rng.choice((200, 200, 200, 302, 404)),
-        **_network_common(rng, seen, rng.randint(0, 12)),
+        **_network_common(rng, rng.randint(0, 12)),
     }
     return object_envelope("url", url_id(url), "urls", attrs)
+
+
+def _analysis_dates(rng: random.Random, seen: int) -> dict[str, int]:
+    """A domain's or IP's report dates: analysed hours to years before `seen`, and in 20 % of
+    reports no `last_analysis_date` at all, only the modification date."""
+    analysed = seen - (_age(rng, _ANALYSIS_AGES) or 0)
+    modified = analysed + rng.randint(0, min(seen - analysed, 30 * DAY))
+    if rng.random() < 0.2:
+        return {"last_modification_date": modified}
+    return {"last_analysis_date": analysed, "last_modification_date": modified}
 
 
 def domain_addresses(seed: int, domain: str) -> list[str]:
@@ -447,16 +557,19 @@ def domain_object(domain: str, seed: int, seen: int) -> dict:
         for address in domain_addresses(seed, domain)
     ]
     records.append({"type": "NS", "value": f"ns{rng.randint(1, 4)}.dnsowl.com", "ttl": 86400})
-    created = seen - rng.randint(DAY, 3 * 365 * DAY)
+    dates = _analysis_dates(rng, seen)
+    report = dates.get("last_analysis_date", dates["last_modification_date"])
+    created = report - rng.randint(DAY, 3 * 365 * DAY)  # registered before VirusTotal saw it
     registrar = rng.choice(_REGISTRARS)
     attrs = {
         "last_dns_records": records,
-        "last_dns_records_date": seen - rng.randint(0, DAY),
+        "last_dns_records_date": max(created, report - rng.randint(0, DAY)),
         "registrar": registrar,
         "creation_date": created,
         "tld": domain.rsplit(".", 1)[-1],
         "whois": f"Domain Name: {domain}\nRegistrar: {registrar}\nCreation Date: {created}",
-        **_network_common(rng, seen, rng.randint(0, 10)),
+        **dates,
+        **_network_common(rng, rng.randint(0, 10)),
     }
     return object_envelope("domain", domain, "domains", attrs)
 
@@ -474,7 +587,8 @@ def ip_object(address: str, seed: int, seen: int) -> dict:
         "continent": _COUNTRIES[country],
         "regional_internet_registry": rng.choice(("ARIN", "RIPE NCC", "APNIC", "LACNIC")),
         "whois": f"NetRange: {network}\nOriginAS: AS{asn}\nCountry: {country}",
-        **_network_common(rng, seen, rng.randint(0, 8)),
+        **_analysis_dates(rng, seen),
+        **_network_common(rng, rng.randint(0, 8)),
     }
     return object_envelope("ip_address", address, "ip_addresses", attrs)
 

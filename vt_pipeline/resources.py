@@ -35,6 +35,8 @@ API_KEY_ENV_NAMES = ("VIRUSTOTAL_TOKEN", "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_
 VIRUSTOTAL_VARIABLES = {
     "api_url": "VIRUSTOTAL_API_URL",
     "max_concurrency": "VIRUSTOTAL_MAX_CONCURRENCY",
+    # How long a call whose VT answer keeps failing is retried (real seconds)
+    "retry_deadline_seconds": "VIRUSTOTAL_RETRY_DEADLINE_SECONDS",
     # The deployment's quota budget (vt_pipeline/virustotal/budget.py)
     "quota_budget": "VIRUSTOTAL_QUOTA_BUDGET",
     "quota_per_minute": "VIRUSTOTAL_QUOTA_PER_MINUTE",

@@ -126,6 +126,18 @@ BAD: list[tuple[dict[str, str], str, str, str]] = [
         "clear, white, green, amber, amber+strict, red",
     ),
     ({f"{LIVEHUNT}LIMIT": "-1"}, f"{LIVEHUNT}LIMIT", "-1", "an integer >= 0"),
+    (
+        {"VIRUSTOTAL_RETRY_DEADLINE_SECONDS": "2min"},
+        "VIRUSTOTAL_RETRY_DEADLINE_SECONDS",
+        "2min",
+        "a number of seconds above 0, e.g. 120",
+    ),
+    (
+        {"VIRUSTOTAL_RETRY_DEADLINE_SECONDS": "0"},
+        "VIRUSTOTAL_RETRY_DEADLINE_SECONDS",
+        "0",
+        "a number of seconds above 0",
+    ),
 ]
 
 
@@ -192,6 +204,16 @@ def test_urls_are_normalized_and_spellings_made_canonical(tmp_path: Path) -> Non
     assert opencti.connector_name == "VirusTotal Livehunt Notifications"
     # the token stays a reference to the variable, resolved in the run
     assert isinstance(opencti.token, dg.EnvVar) and opencti.token.env_var_name == "OPENCTI_TOKEN"
+
+
+def test_the_retry_deadline_of_a_failing_vt_call_comes_from_its_variable(tmp_path: Path) -> None:
+    home = {"DAGSTER_HOME": str(tmp_path)}
+    default = build_resources(home)["virustotal"]
+    assert isinstance(default, VirusTotalResource) and default.retry_deadline_seconds == 120.0
+    resources = build_resources({**home, "VIRUSTOTAL_RETRY_DEADLINE_SECONDS": " 45.5 "})
+    virustotal = resources["virustotal"]
+    assert isinstance(virustotal, VirusTotalResource)
+    assert virustotal.retry_deadline_seconds == 45.5
 
 
 def test_an_api_url_ending_in_api_v3_calls_the_real_endpoints(

@@ -20,6 +20,9 @@ calls it retries, so every call takes a unit of budget here BEFORE it is made:
   the window turned must not overrun it.
 - Day or month spent: wait for the reset when it is at most `max_reset_wait` away, else raise
   `BudgetExhausted`, whose message says when the quota resets (UTC).
+- A 429 despite the budget (another client on the key): `shrink` asks which quota VT refused
+  for, from the usage `overall_quotas` reports, and holds calls back for that window only; see
+  its docstring.
 
 Time is a `BudgetClock`: tests and benchmarks scale it (a "minute" of 2 s) and shift it (just
 before midnight UTC) without waiting real minutes; the emulator takes the same clock.
@@ -57,7 +60,9 @@ BACKFILL_TAG = "dagster/backfill"
 CLAIM_TTL_SECONDS = 5.0  # real seconds: a waiting claim of a dead process stops counting
 HEARTBEAT_SECONDS = 0.5  # real seconds between two polls of a waiting caller
 REPORT_TTL_SECONDS = 3600.0  # real seconds an overall_quotas reading is reused
-SHRINK_SECONDS = 600.0  # clock seconds a 429 keeps the per-minute limit lowered
+SHRINK_SECONDS = 120.0  # clock seconds a 429 of the per-minute rate keeps the limit lowered
+# A 429 never lowers the per-minute limit below this (a public key's rate, VT's smallest quota)
+SHRINK_FLOOR = 4
 ANCHOR = 1_750_000_000.0  # where a scaled clock meets the real one (2025-06-15)
 UNLIMITED = 1_000_000_000  # what VT reports as "allowed" for no limit (and above)
 MAX_UNITS_PER_GRANT = 64  # units one transaction grants at most (for the callers queued)
@@ -116,6 +121,35 @@ def window(period: str, now: float) -> tuple[int, int]:
 
 def utc_text(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+ADJECTIVES = {"minute": "per-minute", "hour": "hourly", "day": "daily", "month": "monthly"}
+
+
+def parse_report(data: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """`/users/{key}/overall_quotas` as the budget keeps it: per period (hour, day, month) the
+    tightest `allowed` of user and group (0: none, or VT's "unlimited"), the highest `used`,
+    and the start of the window (clock time) the figures belong to."""
+    parsed: dict[str, Any] = {}
+    for period, name in (("hour", "hourly"), ("day", "daily"), ("month", "monthly")):
+        entry = data.get(f"api_requests_{name}")
+        if not isinstance(entry, Mapping):
+            continue
+        allowed: list[int] = []
+        used = 0
+        for owner in ("user", "group"):
+            item = entry.get(owner)
+            if isinstance(item, Mapping):
+                if isinstance(item.get("allowed"), int) and 0 < item["allowed"] < UNLIMITED:
+                    allowed.append(item["allowed"])
+                if isinstance(item.get("used"), int):
+                    used = max(used, item["used"])
+        parsed[period] = {
+            "allowed": min(allowed) if allowed else 0,
+            "used": used,
+            "start": window(period, now)[0],
+        }
+    return parsed
 
 
 def default_url(env: Mapping[str, str] | None = None, home: str | None = None) -> str:
@@ -231,6 +265,17 @@ class Limits:
     max_share: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Throttle:
+    """What `shrink` made of a 429: the quota VT refused for and how long calls are held back."""
+
+    period: str  # "minute" (the rate), "hour", "day" or "month": the quota VT refused for
+    until: float  # clock time: the end of that window, when calls go on
+    wait: float  # real seconds from the 429 to `until`
+    limit: int  # calls per minute for the next SHRINK_SECONDS ("minute"), else VT's quota
+    gives_up: bool = False  # day or month: the reset is too far to wait for (BudgetExhausted)
+
+
 @dataclass
 class _Attempt:
     granted: int  # units granted (0: none)
@@ -239,6 +284,7 @@ class _Attempt:
     exhausted: str = ""  # the message when waiting is not worth it
     resets_at: float = 0.0
     claimed: bool = False
+    why: str = ""  # what the caller waits for, in words (no grant)
 
 
 class Budget:
@@ -268,6 +314,8 @@ class Budget:
         self._credit_expiry = 0.0
         self._turn: asyncio.Lock | None = None
         self._turn_loop: asyncio.AbstractEventLoop | None = None
+        # What the polling caller waits for: (why, real seconds, real time it was learnt)
+        self._why: tuple[str, float, float] | None = None
         self._ensure_key()
 
     # -- overall_quotas ------------------------------------------------------------------------
@@ -281,26 +329,7 @@ class Budget:
 
     def record_report(self, data: Mapping[str, Any]) -> None:
         """Keep what `/users/{key}/overall_quotas` says: limits, and usage as a floor."""
-        now = self.clock.now()
-        parsed: dict[str, Any] = {}
-        for period, name in (("hour", "hourly"), ("day", "daily"), ("month", "monthly")):
-            entry = data.get(f"api_requests_{name}")
-            if not isinstance(entry, Mapping):
-                continue
-            allowed: list[int] = []
-            used = 0
-            for owner in ("user", "group"):
-                item = entry.get(owner)
-                if isinstance(item, Mapping):
-                    if isinstance(item.get("allowed"), int) and 0 < item["allowed"] < UNLIMITED:
-                        allowed.append(item["allowed"])
-                    if isinstance(item.get("used"), int):
-                        used = max(used, item["used"])
-            parsed[period] = {
-                "allowed": min(allowed) if allowed else 0,
-                "used": used,
-                "start": window(period, now)[0],
-            }
+        parsed = parse_report(data, self.clock.now())
         with self.engine.begin() as conn:
             conn.execute(
                 KEYS.update()
@@ -341,13 +370,16 @@ class Budget:
                     )
                     self._claimed = self._claimed or attempt.claimed
                     if attempt.granted:
+                        self._why = None
                         self._credits = attempt.granted - 1
                         self._credit_expiry = attempt.valid_until
                         return time.monotonic() - started
                     if attempt.exhausted:
+                        self._why = None
                         raise BudgetExhausted(
                             attempt.exhausted, datetime.fromtimestamp(attempt.resets_at, UTC)
                         )
+                    self._why = (attempt.why, self.clock.real(attempt.wait), time.time())
                     pause = self.clock.real(attempt.wait) + random.uniform(0.0, 0.02)
                     await asyncio.sleep(max(0.005, min(pause, HEARTBEAT_SECONDS)))
         finally:
@@ -356,23 +388,59 @@ class Budget:
                 self._claimed = False
                 await asyncio.to_thread(self._release, self._claim)
 
-    def shrink(self) -> None:
-        """VT said 429 despite the budget: another client spends the key. The current minute
-        counts as spent, and the per-minute limit is lowered to 3/4 of what this minute took,
-        for `SHRINK_SECONDS`."""
+    def waiting(self) -> tuple[str, float] | None:
+        """What this Budget's callers wait for now, in words, and the real seconds left of the
+        wait the store announced; None when nobody waits (or the wait is not known yet)."""
+        why = self._why
+        if why is None:
+            return None
+        text, seconds, since = why
+        return text, max(0.0, seconds - (time.time() - since))
+
+    def shrink(self, report: Mapping[str, Any] | None = None) -> Throttle:
+        """VT said 429 despite the budget: another client spends the key. Hold calls back for
+        the quota VT refused for, and no longer; what was decided is returned.
+
+        VT answers 429 (QuotaExceededError, or TooManyRequestsError for a burst) for any of
+        its quotas - per minute, hour, day, month - and does not say which. `report`, the
+        `/users/{key}/overall_quotas` read just after the 429, does (used >= allowed):
+        - month, day or hour spent: the key's usage VT reported is already recorded as the
+          floor of that window's count, so the budget holds calls until the window resets
+          (a day or month further than `max_reset_wait` away fails them with BudgetExhausted,
+          saying when it resets). The per-minute limit is left alone.
+        - none spent (or VT did not say): it is the per-minute rate. Other clients' calls are
+          invisible to the budget, so the rest of this minute counts as spent, and for the
+          next `SHRINK_SECONDS` (2 minutes) the per-minute limit is half the configured or
+          derived one, never below `SHRINK_FLOOR`, then recovers on its own. It is never
+          derived from what this minute spent: one 429 at idle, after 1 call, once lowered a
+          key of 4 a minute to 1 a minute for 10 minutes (5 files took 360 s instead of 13).
+          A 429 while lowered does not lower it further: the rate left is half or more.
+        """
         now = self.clock.now()
-        start, _ = window("minute", now)
+        parsed = parse_report(report, now) if report else {}
+        for period in ("month", "day", "hour"):
+            entry = parsed.get(period) or {}
+            if entry.get("allowed") and entry.get("used", 0) >= entry["allowed"]:
+                end = window(period, now)[1]
+                far = period in ("day", "month") and end - now > self.max_reset_wait
+                return Throttle(
+                    period, end, self.clock.real(end - now), int(entry["allowed"]), gives_up=far
+                )
+        start, end = window("minute", now)
         with self.engine.begin() as conn:
             row = self._lock(conn)
-            limits = self._effective(row, now)
+            configured = self._effective(row, now, shrunk=False)["minute"]
             spent = self._count(conn, "minute", start)
-            lowered = max(1, (min(spent, limits["minute"] or spent) * 3) // 4)
+            lowered = max(SHRINK_FLOOR, (configured or spent) // 2)
+            if configured:
+                lowered = min(lowered, configured)  # a 429 never raises a limit
             conn.execute(
                 KEYS.update()
                 .where(KEYS.c.key_id == self.key)
                 .values(shrink_until=now + SHRINK_SECONDS, shrink_minute=lowered)
             )
-            self._add(conn, "minute", start, max(0, max(spent, limits["minute"]) - spent))
+            self._add(conn, "minute", start, max(0, lowered - spent))
+        return Throttle("minute", end, self.clock.real(end - now), lowered)
 
     def usage(self) -> dict[str, Any]:
         """The deployment's own counts now: per period, and per kind and job today."""
@@ -426,8 +494,9 @@ class Budget:
             query = query.with_for_update()
         return conn.execute(query).mappings().one()
 
-    def _effective(self, row: Mapping[str, Any], now: float) -> dict[str, int]:
-        """The limit of each period (0 = none): configured ones only lower what VT reports."""
+    def _effective(self, row: Mapping[str, Any], now: float, shrunk: bool = True) -> dict[str, int]:
+        """The limit of each period (0 = none): configured ones only lower what VT reports;
+        `shrunk`: with the per-minute limit a recent 429 lowered."""
         reported = json.loads(row["reported"] or "{}")
 
         def lowest(*values: int) -> int:
@@ -442,7 +511,7 @@ class Budget:
                 self.limits.per_month, int((reported.get("month") or {}).get("allowed", 0))
             ),
         }
-        if float(row["shrink_until"] or 0) > now and row["shrink_minute"]:
+        if shrunk and float(row["shrink_until"] or 0) > now and row["shrink_minute"]:
             limits["minute"] = lowest(limits["minute"], int(row["shrink_minute"]))
         return limits
 
@@ -541,11 +610,19 @@ class Budget:
                     f"{utc_text(end)}: retry after {utc_text(end)[11:]}",
                     resets_at=end,
                 )
+            if blocked:
+                period, _ = max(blocked, key=lambda item: item[1])
+                why = f"the {ADJECTIVES[period]} quota of {limits[period]} calls is spent"
+            elif share_blocked:
+                period, _ = max(share_blocked, key=lambda item: item[1])
+                why = f"{kind} work spent its {share:.0%} share of the {ADJECTIVES[period]} quota"
+            else:
+                why = "work of a higher priority (interactive enrichment first) goes first"
             if share_blocked and not blocked and not higher:
                 # Only this kind's share is spent: no claim, other kinds must not wait for it.
-                return _Attempt(0, wait=wait)
+                return _Attempt(0, wait=wait, why=why)
             self._heartbeat(conn, claim, priority, kind, real_now)
-            return _Attempt(0, wait=wait, claimed=True)
+            return _Attempt(0, wait=wait, claimed=True, why=why)
 
     def _grant(self, conn: Connection, now: float, kind: str, job: str, units: int = 1) -> None:
         margin = self.boundary_margin * self.clock.scale

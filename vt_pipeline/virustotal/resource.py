@@ -5,7 +5,13 @@
 created inside the running event loop (vt-py's sync API cannot be used there) and which:
 - retries 429 (quota), 5xx, timeouts, dropped connections, truncated bodies and malformed JSON
   with exponential backoff and full jitter, then fails with a clear `VirusTotalError`; it never
-  gives up silently and never returns partial data;
+  gives up silently and never returns partial data. A call stops retrying after
+  `max_attempts`, or once it has been failing for `retry_deadline_seconds` (waits for quota
+  budget excluded: they are pacing, not failure), so that a VT answer that keeps failing ends
+  its request in error within a bounded time instead of holding it for many minutes;
+- tells the caller why a call waits (a 429, a retry after a failure, a long wait for budget)
+  through the session's `on_wait` callback, with the call's `call_scope`, so that the work it
+  belongs to can say so while it waits;
 - fails at once, with a message that says what to do, on errors that retrying cannot fix
   (403 Livehunt without a premium key, 401 bad key, 404);
 - bounds concurrent requests with a semaphore;
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import json
+import logging
 import random
 import re
 from collections import Counter
@@ -41,17 +49,21 @@ from vt_pipeline.config import http_url, invalid, is_env_reference
 from vt_pipeline.storage.store import ArtifactHashMismatch, ArtifactStore, ArtifactTooLarge
 from vt_pipeline.virustotal import objects as n
 from vt_pipeline.virustotal.budget import (
+    ADJECTIVES,
     BUDGET_URL_ENV,
+    HEARTBEAT_SECONDS,
     KINDS,
     Budget,
     BudgetClock,
     BudgetExhausted,
     Limits,
+    Throttle,
     default_url,
     kind_from_tags,
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://www.virustotal.com"
 IOC_STREAM_PAGE_SIZE = 40  # the API's maximum
@@ -79,6 +91,16 @@ RETRYABLE_CODES = frozenset(
     }
 )
 QUOTA_CODES = frozenset({"QuotaExceededError", "TooManyRequestsError"})
+RETRY_DEADLINE_ENV = "VIRUSTOTAL_RETRY_DEADLINE_SECONDS"
+# A wait for quota budget longer than this (real seconds) is announced through `on_wait`
+WAIT_NOTICE_SECONDS = 5.0
+NOTICE_DRAIN_SECONDS = 5.0  # how long a closing session lets async `on_wait` notices finish
+# A retry's timeout is what is left of the retry deadline, but at least this (or the request
+# timeout): a retry cut to a few milliseconds would fail for want of time, not for VT.
+MIN_RETRY_TIMEOUT_SECONDS = 10.0
+
+# `on_wait(scope, reason, seconds)`: see `VirusTotalSession`.
+OnWait = Callable[[str, str, float], Awaitable[None] | None]
 _PREMIUM_HINT = (
     "VirusTotal refused the request (403 ForbiddenError): {what} needs a premium (private) "
     "VirusTotal API key with Livehunt access. Set VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY "
@@ -161,6 +183,14 @@ class VirusTotalResource(dg.ConfigurableResource):
         "a redirect to storage), so latency, not bandwidth, bounds a window's downloads.",
     )
     max_attempts: int = Field(default=8, ge=1, description="Attempts per call before failing.")
+    retry_deadline_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description=f"{RETRY_DEADLINE_ENV}: a call whose VT answer keeps failing (5xx, malformed "
+        "JSON, timeouts, 429s without the budget) stops retrying once it has been failing this "
+        "long, and fails saying what kept failing. Waiting for quota budget does not count "
+        "(a spent day is bounded by VIRUSTOTAL_QUOTA_RESET_WAIT_SECONDS).",
+    )
     backoff_base_seconds: float = Field(
         default=1.0, ge=0, description="First retry delay (doubles)."
     )
@@ -296,6 +326,20 @@ class VirusTotalResource(dg.ConfigurableResource):
             boundary_margin=self.budget_boundary_margin_seconds,
         )
 
+    @field_validator("retry_deadline_seconds", mode="before")
+    @classmethod
+    def _usable_retry_deadline(cls, value: Any) -> Any:
+        """Seconds above 0 (a float): refused at load naming the variable, not mid-run."""
+        if is_env_reference(value):
+            return value
+        try:
+            seconds = float(str(value).strip())
+        except ValueError:
+            seconds = float("nan")
+        if not seconds > 0 or seconds == float("inf"):
+            raise invalid(RETRY_DEADLINE_ENV, value, "a number of seconds above 0, e.g. 120")
+        return seconds
+
     @field_validator("budget_url")
     @classmethod
     def _usable_budget_url(cls, value: str) -> str:
@@ -314,7 +358,8 @@ class VirusTotalResource(dg.ConfigurableResource):
         return value.strip()
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[VirusTotalSession]:
+    async def session(self, on_wait: OnWait | None = None) -> AsyncIterator[VirusTotalSession]:
+        """A session in the running event loop; `on_wait`: see `VirusTotalSession`."""
         client = vt.Client(
             self.api_key,
             agent="vt_pipeline",
@@ -322,18 +367,41 @@ class VirusTotalResource(dg.ConfigurableResource):
             timeout=int(max(1, self.timeout_seconds)),
             headers=dict(TOOL_HEADER),
         )
+        session: VirusTotalSession | None = None
         try:
             budget = await asyncio.to_thread(self.budget)
-            session = VirusTotalSession(client, self, budget, self.kind, self._job_name)
+            session = VirusTotalSession(
+                client, self, budget, self.kind, self._job_name, on_wait=on_wait
+            )
             if budget is not None and not await asyncio.to_thread(budget.report_is_fresh):
                 await session.read_overall_quotas()
             yield session
         finally:
+            if session is not None:
+                await session.drain_notices()
             await client.close_async()
 
 
 class VirusTotalSession:
-    """One run's connection to VirusTotal; create it with `VirusTotalResource.session()`."""
+    """One run's connection to VirusTotal; create it with `VirusTotalResource.session()`.
+
+    `on_wait(scope, reason, seconds)`, optional (`resource.session(on_wait=...)`, or set the
+    attribute), is told each time a call is about to wait, so that the work waiting can say
+    why: `scope` is the call's `call_scope` ("" when none was set), `reason` one sentence for
+    an analyst that ends with the retry time in UTC ("VirusTotal asked us to slow down
+    (QuotaExceededError: the key's per-minute rate); retrying at 12:01:00 UTC"), `seconds` the
+    real seconds until that retry (an estimate). It is called
+    - after a 429, once the budget decided what VT refused for (per-minute rate, or the hour,
+      day or month spent; not when the call fails at once because the day resets too late);
+    - before each retry after a 5xx, a timeout, a dropped connection or a malformed answer;
+    - when a call has waited `wait_notice_seconds` (5 s) for quota budget.
+    A plain function is called in the event loop and must be quick; an `async def` (or any
+    function returning an awaitable) is run as a task of its own, so that a slow notice (a
+    message posted to OpenCTI) never delays the call; the session waits up to 5 s for the
+    ones still running when it closes. Whatever the callback raises is logged and dropped:
+    a notice never fails a call. Notices are not deduplicated: a caller that posts them
+    somewhere may want to skip one that repeats the last of its scope.
+    """
 
     def __init__(
         self,
@@ -342,6 +410,7 @@ class VirusTotalSession:
         budget: Budget | None = None,
         kind: str = "livehunt",
         job: str = "",
+        on_wait: OnWait | None = None,
     ) -> None:
         self._client = client
         self._config = config
@@ -351,6 +420,13 @@ class VirusTotalSession:
         self.budget = budget
         self.kind = kind
         self.job = job
+        self.on_wait = on_wait
+        self.wait_notice_seconds = WAIT_NOTICE_SECONDS
+        self._notices: set[asyncio.Task[Any]] = set()
+        # The last 429's decision and when it was made (loop time), shared by the calls that
+        # were refused at the same moment: one overall_quotas read, one shrink.
+        self._quota_lock = asyncio.Lock()
+        self._throttle: tuple[float, Throttle] | None = None
 
     async def read_overall_quotas(self) -> dict[str, Any] | None:
         """The key's quotas and usage as VT reports them (not counted by VT), kept in the
@@ -458,8 +534,11 @@ class VirusTotalSession:
         if store.has(sha256):
             return DownloadResult(sha256, "already_stored", store.size(sha256))
         mismatch: list[str] = []  # the last attempt's hash mismatch, if it was one
+        tried = 0
 
         async def attempt() -> DownloadResult:
+            nonlocal tried
+            tried += 1
             mismatch.clear()
             response = await self._client.get_async("/files/{}/download", sha256)
             try:
@@ -493,8 +572,7 @@ class VirusTotalSession:
                     sha256,
                     "not_available",
                     None,
-                    f"bytes never matched the SHA-256 in {self._config.max_attempts} attempts: "
-                    f"{mismatch[-1]}",
+                    f"bytes never matched the SHA-256 in {tried} attempts: {mismatch[-1]}",
                 )
             raise
 
@@ -646,59 +724,138 @@ class VirusTotalSession:
 
     # -- retries ---------------------------------------------------------------------------------
 
-    async def _take_budget(self, logs: list[CallLog]) -> None:
-        """Wait for a unit of the deployment's budget; the wait goes into the call logs."""
+    def notify(self, reason: str, seconds: float) -> None:
+        """Tell `on_wait` that the current task's call waits `seconds` for `reason`; never
+        raises."""
+        callback = self.on_wait
+        if callback is None:
+            return
+        try:
+            result = callback(_SCOPE.get(), reason, max(0.0, seconds))
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._notices.add(task)
+                task.add_done_callback(self._notice_done)
+        except Exception:
+            log.warning("on_wait failed for %r", reason, exc_info=True)
+
+    def _notice_done(self, task: asyncio.Task[Any]) -> None:
+        self._notices.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("on_wait failed", exc_info=task.exception())
+
+    async def drain_notices(self, timeout: float = NOTICE_DRAIN_SECONDS) -> None:
+        """Let the async notices still running finish (at most `timeout`), then cancel them."""
+        pending = set(self._notices)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1.0)
+
+    async def _take_budget(self, logs: list[CallLog], announce: bool = True) -> None:
+        """Wait for a unit of the deployment's budget; the wait goes into the call logs.
+
+        With an `on_wait` callback and `announce`, a wait longer than `wait_notice_seconds` is
+        announced with what the budget waits for; the unit is then awaited as a task of its
+        own (only then: a Livehunt run's hundreds of calls need no extra task each).
+        """
         if self.budget is None:
             return
+        budget = self.budget
         started = asyncio.get_running_loop().time()
         try:
-            await self.budget.acquire(self.kind, self.job)
+            if self.on_wait is None or not announce:
+                await budget.acquire(self.kind, self.job)
+                return
+            acquiring = asyncio.ensure_future(budget.acquire(self.kind, self.job))
+            try:
+                done, _ = await asyncio.wait({acquiring}, timeout=self.wait_notice_seconds)
+                while not done:  # until the store said what the wait is for (a slow host)
+                    waiting = budget.waiting()
+                    if waiting is not None:
+                        why, seconds = waiting
+                        at = _at(budget.clock, seconds)
+                        reason = f"Waiting for the VirusTotal quota: {why}; retrying at {at}"
+                        self.notify(reason, seconds)
+                        break
+                    done, _ = await asyncio.wait({acquiring}, timeout=HEARTBEAT_SECONDS)
+                await acquiring
+            finally:
+                if not acquiring.done():  # this call was cancelled while it waited
+                    acquiring.cancel()
         except BudgetExhausted as exc:
             raise VirusTotalError(str(exc), code="QuotaExhausted") from None
         finally:
             waited = asyncio.get_running_loop().time() - started
-            for log in logs:
-                log.budget_wait_seconds += waited
+            for log_ in logs:
+                log_.budget_wait_seconds += waited
 
-    async def _over_quota(self) -> None:
-        """A 429 despite the budget: another client spends the key. Lower the budget and
-        learn the key's usage from VT; the next attempt waits for the next window."""
-        if self.budget is not None:
-            await asyncio.to_thread(self.budget.shrink)
-            await self.read_overall_quotas()
+    async def _over_quota(self, attempt_started: float) -> Throttle | None:
+        """A 429 despite the budget: another client spends the key. Learn the key's usage from
+        VT and let the budget decide which quota was refused (`Budget.shrink`); the next
+        attempt waits for it. Calls refused at the same moment share one decision: a 429
+        after the last decision was made needs a new one."""
+        if self.budget is None:
+            return None
+        async with self._quota_lock:
+            if self._throttle is not None and self._throttle[0] >= attempt_started:
+                return self._throttle[1]
+            report = await self.read_overall_quotas()
+            throttle = await asyncio.to_thread(self.budget.shrink, report)
+            self._throttle = (asyncio.get_running_loop().time(), throttle)
+            return throttle
 
     async def _call(self, endpoint: str, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        """`attempt` until it succeeds, fails for good, `max_attempts` are spent or it has been
+        failing for `retry_deadline_seconds`.
+
+        "Failing" counts the attempts' own time and the backoff between them, not the waits for
+        quota budget (after a budgeted 429 the budget, not backoff, paces the retry: its wait
+        is the quota's, bounded by the quota's rules) nor for a free concurrency slot (other
+        calls of the run, not this one's failure). The first attempt gets the full
+        `timeout_seconds`; a retry what is left of the deadline, but at least 10 s (or the full
+        timeout when it is shorter): a call ends within `max(retry_deadline_seconds + 10,
+        timeout_seconds)` of its first attempt, plus its waits for budget.
+        """
         config = self._config
+        clock = self.budget.clock if self.budget is not None else config.clock()
+        loop = asyncio.get_running_loop()
+        deadline = config.retry_deadline_seconds
+        attempts = max(1, config.max_attempts)
         last: str = ""
         failures = tries = 0
-        backoff = False
-        while failures < max(1, config.max_attempts):
+        failing = 0.0  # real seconds this call has been failing
+        delay = 0.0  # backoff before the next attempt
+        announced = False  # a 429's notice already said why the next attempt waits
+        while failures < attempts:
             logs = [self.log] + ([self.log_for(_SCOPE.get())] if _SCOPE.get() else [])
             if tries:
-                for log in logs:
-                    log.retries[endpoint] += 1
-            if backoff:
-                ceiling = min(
-                    config.backoff_max_seconds, config.backoff_base_seconds * 2 ** (failures - 1)
-                )
-                await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+                for log_ in logs:
+                    log_.retries[endpoint] += 1
+            if delay:
+                await asyncio.sleep(delay)
+                failing += delay
             tries += 1
             failures += 1
-            backoff = True
             async with self._slots:
-                await self._take_budget(logs)
-                for log in logs:
-                    log.calls[endpoint] += 1
+                await self._take_budget(logs, announce=not announced)
+                for log_ in logs:
+                    log_.calls[endpoint] += 1
+                timeout = config.timeout_seconds
+                if tries > 1:  # what is left of the deadline, but time enough to answer
+                    timeout = min(timeout, max(deadline - failing, MIN_RETRY_TIMEOUT_SECONDS))
+                started = loop.time()
+                quota = ""
                 try:
-                    return await asyncio.wait_for(attempt(), timeout=config.timeout_seconds)
+                    return await asyncio.wait_for(attempt(), timeout=timeout)
                 except vt.APIError as exc:
                     if exc.code not in RETRYABLE_CODES:
                         raise _permanent(exc, what) from None
                     last = f"{exc.code}: {_clip(exc.message)}"
-                    if self.budget is not None and exc.code in QUOTA_CODES:
-                        # Budgeted: the budget paces the retry (the next window), not backoff.
-                        await self._over_quota()
-                        backoff = False
+                    quota = exc.code if exc.code in QUOTA_CODES else ""
                 except aiohttp.InvalidURL as exc:  # a ClientError, but no retry can fix it
                     raise VirusTotalError(
                         f"VirusTotal {endpoint}: the URL {_clip(str(exc))} is not valid; "
@@ -709,10 +866,82 @@ class VirusTotalSession:
                     last = f"{type(exc).__name__}: {_clip(str(exc))}"
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     last = f"{type(exc).__name__}: {_clip(str(exc)) or 'no detail'}"
+            failing += loop.time() - started
+            announced = False
+            if quota and self.budget is not None:
+                # Budgeted: the budget paces the retry (the window VT refused for), not backoff.
+                # Its decision holds for every call of the key, also when this one gives up.
+                delay = 0.0
+                throttle = await self._over_quota(started)
+                if failures >= attempts:
+                    break
+                if failing >= deadline:
+                    raise _gave_up(endpoint, failing, tries, deadline, last)
+                if throttle is not None and not throttle.gives_up:
+                    self.notify(_throttle_reason(quota, throttle, clock), throttle.wait)
+                    announced = True
+                continue
+            if failures >= attempts:
+                break
+            ceiling = min(
+                config.backoff_max_seconds, config.backoff_base_seconds * 2 ** (failures - 1)
+            )
+            delay = random.uniform(ceiling / 2, ceiling)
+            if failing + delay >= deadline:
+                raise _gave_up(endpoint, failing, tries, deadline, last)
+            if quota:
+                reason = (
+                    f"VirusTotal asked us to slow down ({quota}); retrying at {_at(clock, delay)}"
+                )
+            else:
+                reason = (
+                    f"VirusTotal {endpoint} failed ({_clip(last, 160)}); retrying at "
+                    f"{_at(clock, delay)}, giving up at {_at(clock, deadline - failing)} if it "
+                    "keeps failing"
+                )
+            self.notify(reason, delay)
         raise VirusTotalError(
             f"VirusTotal {endpoint} failed after {config.max_attempts} attempts; last error {last}",
             code="RetriesExhausted",
         )
+
+
+def _gave_up(
+    endpoint: str, failing: float, tries: int, deadline: float, last: str
+) -> VirusTotalError:
+    """A call that kept failing for `retry_deadline_seconds`: what failed, and for how long."""
+    return VirusTotalError(
+        f"VirusTotal {endpoint} kept failing for {_seconds(failing)} s over {tries} attempts, "
+        f"giving up (the limit is {_seconds(deadline)} s: {RETRY_DEADLINE_ENV}); "
+        f"last error {last}",
+        code="RetriesExhausted",
+    )
+
+
+def _throttle_reason(code: str, throttle: Throttle, clock: BudgetClock) -> str:
+    """What a budgeted 429 means for the work that waits, in one sentence."""
+    at = _at(clock, throttle.wait)
+    if throttle.period == "minute":
+        return (
+            f"VirusTotal asked us to slow down ({code}: the key's per-minute rate); "
+            f"retrying at {at}"
+        )
+    adjective = ADJECTIVES[throttle.period]
+    return (
+        f"VirusTotal asked us to slow down ({code}): the key's {adjective} quota of "
+        f"{throttle.limit} calls is spent; retrying at {at}, when it resets"
+    )
+
+
+def _at(clock: BudgetClock, seconds: float) -> str:
+    """The time `seconds` (real) from now on the budget's clock (UTC wall-clock time but in
+    tests and benchmarks, where the budget's own messages use it too), as HH:MM:SS UTC."""
+    moment = clock.now() + max(0.0, min(seconds, 10**8)) * clock.scale
+    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%S UTC")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _permanent(exc: vt.APIError, what: str) -> VirusTotalError:

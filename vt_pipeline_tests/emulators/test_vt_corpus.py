@@ -199,6 +199,33 @@ def test_some_reports_have_no_analysis_yet(corpus: Corpus) -> None:
     assert [o for o in small.urls.values() if not is_analysed(o)]
 
 
+def test_fields_take_the_shapes_of_virustotal_s_own_reports(corpus: Corpus) -> None:
+    """Shapes seen in the captured reports of vt_pipeline_tests/fixtures/vt_real_reports."""
+    engines = [
+        result
+        for obj in corpus.files.values()
+        for result in obj["attributes"]["last_analysis_results"].values()
+    ]
+    timeouts = [e for e in engines if e["category"] == "confirmed-timeout"]
+    assert timeouts and all(e["engine_version"] is None for e in timeouts)
+    assert all(e["engine_version"] for e in engines if e["category"] != "confirmed-timeout")
+    urls = [o["attributes"] for o in corpus.urls.values() if is_analysed(o)]
+    assert all(len(a["last_http_response_content_sha256"]) == 64 for a in urls)
+    assert any(a["threat_names"] for a in urls) and any(not a["has_content"] for a in urls)
+    records = [r for o in corpus.domains.values() for r in o["attributes"]["last_dns_records"]]
+    assert {"A", "NS", "SOA"} == {r["type"] for r in records}
+    network = [*corpus.domains.values(), *corpus.ip_addresses.values()]
+    counted = [
+        sum(o["attributes"]["last_analysis_stats"].values())
+        - len(o["attributes"]["last_analysis_results"])
+        for o in network
+    ]
+    assert set(counted) == {0, 1} and 0.02 < counted.count(1) / len(counted) < 0.25
+    assert all(
+        o["attributes"]["whois_date"] <= o["attributes"]["last_modification_date"] for o in network
+    )
+
+
 def test_hostile_values_are_sprinkled(corpus: Corpus) -> None:
     files = [corpus.files[sha]["attributes"] for sha in corpus.files]
     hostile = [attrs for attrs in files if set(attrs["names"]) & set(HOSTILE_NAMES)]

@@ -21,6 +21,12 @@ object, often long ago. Relative to the date an object was seen (its notificatio
   `last_analysis_results` empty and every `last_analysis_stats` count 0, as `GET /analyses/{id}`
   reports a queued analysis (developers.virustotal.com/reference/analyses-object). No captured
   object in that state was found public; its attributes are this module's decision.
+
+Field shapes follow VirusTotal's own reports (those in `vt_pipeline_tests/fixtures`): a confirmed
+timeout's engine has a null `engine_version`; URLs carry `last_http_response_content_sha256`,
+`has_content`, `threat_names` and `last_http_response_headers`; domains an SOA record among
+`last_dns_records` (half of them) and `whois_date`, IPs `whois_date`; in 10 % of domain and IP
+reports `last_analysis_stats` counts one engine more than `last_analysis_results` lists.
 """
 
 from __future__ import annotations
@@ -173,7 +179,8 @@ _CLEAN_CATEGORIES = (
     (0.90, "undetected"),
     (0.93, "suspicious"),
     (0.97, "type-unsupported"),
-    (0.99, "timeout"),
+    (0.985, "timeout"),
+    (0.99, "confirmed-timeout"),
     (1.00, "failure"),
 )
 
@@ -202,7 +209,8 @@ def file_analysis(
         results[name] = {
             "category": category,
             "engine_name": name,
-            "engine_version": version,
+            # VT's own report gives a confirmed timeout's engine no version (null)
+            "engine_version": None if category == "confirmed-timeout" else version,
             "engine_update": update,
             "method": "blacklist",
             "result": result,
@@ -521,17 +529,52 @@ def url_object(url: str, seed: int, seen: int, analysed: bool = True) -> dict:
         }
         return object_envelope("url", url_id(url), "urls", attrs)
     first = seen - (_age(rng, _URL_AGES) or 0)
+    dates = _report_dates(rng, first, seen)
+    malicious = rng.randint(0, 12)
     attrs = {
         "url": url,
         "last_final_url": url,
         "title": rng.choice(("Sign in to your account", "Index of /", "404 Not Found", "")),
         "first_submission_date": first,
-        **_report_dates(rng, first, seen),
+        **dates,
         "times_submitted": rng.randint(1, 25),
         "last_http_response_code": rng.choice((200, 200, 200, 302, 404)),
-        **_network_common(rng, rng.randint(0, 12)),
+        **_http_response(rng, dates["last_analysis_date"], malicious),
+        **_network_common(rng, malicious),
     }
     return object_envelope("url", url_id(url), "urls", attrs)
+
+
+_THREAT_NAMES = ("C2/Generic-A", "Mal/HTMLGen-A", "Troj/Phish-XYZ", "Mal/Redir-C")
+_SERVERS = ("nginx/1.21.4", "Apache", "cloudflare", "LiteSpeed")
+
+
+def _http_response(rng: random.Random, fetched: int, malicious: int) -> dict[str, Any]:
+    """What VT's fetch of a URL recorded, in the fields of a real URL report (OpenCTI's
+    connector test resource `vt_test_url.json`: content hash, headers, threat names)."""
+    content = rng.randbytes(rng.randint(1, 2048)) if rng.random() < 0.7 else b""
+    moment = datetime.fromtimestamp(fetched, UTC)
+    return {
+        "last_http_response_content_sha256": hashlib.sha256(content).hexdigest(),
+        "has_content": bool(content),
+        "threat_names": rng.sample(_THREAT_NAMES, 1) if malicious else [],
+        "last_http_response_headers": {
+            "date": moment.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+            "transfer-encoding": "chunked",
+            "connection": "keep-alive",
+            "server": rng.choice(_SERVERS),
+        },
+    }
+
+
+def _miscounted(rng: random.Random, common: dict[str, Any]) -> dict[str, Any]:
+    """In 10 % of domain and IP reports the stats count one harmless engine more than the
+    results list, as in both of VirusTotal's own reports of that kind we hold (93 vs 92)."""
+    if rng.random() < 0.1:
+        stats = dict(common["last_analysis_stats"])
+        stats["harmless"] += 1
+        return {**common, "last_analysis_stats": stats}
+    return common
 
 
 def _analysis_dates(rng: random.Random, seen: int) -> dict[str, int]:
@@ -556,7 +599,22 @@ def domain_object(domain: str, seed: int, seen: int) -> dict:
         {"type": "A", "value": address, "ttl": rng.choice((300, 3600))}
         for address in domain_addresses(seed, domain)
     ]
-    records.append({"type": "NS", "value": f"ns{rng.randint(1, 4)}.dnsowl.com", "ttl": 86400})
+    name_server = f"ns{rng.randint(1, 4)}.dnsowl.com"
+    records.append({"type": "NS", "value": name_server, "ttl": 86400})
+    if rng.random() < 0.5:  # an SOA record, in the shape of VT's own domain report
+        records.append(
+            {
+                "rname": "hostmaster.dnsowl.com",
+                "retry": 900,
+                "value": name_server,
+                "minimum": 86400,
+                "refresh": 7200,
+                "expire": 1209600,
+                "ttl": 900,
+                "serial": rng.randint(1, 2**31),
+                "type": "SOA",
+            }
+        )
     dates = _analysis_dates(rng, seen)
     report = dates.get("last_analysis_date", dates["last_modification_date"])
     created = report - rng.randint(DAY, 3 * 365 * DAY)  # registered before VirusTotal saw it
@@ -568,8 +626,9 @@ def domain_object(domain: str, seed: int, seen: int) -> dict:
         "creation_date": created,
         "tld": domain.rsplit(".", 1)[-1],
         "whois": f"Domain Name: {domain}\nRegistrar: {registrar}\nCreation Date: {created}",
+        "whois_date": max(created, report - rng.randint(0, 30 * DAY)),
         **dates,
-        **_network_common(rng, rng.randint(0, 10)),
+        **_miscounted(rng, _network_common(rng, rng.randint(0, 10))),
     }
     return object_envelope("domain", domain, "domains", attrs)
 
@@ -587,8 +646,9 @@ def ip_object(address: str, seed: int, seen: int) -> dict:
         "continent": _COUNTRIES[country],
         "regional_internet_registry": rng.choice(("ARIN", "RIPE NCC", "APNIC", "LACNIC")),
         "whois": f"NetRange: {network}\nOriginAS: AS{asn}\nCountry: {country}",
-        **_analysis_dates(rng, seen),
-        **_network_common(rng, rng.randint(0, 8)),
+        **(dates := _analysis_dates(rng, seen)),
+        "whois_date": dates["last_modification_date"] - rng.randint(0, 30 * DAY),
+        **_miscounted(rng, _network_common(rng, rng.randint(0, 8))),
     }
     return object_envelope("ip_address", address, "ip_addresses", attrs)
 

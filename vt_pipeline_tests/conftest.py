@@ -6,10 +6,16 @@ bundles are the same on every machine and every day.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+# The corpus's hours stay partitions on any day: the default first window rolls with VT's
+# 7-day retention, so it is pinned before vt_pipeline (which builds the partitions) is imported.
+# Subprocesses (code servers, daemons, run workers) inherit it.
+os.environ.setdefault("VT_PIPELINE_LIVEHUNT_START", "2026-11-20-00:00")
 
 import dagster as dg
 import pika

@@ -212,5 +212,23 @@ def test_bad_partition_start_names_the_variable(value: str, accepted: str) -> No
 
 
 def test_partition_start_default_and_a_good_value() -> None:
-    assert livehunt_start({}) == "2026-01-01-00:00"
     assert livehunt_start({START_ENV: " 2025-06-01-13:00 "}) == "2025-06-01-13:00"
+    # Unset: Monday 00:00 UTC of the week holding "now - 7 days" (VT's retention), whatever the
+    # hour of the day or of the week, so the start only moves at Monday midnight.
+    thursday = datetime(2026, 12, 3, 6, 38, tzinfo=UTC)  # 7 days back: Thursday 2026-11-26
+    assert livehunt_start({}, now=thursday) == "2026-11-23-00:00"
+    for moment in (
+        datetime(2026, 11, 30, 0, 0, tzinfo=UTC),
+        datetime(2026, 12, 6, 23, 59, tzinfo=UTC),
+    ):
+        assert livehunt_start({}, now=moment) == "2026-11-23-00:00"
+    assert livehunt_start({}, now=datetime(2026, 12, 7, 0, 0, tzinfo=UTC)) == "2026-11-30-00:00"
+
+
+def test_default_start_keeps_every_window_vt_still_serves() -> None:
+    """Every hour of the last 7 days is a partition, and at most 14 days of windows exist."""
+    for hours in range(0, 24 * 7, 5):
+        now = datetime(2026, 12, 3, tzinfo=UTC) + timedelta(hours=hours)
+        start = datetime.strptime(livehunt_start({}, now=now), "%Y-%m-%d-%H:%M")
+        age = now - start.replace(tzinfo=UTC)
+        assert timedelta(days=7) <= age < timedelta(days=14)

@@ -638,48 +638,79 @@ async def answer_all(
         return outcomes, session.log.as_metadata()
 
 
+# The run's table, narrow enough to read without wrapping mid-word: the entity's type and value
+# once each (the value in full: an analyst searches OpenCTI or VT for it), what happened to it in
+# a few words, then the OpenCTI work id for reference. The run's kind is one per run (its tag).
 _COLUMNS = (
-    ("request_id", "string"),
-    ("kind", "string"),
     ("type", "string"),
     ("entity", "string"),
     ("outcome", "string"),
     ("score", "string"),
     ("vt_calls", "int"),
     ("cache_hits", "int"),
-    ("objects", "int"),
-    ("message", "string"),
+    ("detail", "string"),
+    ("request_id", "string"),
 )
+# What an operator calls each kind of enrichment request.
+_KIND_NAMES = {
+    "interactive": "enrichment clicks",
+    "auto": "auto-enrichment",
+    "playbook": "playbook steps",
+}
+
+
+def _detail(outcome: Outcome) -> str:
+    """The outcome's message without what the row's other cells already say."""
+    message = outcome.message
+    for prefix in (f"VirusTotal enrichment of {outcome.entity}: ", f"{outcome.entity}: "):
+        if outcome.entity and message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+def _value(outcome: Outcome, entity_type: str) -> str:
+    """The entity's value alone (the type has its own column)."""
+    if entity_type and outcome.entity.startswith(f"{entity_type} "):
+        return outcome.entity[len(entity_type) + 1 :]
+    return outcome.entity
 
 
 def outcomes_metadata(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Per request a table row (entity, outcome, score, VT calls, cache hits) plus totals."""
-    rows = [
-        dg.TableRecord(
-            {
-                "request_id": o.request.request_id,
-                "kind": o.request.kind,
-                "type": o.entity_type or o.request.entity_type or "",
-                "entity": o.entity,
-                "outcome": o.status,
-                "score": "" if o.score is None else str(o.score),
-                "vt_calls": o.vt_calls,
-                "cache_hits": o.cache_hits,
-                "objects": o.objects,
-                "message": o.message,
-            }
+    """Per request a table row (entity, outcome, score, VT calls, cache hits) plus the counts an
+    operator plots: requests, enriched, failed (the rarer counts only when they happened)."""
+    rows = []
+    for o in outcomes:
+        entity_type = o.entity_type or o.request.entity_type or ""
+        rows.append(
+            dg.TableRecord(
+                {
+                    "type": entity_type,
+                    "entity": _value(o, entity_type),
+                    "outcome": o.status,
+                    "score": "" if o.score is None else str(o.score),
+                    "vt_calls": o.vt_calls,
+                    "cache_hits": o.cache_hits,
+                    "detail": _detail(o),
+                    "request_id": o.request.request_id,
+                }
+            )
         )
-        for o in outcomes
-    ]
     schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in _COLUMNS])
-    return {
+    kinds = sorted({o.request.kind for o in outcomes})
+    metadata: dict[str, Any] = {
         "requests": dg.MetadataValue.table(rows, schema=schema),
+        "kind": dg.MetadataValue.text(", ".join(_KIND_NAMES.get(k, k) for k in kinds) or "none"),
         "requests_total": len(outcomes),
         "requests_enriched": sum(o.status == OUTCOME_ENRICHED for o in outcomes),
-        "requests_passed_through": sum(o.status == OUTCOME_PASSED for o in outcomes),
         "requests_failed": sum(o.status == OUTCOME_FAILED for o in outcomes),
-        "cache_hits": sum(o.cache_hits for o in outcomes),
     }
+    passed = sum(o.status == OUTCOME_PASSED for o in outcomes)
+    if passed:
+        metadata["requests_passed_through"] = passed
+    cache_hits = sum(o.cache_hits for o in outcomes)
+    if cache_hits:
+        metadata["cache_hits"] = cache_hits
+    return metadata
 
 
 @dg.op(

@@ -338,7 +338,7 @@ def test_refusals_end_their_work_in_error_and_spare_their_batch_mates(
     assert status == "complete" and not in_error, message
     assert opencti.score_of(ids["fine"]) is not None
     table = rows(result)
-    assert "does not support entities of type Malware" in table["work-unknown-type"]["message"]
+    assert "does not support entities of type Malware" in table["work-unknown-type"]["detail"]
     assert opencti.score_of(ids["red"]) is None  # nothing sent for the refused entity
     assert vt_emulator.count("domain") == 0  # the TLP:RED domain never reached VirusTotal
     assert vt_emulator.count("file_upload") == 0 and vt_emulator.count("url_submit") == 0
@@ -359,9 +359,13 @@ def test_re_enrichment_adds_no_note_and_the_cache_saves_the_quota(
     assert second.success
     assert vt_emulator.count("file") == calls  # the stored response was reused
     (row,) = rows(second).values()
-    assert (row["type"], row["outcome"], row["kind"]) == ("StixFile", "enriched", "interactive")
+    assert (row["type"], row["outcome"]) == ("StixFile", "enriched")
+    assert metadata(second)["kind"] == "enrichment clicks"
     assert row["cache_hits"] == 1 and row["vt_calls"] == 0
-    assert "cache, no quota spent" in row["message"]
+    # The value once, in full, in its own cell; the detail does not repeat it.
+    assert row["entity"] == malicious_file(vt_corpus)
+    assert row["detail"].startswith("score ") and row["entity"] not in row["detail"]
+    assert "cache, no quota spent" in row["detail"]
     assert len(opencti.notes_about(entity)) == len(notes)  # same analysis: no new note
 
     third, _ = enrich(entity, lookup_cache_hours=0)  # cache off: VT asked again, same analysis
@@ -490,7 +494,7 @@ def test_a_failed_playbook_step_passes_its_bundle_on(
     assert not result.success
     assert opencti.playbook_results(execution) == [request.bundle]
     (row,) = rows(result).values()
-    assert row["outcome"] == "failed" and "above VIRUSTOTAL_MAX_TLP" in row["message"]
+    assert row["outcome"] == "failed" and "above VIRUSTOTAL_MAX_TLP" in row["detail"]
     assert vt_emulator.count("ip_address") == 0
 
 

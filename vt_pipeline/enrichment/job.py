@@ -35,6 +35,7 @@ cache window (no quota spent).
 import asyncio
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -622,8 +623,11 @@ async def answer_all(
     on_answered: Callable[[Outcome], None] | None = None,
 ) -> tuple[list[Outcome], dict[str, Any]]:
     """Answer every request concurrently; the outcomes and the session's call metadata.
-    `on_answered` is told of each request OpenCTI took the answer of, as soon as it did."""
-    async with virustotal.session() as session:
+    `on_answered` is told of each request OpenCTI took the answer of, as soon as it did.
+    A request whose VirusTotal call waits (a 429, a retry, a long quota wait) says why on its
+    work, so an analyst never watches a silent "in progress"."""
+    notices = WaitNotices(cti, {r.request_id: r.work_id for r in requests if r.work_id})
+    async with virustotal.session(on_wait=notices.post) as session:
         secrets = [virustotal.api_key, *secrets]
         enricher = Enricher(session, cti, settings, responses, log, secrets=secrets)
 
@@ -641,6 +645,32 @@ async def answer_all(
 # The run's table, narrow enough to read without wrapping mid-word: the entity's type and value
 # once each (the value in full: an analyst searches OpenCTI or VT for it), what happened to it in
 # a few words, then the OpenCTI work id for reference. The run's kind is one per run (its tag).
+class WaitNotices:
+    """`on_wait` for the enrichment's VT session: post why a request waits on its work
+    (`to_received` with the message, which OpenCTI appends to the work's messages), at most
+    once per `min_seconds` per request, never the same text twice in a row."""
+
+    def __init__(
+        self, cti: OpenCTIConnector, works: Mapping[str, str], min_seconds: float = 20.0
+    ) -> None:
+        self.cti = cti
+        self.works = dict(works)
+        self.min_seconds = min_seconds
+        self._last: dict[str, tuple[float, str]] = {}
+
+    async def post(self, scope: str, reason: str, seconds: float) -> None:
+        work_id = self.works.get(scope)
+        if not work_id:
+            return
+        now = time.monotonic()
+        last = self._last.get(scope)
+        if last is not None and (now - last[0] < self.min_seconds or last[1] == reason):
+            return
+        self._last[scope] = (now, reason)
+        message = printable(f"vt_pipeline: {reason}", 500)
+        await asyncio.to_thread(self.cti.mark_received, work_id, message)
+
+
 _COLUMNS = (
     ("type", "string"),
     ("entity", "string"),

@@ -389,9 +389,40 @@ def test_a_429_burst_still_ends_in_success_with_the_same_result(
     result, requests = enrich(calm, lookup_cache_hours=0)
     assert result.success
     assert vt_emulator.count("domain", 429) == 4
-    status, in_error, _ = work_message(opencti, requests[0].work_id)
+    status, in_error, text = work_message(opencti, requests[0].work_id)
     assert status == "complete" and not in_error
+    assert "VirusTotal asked us to slow down" in text and "retrying at" in text, text
     assert (opencti.score_of(calm), len(opencti.related(calm, "resolves-to"))) == expected
+
+
+def test_a_vt_answer_that_keeps_failing_ends_its_request_in_time_and_spares_the_others(
+    enrich: Enrich,
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+) -> None:
+    """Every URL lookup answers 500: the URL's work ends in error once the retry deadline has
+    passed, saying what kept failing, with its waits on the work meanwhile; the domain of the
+    same batch is enriched."""
+    targets = vt_corpus.targets()
+    url = opencti.create_observable("Url", targets.url)
+    domain = opencti.create_observable("Domain-Name", targets.domain)
+    vt_emulator.set_faults("url:500:1.0")
+    started = time.monotonic()
+    result, requests = enrich(
+        url,
+        domain,
+        lookup_cache_hours=0,
+        virustotal={"retry_deadline_seconds": 3.0, "max_attempts": 1000},
+    )
+    assert not result.success
+    assert time.monotonic() - started < 60
+    by_entity = {r.entity_id: r for r in requests}
+    status, in_error, text = work_message(opencti, by_entity[url].work_id)
+    assert status == "complete" and in_error
+    assert "kept failing" in text and "InternalError" in text and "retrying at" in text, text
+    status, in_error, text = work_message(opencti, by_entity[domain].work_id)
+    assert status == "complete" and not in_error, text
 
 
 def test_a_playbook_request_is_answered_with_the_bundle(

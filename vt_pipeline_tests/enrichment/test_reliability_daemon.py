@@ -257,3 +257,48 @@ def test_a_crashed_daemon_loses_no_request(
         assert all(not s["errors"] for s in summaries), [s["errors"] for s in summaries]
         retried = [r for r in enrichment_runs(instance) if r.tags.get(recovery.RETRY_OF_TAG)]
         assert retried, "no run was caught by the crash: the test proved nothing"
+
+
+def test_poison_messages_429_and_500_bursts_leave_every_work_complete(
+    tmp_path: Path,
+    vt_emulator: VirusTotalEmulator,
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+) -> None:
+    """A message that is not JSON, one naming a work OpenCTI no longer knows, a burst of 429s
+    on domains and a URL that VirusTotal answers 500 forever: the poison leaves the queue, the
+    domains are enriched, the URL ends in error at the retry deadline, nothing else waits."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    connector = str(uuid.uuid4())
+    env = {
+        **environ_without(("DAGSTER_", "VIRUSTOTAL_", "OPENCTI_", "CONNECTOR_", "VT_PIPELINE_")),
+        "PYTHONPATH": str(REPO_ROOT),
+        "VIRUSTOTAL_API_URL": vt_emulator.url,
+        "VIRUSTOTAL_TOKEN": PREMIUM_KEY,
+        "VIRUSTOTAL_RETRY_DEADLINE_SECONDS": "5",
+        "OPENCTI_URL": opencti.url,
+        "OPENCTI_TOKEN": opencti.token,
+        "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector,
+        "VT_PIPELINE_STORAGE_DIR": str(tmp_path / "storage"),
+    }
+    deployment = Deployment(home, env)
+    vt_emulator.set_faults("domain:429:1.0:5,url:500:1.0")
+    deployment.start()
+    try:
+        deployment.wait_for(lambda: connector in opencti.connectors, "the sensor to register", 120)
+        opencti.publish_raw(connector, b"\x00\x1b[2J not json")
+        opencti.publish_raw(
+            connector,
+            b'{"internal": {"work_id": "work_gone"}, "event": {"entity_id": "x", '
+            b'"entity_type": "Malware"}}',
+        )
+        works = click(opencti, deployment, sorted(vt_corpus.domains)[:3])
+        url = opencti.create_observable("Url", vt_corpus.targets().url)
+        works.append(opencti.ask_enrichment(url, connector))
+        summaries = assert_every_request_answered_once(opencti, deployment, works, 240)
+        assert [bool(s["errors"]) for s in summaries] == [False, False, False, True], summaries
+        assert "kept failing" in summaries[-1]["errors"][0], summaries[-1]
+        assert vt_emulator.count("domain", 429) == 5
+    finally:
+        deployment.stop()

@@ -15,8 +15,15 @@ fetched once for the run, a sample kept in two windows and downloaded once) is c
 window it serves, so a window shows what it cost, the same whether it ran alone or in a
 backfill, and `rulesets 4` comes with the 4 fetches behind it. What the step really spent in the
 run, each call once, is `run_vt_calls` / `run_vt_calls_<endpoint>`: the same figure on every
-window of the run (add it up per run, not per window). Every endpoint, drop reason and artifact
-status has its own integer entry, 0 when nothing happened, so the UI plots them over time.
+window of the run (add it up per run, not per window).
+
+Metadata that reads well in the UI: the UI plots every numeric entry across partitions, so only
+what an operator watches is an integer, always present (notifications, kept, dropped, samples,
+STIX objects, VT calls; delivery's in `delivery.py`); a count that is usually zero (retries,
+budget waits, missing rulesets) is an integer only in the windows where it happened, so a quiet
+deployment has no plot of zeros. Breakdowns (by drop reason, notification type, endpoint,
+sample status, STIX type) are small tables, never JSON; an asset that calls no VT has no VT
+entries.
 """
 
 import asyncio
@@ -27,8 +34,9 @@ from typing import Any, TypeVar
 import dagster as dg
 import pandas as pd
 
-from vt_pipeline.livehunt.filters import DROP_REASONS, MALFORMED, filter_notifications
+from vt_pipeline.livehunt.filters import MALFORMED, filter_notifications
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
+from vt_pipeline.livehunt.schedules import LIVEHUNT_FRESHNESS
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
 from vt_pipeline.stix.livehunt import build_livehunt_bundle
@@ -45,11 +53,11 @@ from vt_pipeline.virustotal.resource import (
 T = TypeVar("T")
 # Artifact statuses whose sample exists (locally or in OpenCTI) and so appears in the bundle.
 AVAILABLE = frozenset({"downloaded", "already_stored", "in_opencti"})
-# Every artifact status, each an integer metadata entry `artifacts_<status>`.
-ARTIFACT_STATUSES = ("downloaded", "already_stored", "in_opencti", "too_large", "not_available")
-# The VirusTotal endpoints the Livehunt chain calls, each an entry `vt_calls_<endpoint>`.
-LIVEHUNT_ENDPOINTS = ("ioc_stream", "hunting_ruleset", "file_download", "ioc_stream_delete")
 Partitioned = dict[str, T]
+
+# Waiting for quota budget is shown from this long on: the budget's own transactions take
+# milliseconds on every run, which would be a plot of noise.
+BUDGET_WAIT_SHOWN = 1.0
 
 # Who answers for the Livehunt assets in the UI (Dagster owner syntax: a team or an e-mail).
 LIVEHUNT_OWNERS = ["team:threat-intel"]
@@ -63,6 +71,8 @@ LIVEHUNT_ASSET: dict[str, Any] = {
     "backfill_policy": dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
     "owners": LIVEHUNT_OWNERS,
     "tags": REPLACES_TAG,
+    # Stale in the UI when the schedule stops materializing them (see `livehunt_freshness`).
+    "freshness_policy": LIVEHUNT_FRESHNESS,
 }
 # Runs that call VirusTotal share the `virustotal` pool (limit set in dagster.yaml).
 _VT = {"pool": "virustotal"}
@@ -106,34 +116,72 @@ def for_each(
     return gather
 
 
-def vt_calls_metadata(
-    session: VirusTotalSession | None, scopes: Iterable[str] = ()
-) -> dict[str, Any]:
+def vt_calls_metadata(session: VirusTotalSession, scopes: Iterable[str] = ()) -> dict[str, Any]:
     """A window's VirusTotal calls: those made under any of `scopes` (its own, and the shared
-    calls that served it, each once), per endpoint as integers, with the run's total beside."""
-    window, run = CallLog.empty(), session.log if session else CallLog.empty()
+    calls that served it, each once), with the run's beside; per endpoint in one table."""
+    window, run = CallLog.empty(), session.log
     for scope in dict.fromkeys(scopes):
-        if session is not None:
-            log = session.log_for(scope)
-            window.calls.update(log.calls)
-            window.retries.update(log.retries)
-            window.budget_wait_seconds += log.budget_wait_seconds
-    endpoints = sorted({*LIVEHUNT_ENDPOINTS, *window.calls, *run.calls})
-    return {
-        **window.as_metadata(),
-        **{f"vt_calls_{e}": dg.MetadataValue.int(window.calls[e]) for e in endpoints},
+        log = session.log_for(scope)
+        window.calls.update(log.calls)
+        window.retries.update(log.retries)
+        window.budget_wait_seconds += log.budget_wait_seconds
+    out: dict[str, Any] = {
+        "vt_calls": dg.MetadataValue.int(window.total),
         "run_vt_calls": dg.MetadataValue.int(run.total),
-        **{f"run_vt_calls_{e}": dg.MetadataValue.int(run.calls[e]) for e in endpoints},
-        "run_vt_calls_by_endpoint": dg.MetadataValue.json(dict(sorted(run.calls.items()))),
-        "run_vt_budget_wait_seconds": dg.MetadataValue.float(round(run.budget_wait_seconds, 3)),
     }
+    endpoints = sorted({*window.calls, *run.calls})
+    if endpoints:
+        out["vt_calls_by_endpoint"] = dg.MetadataValue.table(
+            [
+                dg.TableRecord(
+                    {"endpoint": e, "window": int(window.calls[e]), "run": int(run.calls[e])}
+                )
+                for e in endpoints
+            ],
+            schema=dg.TableSchema(
+                columns=[
+                    dg.TableColumn("endpoint", "string"),
+                    dg.TableColumn("window", "int", description="calls that served this window"),
+                    dg.TableColumn("run", "int", description="calls the whole run made"),
+                ]
+            ),
+        )
+    if retries := sum(window.retries.values()):
+        out["vt_retries"] = dg.MetadataValue.int(retries)
+    if window.budget_wait_seconds >= BUDGET_WAIT_SHOWN:
+        out["vt_budget_wait_seconds"] = dg.MetadataValue.float(round(window.budget_wait_seconds, 3))
+    if run.budget_wait_seconds >= BUDGET_WAIT_SHOWN:
+        out["run_vt_budget_wait_seconds"] = dg.MetadataValue.float(
+            round(run.budget_wait_seconds, 3)
+        )
+    return out
 
 
-def counts_metadata(prefix: str, counts: Mapping[str, int], names: Iterable[str]) -> dict[str, Any]:
-    """One integer entry `<prefix><name>` per name, 0 when absent (continuous plots), and one
-    per unexpected name found in `counts`."""
-    every = [*names, *sorted(set(counts) - set(names))]
-    return {f"{prefix}{name}": dg.MetadataValue.int(int(counts.get(name, 0))) for name in every}
+def counts_table(column: str, counts: Mapping[str, int], unit: str) -> dg.TableMetadataValue:
+    """A breakdown as a two-column table (`column`, `unit`), the names that occurred, sorted: one
+    readable entry instead of a JSON blob or one mostly-zero plot per name."""
+    return dg.MetadataValue.table(
+        [
+            dg.TableRecord({column: str(name), unit: int(count)})
+            for name, count in sorted(counts.items())
+            if count
+        ],
+        schema=dg.TableSchema(
+            columns=[dg.TableColumn(column, "string"), dg.TableColumn(unit, "int")]
+        ),
+    )
+
+
+def table_counts(value: Any, count_column: str | None = None) -> dict[str, int]:
+    """A breakdown table read back as `{name: count}` (its first column, and `count_column` or
+    its last one); what the demo's summary and the benchmarks add up."""
+    records = getattr(value, "records", None) or []
+    schema = getattr(value, "schema", None)
+    if not records or schema is None:
+        return {}
+    names = [c.name for c in schema.columns]
+    count = count_column or names[-1]
+    return {str(r.data[names[0]]): int(r.data[count]) for r in records}
 
 
 @dg.asset(kinds={"virustotal", "json"}, **LIVEHUNT_ASSET, **_VT)
@@ -165,18 +213,15 @@ def livehunt_notifications(
         known = storage.stored_json(context.asset_key.path, key) or []
         merged[key], new = merge_notifications(known, items)
         types = Counter(n.safe_text(item.get("type"), 64) for item in merged[key])
-        context.add_asset_metadata(
-            {
-                "notifications": len(merged[key]),
-                "notifications_read": len(items),
-                "notifications_already_known": len(merged[key]) - new,
-                "notifications_new": new,
-                "notifications_by_type": dg.MetadataValue.json(dict(sorted(types.items()))),
-                "limit_reached": truncated,
-                **vt_calls_metadata(session, [key]),
-            },
-            partition_key=key,
-        )
+        metadata: dict[str, Any] = {
+            "notifications": len(merged[key]),
+            "notifications_new": new,
+            "notifications_read": len(items),
+            "notifications_by_type": counts_table("type", types, "notifications"),
+            **vt_calls_metadata(session, [key]),
+        }
+        metadata["limit_reached"] = truncated  # a yes/no: shown, never plotted
+        context.add_asset_metadata(metadata, partition_key=key)
     return merged
 
 
@@ -222,20 +267,33 @@ def livehunt_files(
                 f"{key}: notification {row.notification_id or '(no id)'} dropped as "
                 f"{MALFORMED}: {row.drop_detail}"
             )
-        context.add_asset_metadata(
-            {
-                "notifications": len(frame),
-                "kept": int(frame["kept"].sum()),
-                "dropped": int((~frame["kept"]).sum()),
-                "dropped_by_reason": dg.MetadataValue.json({k: int(v) for k, v in reasons.items()}),
-                **counts_metadata("dropped_", reasons.to_dict(), DROP_REASONS),
-                "malformed_notification_ids": dg.MetadataValue.json(
-                    [str(i) for i in malformed["notification_id"].fillna("(no id)")]
+        metadata: dict[str, Any] = {
+            "notifications": len(frame),
+            "kept": int(frame["kept"].sum()),
+            "dropped": int((~frame["kept"]).sum()),
+            "dropped_by_reason": counts_table(
+                "reason", {k: int(v) for k, v in reasons.items()}, "notifications"
+            ),
+        }
+        if len(malformed):
+            metadata["malformed_notifications"] = dg.MetadataValue.table(
+                [
+                    dg.TableRecord(
+                        {
+                            "notification_id": str(row.notification_id or "(no id)"),
+                            "why": str(row.drop_detail or ""),
+                        }
+                    )
+                    for row in malformed.itertuples()
+                ],
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("notification_id", "string"),
+                        dg.TableColumn("why", "string"),
+                    ]
                 ),
-                **vt_calls_metadata(None),
-            },
-            partition_key=key,
-        )
+            )
+        context.add_asset_metadata(metadata, partition_key=key)
     return frames
 
 
@@ -295,14 +353,13 @@ def livehunt_rulesets(
     rulesets: dict[str, dict[str, dict[str, Any]]] = {}
     for key, found in found_by_key.items():
         rulesets[key] = {r: ruleset for r, ruleset in sorted(found.items()) if ruleset is not None}
-        context.add_asset_metadata(
-            {
-                "rulesets": len(rulesets[key]),
-                "missing_rulesets": len(set(wanted[key]) - set(rulesets[key])),
-                **vt_calls_metadata(session, scopes[key]),
-            },
-            partition_key=key,
-        )
+        metadata: dict[str, Any] = {
+            "rulesets": len(rulesets[key]),
+            **vt_calls_metadata(session, scopes[key]),
+        }
+        if missing := len(set(wanted[key]) - set(rulesets[key])):
+            metadata["missing_rulesets"] = missing
+        context.add_asset_metadata(metadata, partition_key=key)
     return rulesets
 
 
@@ -364,13 +421,17 @@ def livehunt_artifacts(
         records = artifacts[key] = [dict(results[sha256]) for sha256 in targets[key]]
         statuses = Counter(record["status"] for record in records)
         stored = [r for r in records if r["status"] in AVAILABLE]
+        if not options.upload_artifact:
+            # Nothing to plot: a constant 0 would say "no sample" where the truth is "not asked".
+            context.add_asset_metadata(
+                {"samples": "not downloaded: UPLOAD_ARTIFACT is off"}, partition_key=key
+            )
+            continue
         context.add_asset_metadata(
             {
-                "enabled": options.upload_artifact,
                 "artifacts": len(stored),
                 "artifact_bytes": sum(int(r["size"] or 0) for r in stored),
-                "artifacts_by_status": dg.MetadataValue.json(dict(sorted(statuses.items()))),
-                **counts_metadata("artifacts_", statuses, ARTIFACT_STATUSES),
+                "artifacts_by_status": counts_table("status", statuses, "samples"),
                 **vt_calls_metadata(session, [_sample_scope(s) for s in targets[key]]),
             },
             partition_key=key,
@@ -400,9 +461,9 @@ def livehunt_stix_bundles(
         context.add_asset_metadata(
             {
                 "stix_objects": len(result.bundle["objects"]),
-                "stix_objects_by_type": dg.MetadataValue.json(dict(sorted(types.items()))),
-                "mapping_stats": dg.MetadataValue.json(dict(sorted(result.stats.items()))),
-                **vt_calls_metadata(None),
+                "stix_objects_by_type": counts_table("type", types, "objects"),
+                # What the mapping met (mapped, duplicates, YARA rules missing...), when it met it
+                "mapping": counts_table("event", result.stats, "count"),
             },
             partition_key=key,
         )

@@ -1,5 +1,6 @@
 """Asset checks on the Livehunt bundles: what OpenCTI would reject is caught here first."""
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,8 @@ from vt_pipeline.livehunt.partitions import livehunt_partitions
 from vt_pipeline.stix.validation import validate_bundles
 
 CHECK_NAME = "livehunt_stix_bundle_is_valid"
+PROBLEMS_SHOWN = 20
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~-])")
 BUNDLES_KEY = livehunt_stix_bundles.key
 
 
@@ -40,15 +43,26 @@ def livehunt_stix_bundle_is_valid(
             passed=not problems,
             partition=key,
             blocking=True,
-            metadata={
-                "stix_objects": len(bundle.get("objects") or []),
-                "problem_count": len(problems),
-                "problems": dg.MetadataValue.json(problems[:20]),
-            },
+            metadata=check_metadata(bundle, problems),
             target_materialization_data=targets.get(key),
         )
     # The check's own output: what the blocking dependency of delivery waits for.
     yield dg.Output(None, output_name=context.op_execution_context.op_def.output_defs[0].name)
+
+
+def check_metadata(bundle: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The counts, and each problem as a line of text (the first `PROBLEMS_SHOWN`), so a failed
+    window says what OpenCTI would have rejected without opening a JSON blob."""
+    metadata: dict[str, Any] = {
+        "stix_objects": len(bundle.get("objects") or []),
+        "problem_count": len(problems),
+    }
+    if problems:
+        lines = ["- " + _MARKDOWN_SPECIAL.sub(r"\\\1", p) for p in problems[:PROBLEMS_SHOWN]]
+        if len(problems) > PROBLEMS_SHOWN:
+            lines.append(f"\n{len(problems) - PROBLEMS_SHOWN} more problems.")
+        metadata["problems"] = dg.MetadataValue.md("\n".join(lines))
+    return metadata
 
 
 def _materializations(

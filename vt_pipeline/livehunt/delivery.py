@@ -18,10 +18,17 @@ a work that could not be closed then (OpenCTI down, run killed) is closed in err
 delivery of the same window, once it is older than the work timeout (so that a delivery still
 running elsewhere is left alone).
 
-Links out, as metadata of each delivered window: `opencti_work`, the OpenCTI page of the
-connector that lists its works (this window's is named "VirusTotal Livehunt <window>"), and
-`opencti_incidents`, a table of the window's Incidents, each linked to its OpenCTI page
-(OpenCTI resolves a STIX id in the URL) and to the VirusTotal report of its subject.
+Links out, as metadata of each delivered window, with the URLs of OpenCTI's frontend (the
+OpenCTI emulator serves the same paths): `opencti_work`, the page of the Livehunt connector
+(`/dashboard/data/ingestion/connectors/{id}`), which lists its works (this window's is named
+"VirusTotal Livehunt <window> (vt_pipeline)"; OpenCTI has no page for one work), and
+`opencti_incidents`, a table of the window's Incidents, each linked to its OpenCTI page through
+`/dashboard/id/{id}` (OpenCTI resolves any id there, a STIX id included) and to the VirusTotal
+report of its subject.
+
+Metadata plotted per window: `objects_sent`, and with their options on `artifacts_uploaded`
+and `notifications_deleted` (with the VT calls the deletes cost); what is usually zero (stale
+works closed, samples OpenCTI already held, bundles beyond the first) only when it happened.
 """
 
 import asyncio
@@ -90,13 +97,33 @@ def livehunt_opencti_delivery(
         record["notifications_deleted"] = deleted[key]
         context.add_asset_metadata(
             {
-                **{k: v for k, v in record.items() if v is not None},
+                **delivery_metadata(record, livehunt_settings),
                 **opencti_links(opencti, record, livehunt_stix_bundles[key]),
-                **vt_calls_metadata(session, [key]),
+                **(vt_calls_metadata(session, [key]) if session is not None else {}),
             },
             partition_key=key,
         )
     return records
+
+
+def delivery_metadata(record: dict[str, Any], settings: LivehuntSettings) -> dict[str, Any]:
+    """What a window's delivery did: the counts an operator watches always (those of options
+    that are off left out), the usually-zero ones only when they happened."""
+    out: dict[str, Any] = {"objects_sent": int(record["objects_sent"])}
+    if record.get("work_id"):
+        out["work_id"] = dg.MetadataValue.text(str(record["work_id"]))
+    else:
+        out["work_id"] = dg.MetadataValue.text("none: nothing kept in this window, no work")
+    if settings.upload_artifact:
+        out["artifacts_uploaded"] = int(record["artifacts_uploaded"])
+    if settings.delete_notification:
+        out["notifications_deleted"] = int(record["notifications_deleted"])
+    for name in ("artifacts_already_in_opencti", "stale_works_closed"):
+        if record.get(name):
+            out[name] = int(record[name])
+    if int(record.get("bundles_sent") or 0) > 1:
+        out["bundles_sent"] = int(record["bundles_sent"])
+    return out
 
 
 def opencti_links(
@@ -125,7 +152,7 @@ def incident_table(base: str, incidents: list[dict[str, Any]]) -> str:
     """Markdown table: each Incident's name, its OpenCTI page and its subject's VT report."""
     rows = ["| Incident | OpenCTI | VirusTotal |", "| --- | --- | --- |"]
     for incident in incidents[:INCIDENT_ROWS]:
-        opencti_url = f"{base}/dashboard/events/incidents/{quote(str(incident['id']), safe='')}"
+        opencti_url = f"{base}/dashboard/id/{quote(str(incident['id']), safe='')}"
         vt_urls = [
             str(ref["url"])
             for ref in incident.get("external_references") or []

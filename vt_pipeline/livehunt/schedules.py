@@ -78,7 +78,25 @@ def spelled(period: timedelta) -> str:
     return f"{count} {unit}{'' if count == 1 else 's'}"
 
 
+# Room for a run to start and finish on a loaded machine, on top of the schedule's ticks.
+RUN_ALLOWANCE = timedelta(minutes=10)
+
+
+def livehunt_freshness(interval: timedelta) -> dg.FreshnessPolicy:
+    """Freshness of the Livehunt assets, from the schedule's cadence: every tick materializes
+    them, so a healthy deployment's latest materialization is at most one tick (plus a run) old.
+    Two ticks missed or failed in a row warn, four fail: the asset shows stale in the UI (the
+    daemon evaluates it), which is how a stuck schedule or a window that keeps failing shows.
+    With the schedule off (its default) they go stale too, which is true: nothing updates them.
+    """
+    period = tick_period(interval)
+    return dg.FreshnessPolicy.time_window(
+        warn_window=2 * period + RUN_ALLOWANCE, fail_window=4 * period + RUN_ALLOWANCE
+    )
+
+
 LIVEHUNT_INTERVAL = livehunt_interval()
+LIVEHUNT_FRESHNESS = livehunt_freshness(LIVEHUNT_INTERVAL)
 
 
 livehunt_job = dg.define_asset_job(

@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from vt_pipeline.livehunt.assets import livehunt_assets
+from vt_pipeline.livehunt.assets import livehunt_assets, table_counts
 from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
 from vt_pipeline.livehunt.delivery import livehunt_opencti_delivery
 from vt_pipeline.livehunt.partitions import RANGE_END_TAG, RANGE_START_TAG
@@ -62,15 +62,16 @@ def livehunt_totals(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
         if asset == "livehunt_files":
             totals["notifications"] += meta["notifications"]
             totals["kept"] += meta["kept"]
-            totals["dropped_by_reason"].update(meta["dropped_by_reason"])
+            totals["dropped_by_reason"].update(table_counts(meta["dropped_by_reason"]))
         elif asset == "livehunt_stix_bundles":
-            totals["stix_objects_by_type"].update(meta["stix_objects_by_type"])
+            totals["stix_objects_by_type"].update(table_counts(meta["stix_objects_by_type"]))
         elif asset == "livehunt_artifacts":
-            totals["artifacts"] += meta["artifacts"]
-            totals["artifact_bytes"] += meta["artifact_bytes"]
+            totals["artifacts"] += meta.get("artifacts", 0)
+            totals["artifact_bytes"] += meta.get("artifact_bytes", 0)
         # What each step spent in the run, counted once (a window's own figure also counts
         # the calls it shared with the run's other windows).
-        run_calls[asset] = meta.get("run_vt_calls_by_endpoint") or {}
+        if "vt_calls_by_endpoint" in meta:
+            run_calls[asset] = table_counts(meta["vt_calls_by_endpoint"], "run")
     for calls in run_calls.values():
         totals["vt_calls_by_endpoint"].update(calls)
     totals["windows"] = sorted(totals["windows"])

@@ -1,8 +1,12 @@
 """End to end: VT emulator -> Livehunt assets -> OpenCTI emulator (real pycti, real RabbitMQ)."""
 
 import hashlib
+import html
 import json
+import re
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -111,7 +115,7 @@ def test_opencti_holds_the_window(
     assert work is not None and work.status == "complete" and not work.errors
     assert meta["objects_sent"] == len(bundle["objects"])
     assert meta["artifacts_uploaded"] == len(artifacts)
-    assert meta["notifications_deleted"] == 0  # delete_notification is off by default
+    assert "notifications_deleted" not in meta  # delete_notification is off by default
 
 
 def test_redelivery_duplicates_nothing_and_skips_held_samples(
@@ -203,7 +207,7 @@ def test_re_reading_a_delivered_and_deleted_window_keeps_what_was_stored(
         if e.asset_key == dg.AssetKey("livehunt_notifications")
     )
     assert meta["notifications_read"] == 0
-    assert meta["notifications_already_known"] == len(window_ids(vt_corpus))
+    assert meta["notifications"] == len(window_ids(vt_corpus))
     assert meta["notifications_new"] == 0
     assert opencti.counts() == held  # re-delivered the same bundle: nothing new, nothing lost
 
@@ -324,14 +328,40 @@ def test_a_delivered_window_links_to_its_work_and_incidents_in_opencti(
     ]
     assert incidents
     for incident in incidents[:INCIDENT_ROWS]:
-        assert f"({base}/dashboard/events/incidents/{incident['id']})" in table.value.replace(
-            "<", ""
-        ).replace(">", "")
+        assert f"({base}/dashboard/id/{incident['id']})" in table.value.replace("<", "").replace(
+            ">", ""
+        )
         vt_report = incident["external_references"][0]["url"]
         assert vt_report.startswith("https://www.virustotal.com/gui/")
         assert quote(vt_report, safe=":/?&=#%@+,;~!$'*") in table.value
-    # the VT call figures are there too, 0 without deletion
-    assert metadata["vt_calls_ioc_stream_delete"].value == 0
+    # without deletion there is no VT call, and no VT figure to plot
+    assert not any(name.startswith(("vt_", "run_vt_")) for name in metadata)
+    assert "notifications_deleted" not in metadata
+
+    # the links open what they name: the connector's page lists this window's work...
+    page = fetch(metadata["opencti_work"].value)
+    work = opencti.work(metadata["work_id"].value)
+    assert work is not None and html.escape(work.name) in page and "complete" in page
+    # ...and each Incident's link (OpenCTI resolves the STIX id) opens that Incident
+    for link in re.findall(r"\[open\]\(<([^>]+)>\)", table.value)[:3]:
+        page = fetch(link)
+        assert (
+            "Incident" in page and html.escape(opencti.get(link.rsplit("/", 1)[1])["name"]) in page
+        )
+
+
+def fetch(url: str) -> str:
+    """A page as a browser gets it (no token): what a link in the Dagster UI opens."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200 and response.headers.get_content_type() == "text/html"
+        return response.read().decode()
+
+
+def test_the_emulator_answers_unknown_links_with_404(opencti: OpenCTIEmulator) -> None:
+    for path in ("/dashboard/id/incident--nope", "/dashboard/data/ingestion/connectors/nope"):
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(opencti.url.rstrip("/") + path, timeout=10)
+        assert caught.value.code == 404
 
 
 def test_incident_table_escapes_what_virustotal_named() -> None:

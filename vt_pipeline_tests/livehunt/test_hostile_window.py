@@ -19,6 +19,7 @@ from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.virustotal.corpus import generate_corpus
 from vt_pipeline.emulators.virustotal.fixtures import dump_fixtures, load_fixtures
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+from vt_pipeline.livehunt.assets import table_counts
 from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline.virustotal.resource import VirusTotalResource
 from vt_pipeline_tests.conftest import (
@@ -114,12 +115,15 @@ def test_hostile_notifications_are_dropped_and_the_window_delivered(
 
     # each hostile one is dropped as malformed, named in the metadata and in a warning
     files = metadata(result, "livehunt_files")
-    assert sorted(files["malformed_notification_ids"]) == hostile_ids
-    assert files["dropped_by_reason"]["malformed"] == len(hostile)
+    malformed = {
+        r.data["notification_id"]: r.data["why"] for r in files["malformed_notifications"].records
+    }
+    assert sorted(malformed) == hostile_ids and all(malformed.values())
+    assert table_counts(files["dropped_by_reason"])["malformed"] == len(hostile)
     clean_files = metadata(clean_run, "livehunt_files")
-    assert (
-        files["kept"] == clean_files["kept"] and "malformed" not in clean_files["dropped_by_reason"]
-    )
+    assert files["kept"] == clean_files["kept"]
+    assert "malformed" not in table_counts(clean_files["dropped_by_reason"])
+    assert "malformed_notifications" not in clean_files
     warnings = [
         e.user_message
         for e in dagster_instance.all_logs(result.run_id)
@@ -143,4 +147,5 @@ def test_hostile_notifications_are_dropped_and_the_window_delivered(
     records = json.loads(stored(tmp_path / "storage", "livehunt_artifacts", HOUR).read_bytes())
     wrong = next(r for r in records if r["sha256"] == wrong_sha256)
     assert wrong["status"] == "not_available" and "never matched the SHA-256" in wrong["reason"]
-    assert metadata(result, "livehunt_artifacts")["artifacts_by_status"]["not_available"] >= 1
+    statuses = table_counts(metadata(result, "livehunt_artifacts")["artifacts_by_status"])
+    assert statuses["not_available"] >= 1

@@ -13,8 +13,8 @@ import pytest
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
-from vt_pipeline.livehunt.assets import livehunt_assets, livehunt_stix_bundles, run_vt
-from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
+from vt_pipeline.livehunt.assets import livehunt_assets, livehunt_stix_bundles, run_vt, table_counts
+from vt_pipeline.livehunt.checks import PROBLEMS_SHOWN, livehunt_stix_bundle_is_valid
 from vt_pipeline.livehunt.filters import filter_notifications
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.livehunt.summary import livehunt_totals
@@ -273,8 +273,16 @@ def test_asset_check_fails_on_a_broken_bundle(
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 1 and not evaluations[0].passed
     assert evaluations[0].partition == partition_key(HOUR)
-    problems = evaluations[0].metadata["problems"].value
-    assert any("identity--" in problem for problem in problems)
+    # Each problem is a line of text, not a JSON blob.
+    problems = evaluations[0].metadata["problems"]
+    assert isinstance(problems, dg.MarkdownMetadataValue)
+    count = evaluations[0].metadata["problem_count"].value
+    lines = [line for line in problems.value.splitlines() if line]
+    bullets = [line for line in lines if line.startswith("- ")]
+    assert len(bullets) == min(count, PROBLEMS_SHOWN) > 0
+    assert any(r"identity\-\-" in line for line in bullets)
+    if count > PROBLEMS_SHOWN:
+        assert lines[-1] == f"{count - PROBLEMS_SHOWN} more problems."
     assert not result.success  # the check blocks what would consume the bundle
 
 
@@ -422,7 +430,7 @@ def test_a_re_read_after_part_of_the_window_was_deleted_keeps_all(
     assert after[2] == before[2]
     meta = materialization_metadata(result, "livehunt_notifications")
     assert meta["notifications_read"] == len(ids) - len(ids) // 2
-    assert meta["notifications_already_known"] == len(ids) == meta["notifications"]
+    assert len(ids) == meta["notifications"]
     assert meta["notifications_new"] == 0
     assert materialization_metadata(result, "livehunt_files")["notifications"] == len(ids)
 
@@ -448,7 +456,7 @@ def test_a_re_read_only_adds_what_is_new_and_never_replaces_a_stored_item(
         n["context_attributes"]["notification_id"] for n in expected
     )
     meta = materialization_metadata(result, "livehunt_notifications")
-    assert meta["notifications_already_known"] == 3
+    assert meta["notifications"] - meta["notifications_new"] == 3
     assert meta["notifications_new"] == len(expected) - 3
 
 
@@ -528,13 +536,16 @@ def test_vt_calls_are_counted_on_every_window_they_serve(
         kept = frame[frame["kept"]]
         named = {r for ids in kept["ruleset_ids"].dropna() for r in ids.split(",") if r}
         meta = rulesets[partition_key(hour)]
-        assert meta["rulesets"] + meta["missing_rulesets"] == len(named) > 0
+        assert meta["rulesets"] + meta.get("missing_rulesets", 0) == len(named) > 0
         assert meta["vt_calls"] == len(named), hour  # was 0 on all but the first user
-        assert meta["vt_calls_hunting_ruleset"] == len(named)
-        assert meta["run_vt_calls_hunting_ruleset"] == meta["run_vt_calls"] == run_rulesets
+        calls = meta["vt_calls_by_endpoint"]
+        assert table_counts(calls, "window") == {"hunting_ruleset": len(named)}
+        assert table_counts(calls, "run") == {"hunting_ruleset": run_rulesets}
+        assert meta["run_vt_calls"] == run_rulesets
         files = set(kept[kept["object_type"] == "file"]["subject"])
         downloadable = {s for s in files if vt_corpus.files[s]["attributes"]["size"] <= cap}
-        assert artifacts[partition_key(hour)]["vt_calls_file_download"] == len(downloadable)
+        downloads = artifacts[partition_key(hour)]["vt_calls_by_endpoint"]
+        assert table_counts(downloads, "window") == {"file_download": len(downloadable)}
     # a ruleset named in several windows was fetched once: the windows' sum exceeds the spend
     assert sum(m["vt_calls"] for m in rulesets.values()) > run_rulesets
     assert livehunt_totals(result)["vt_calls_by_endpoint"] == {
@@ -543,25 +554,59 @@ def test_vt_calls_are_counted_on_every_window_they_serve(
     }
 
 
-def test_what_the_ui_plots_is_integer_metadata_always_present(
+def test_what_the_ui_plots_is_what_an_operator_watches(
     dagster_instance: dg.DagsterInstance, livehunt_resources: ResourcesFactory
 ) -> None:
+    """The UI plots every numeric entry: each asset has a few, the watched ones; breakdowns
+    are tables (never JSON), usually-zero counts only appear when they happened, and the
+    steps that call no VT have no VT entries."""
     result = run(dagster_instance, livehunt_resources(), HOUR)
-    endpoints = ("ioc_stream", "hunting_ruleset", "file_download", "ioc_stream_delete")
+    numeric = (dg.IntMetadataValue, dg.FloatMetadataValue)
+    plotted = {
+        event.asset_key.to_user_string(): sorted(
+            name
+            for name, value in event.materialization.metadata.items()
+            if isinstance(value, numeric)
+        )
+        for event in result.get_asset_materialization_events()
+    }
+    assert plotted == {
+        "livehunt_notifications": sorted(
+            ["notifications", "notifications_new", "notifications_read", "vt_calls", "run_vt_calls"]
+        ),
+        "livehunt_files": ["dropped", "kept", "notifications"],
+        "livehunt_rulesets": ["rulesets", "run_vt_calls", "vt_calls"],
+        "livehunt_artifacts": ["artifact_bytes", "artifacts", "run_vt_calls", "vt_calls"],
+        "livehunt_stix_bundles": ["stix_objects"],
+    }
     for event in result.get_asset_materialization_events():
-        metadata = event.materialization.metadata
-        for endpoint in endpoints:
-            for name in (f"vt_calls_{endpoint}", f"run_vt_calls_{endpoint}"):
-                assert isinstance(metadata[name], dg.IntMetadataValue), (event.asset_key, name)
-        by_endpoint = metadata["vt_calls_by_endpoint"].value
-        assert {e: metadata[f"vt_calls_{e}"].value for e in by_endpoint} == by_endpoint
+        for name, value in event.materialization.metadata.items():
+            assert not isinstance(value, dg.JsonMetadataValue), (event.asset_key, name)
     files = materialization_metadata(result, "livehunt_files")
-    reasons = ("malformed", "invalid_subject", "extension", "positives", "min_size")
-    for reason in (*reasons, "max_size", "age", "duplicate"):
-        assert isinstance(files[f"dropped_{reason}"], int)
-        assert files[f"dropped_{reason}"] == files["dropped_by_reason"].get(reason, 0)
-    assert sum(files[f"dropped_{r}"] for r in files["dropped_by_reason"]) == files["dropped"] > 0
+    reasons = table_counts(files["dropped_by_reason"])
+    assert sum(reasons.values()) == files["dropped"] > 0 and all(reasons.values())
     artifacts = materialization_metadata(result, "livehunt_artifacts")
-    for status in ("downloaded", "already_stored", "in_opencti", "too_large", "not_available"):
-        assert artifacts[f"artifacts_{status}"] == artifacts["artifacts_by_status"].get(status, 0)
-    assert artifacts["artifacts_downloaded"] > 0
+    statuses = table_counts(artifacts["artifacts_by_status"])
+    assert statuses["downloaded"] > 0 and all(statuses.values())
+    notifications = materialization_metadata(result, "livehunt_notifications")
+    types = table_counts(notifications["notifications_by_type"])
+    assert sum(types.values()) == notifications["notifications"]
+    bundles = materialization_metadata(result, "livehunt_stix_bundles")
+    objects = table_counts(bundles["stix_objects_by_type"])
+    assert sum(objects.values()) == bundles["stix_objects"]
+    assert table_counts(bundles["mapping"])["notifications_mapped"] == files["kept"]
+
+
+def test_a_window_without_sample_downloads_plots_no_sample_figures(
+    dagster_instance: dg.DagsterInstance, livehunt_resources: ResourcesFactory
+) -> None:
+    """With UPLOAD_ARTIFACT off, 0 samples is not a figure: the window says why instead."""
+    result = run(dagster_instance, livehunt_resources(upload_artifact=False), HOUR)
+    event = next(
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("livehunt_artifacts")
+    )
+    metadata = event.materialization.metadata
+    assert metadata["samples"].value == "not downloaded: UPLOAD_ARTIFACT is off"
+    assert not any(isinstance(v, dg.IntMetadataValue) for v in metadata.values())

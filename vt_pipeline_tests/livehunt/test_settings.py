@@ -232,3 +232,24 @@ def test_default_start_keeps_every_window_vt_still_serves() -> None:
         start = datetime.strptime(livehunt_start({}, now=now), "%Y-%m-%d-%H:%M")
         age = now - start.replace(tzinfo=UTC)
         assert timedelta(days=7) <= age < timedelta(days=14)
+
+
+@pytest.mark.parametrize(
+    ("period", "warn", "fail"),
+    [("PT5M", 20, 30), ("PT1H", 130, 250), ("PT90S", 14, 18)],
+)
+def test_freshness_follows_the_schedule(period: str, warn: int, fail: int) -> None:
+    """Two missed ticks (plus a run's time) warn, four fail: a stuck schedule shows stale."""
+    policy = schedules.livehunt_freshness(livehunt_interval({"CONNECTOR_DURATION_PERIOD": period}))
+    assert policy.warn_window.to_timedelta() == timedelta(minutes=warn)
+    assert policy.fail_window.to_timedelta() == timedelta(minutes=fail)
+
+
+def test_every_livehunt_asset_declares_the_schedules_freshness() -> None:
+    from vt_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    livehunt = [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == "livehunt"]
+    assert len(livehunt) == 6
+    for key in livehunt:
+        assert graph.get(key).freshness_policy == schedules.LIVEHUNT_FRESHNESS, key

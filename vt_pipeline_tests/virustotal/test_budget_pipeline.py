@@ -248,10 +248,29 @@ def test_the_quota_sensor_records_the_keys_usage_and_the_budgets_counts(
     (event,) = result.asset_events
     assert event.asset_key == dg.AssetKey("virustotal_quota")
     metadata = event.metadata
-    assert metadata["budget_limit_minute"].value == PER_MINUTE
-    assert metadata["budget_day_kind_interactive"].value == 5
-    assert metadata["budget_day_kind_backfill"].value == 0
-    assert metadata["budget_used_day"].value == 5
-    assert metadata["vt_key_used_day"].value == 8
-    assert metadata["vt_key_allowed_hour"].value == PER_MINUTE * 60
-    assert all(isinstance(value, dg.IntMetadataValue) for value in metadata.values())
+    # Plotted: what was spent, by this deployment and on the key (VT also counts the other tool)
+    assert metadata["calls_today"].value == 5
+    assert metadata["vt_key_used_today"].value == 8
+    # The limit in force, with where it comes from, never a bare 0
+    quota = {r.data["period"]: r.data for r in metadata["quota"].value.records}
+    assert quota["this minute"]["limit"] == str(PER_MINUTE)
+    assert quota["this hour"]["limit"] == str(PER_MINUTE * 60)
+    assert quota["this hour"]["limit_from"] == "VirusTotal's quota for the key"
+    # Work and jobs named as an operator knows them, no Dagster internals
+    work = {r.data["work"]: r.data["today"] for r in metadata["calls_by_work"].value.records}
+    assert work["enrichment clicks"] == 5 and work["backfills"] == 0
+    assert set(work) == {
+        "enrichment clicks",
+        "playbooks",
+        "auto-enrichment",
+        "Livehunt windows",
+        "backfills",
+    }
+    assert not any("__" in name for name in metadata)
+    assert all(
+        isinstance(value, dg.IntMetadataValue | dg.TableMetadataValue)
+        for value in metadata.values()
+    )
+    # The tick says what it recorded (Dagster shows such a runless tick as skipped)
+    assert result.skip_reason is not None
+    assert result.skip_reason.skip_message.startswith("Recorded virustotal_quota: VT calls 5 today")

@@ -48,6 +48,7 @@ from typing import Any
 
 from aiohttp import web
 
+from vt_pipeline.emulators.opencti import pages
 from vt_pipeline.emulators.opencti.entities import indicator_stix, marking_stix, observable_stix
 from vt_pipeline.emulators.opencti.graphql import (
     EMULATOR,
@@ -651,6 +652,12 @@ class OpenCTIEmulator(Service):
         app.router.add_post("/_emulator/entities", self._entities_endpoint)
         app.router.add_get("/_emulator/entities/{id}", self._entity_endpoint)
         app.router.add_post("/_emulator/enrich", self._enrich_endpoint)
+        # The frontend paths vt_pipeline links to from the Dagster UI (see `pages`).
+        app.router.add_get("/dashboard/id/{id}", self._entity_page)
+        app.router.add_get("/dashboard/data/ingestion/connectors/{id}", self._connector_page)
+        app.router.add_get(
+            "/dashboard/data/ingestion/connectors/{id}/{rest:.*}", self._connector_page
+        )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await self._listen()
@@ -792,6 +799,32 @@ class OpenCTIEmulator(Service):
             return web.json_response({"message": str(error)}, status=400)
         return web.json_response(result)
 
+    async def _entity_page(self, request: web.Request) -> web.Response:
+        """`GET /dashboard/id/{id}`: the entity's page, by any of its ids (as OpenCTI resolves)."""
+        entity_id = request.match_info["id"]
+        loop = asyncio.get_running_loop()
+        try:
+            summary = await loop.run_in_executor(
+                self._executor, lambda: self.entity_summary(entity_id)
+            )
+        except KeyError:
+            return _html(pages.not_found(f"No entity {entity_id} in this OpenCTI."), 404)
+        return _html(pages.entity_page(summary))
+
+    async def _connector_page(self, request: web.Request) -> web.Response:
+        """`GET /dashboard/data/ingestion/connectors/{id}`: the connector and its works."""
+        connector_id = request.match_info["id"]
+        with self.platform.lock:
+            connector = self.platform.connectors.get(connector_id)
+            works = [
+                {**w.summary(), "timestamp": w.timestamp}
+                for w in self.platform.works.values()
+                if w.connector_id == connector_id
+            ]
+        if connector is None:
+            return _html(pages.not_found(f"No connector {connector_id} in this OpenCTI."), 404)
+        return _html(pages.connector_page(connector, works))
+
     async def _entities_endpoint(self, request: web.Request) -> web.Response:
         """`POST /_emulator/entities` {"entity_type", "value" | "hashes" | "pattern" ...}."""
         try:
@@ -836,6 +869,10 @@ def _set_path(target: Any, path: list[str], value: Any) -> None:
 
 
 # -- CLI: vt-pipeline emulate opencti ---------------------------------------------------------
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 = any free port")

@@ -156,6 +156,7 @@ def resource(emulator: VirusTotalEmulator, tmp_path: Path, **kw: Any) -> VirusTo
     return VirusTotalResource(**settings)
 
 
+@pytest.mark.integration
 def test_five_files_after_one_429_at_idle_take_a_couple_of_minutes_not_six(
     four_a_minute: VirusTotalEmulator, vt_corpus: Corpus, tmp_path: Path
 ) -> None:
@@ -201,6 +202,7 @@ def test_five_files_after_one_429_at_idle_take_a_couple_of_minutes_not_six(
     assert 0 < seconds <= clock.real(60)
 
 
+@pytest.mark.integration
 def test_a_spent_day_is_recognized_from_overall_quotas_and_fails_at_once(
     vt_corpus: Corpus, tmp_path: Path
 ) -> None:
@@ -228,6 +230,7 @@ def test_a_spent_day_is_recognized_from_overall_quotas_and_fails_at_once(
     assert not notices  # it fails at once: no "retrying at" that will not happen
 
 
+@pytest.mark.integration
 def test_a_spent_day_about_to_reset_is_waited_for_and_said_so(
     vt_corpus: Corpus, tmp_path: Path
 ) -> None:

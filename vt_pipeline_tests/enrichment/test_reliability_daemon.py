@@ -27,6 +27,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.processes import Watchdog, spawn_owned, terminate_group
+from vt_pipeline.emulators.rabbitmq import RabbitMQ
 from vt_pipeline.emulators.virustotal.corpus import Corpus
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.enrichment import recovery
@@ -259,15 +260,18 @@ def test_a_crashed_daemon_loses_no_request(
         assert retried, "no run was caught by the crash: the test proved nothing"
 
 
-def test_poison_messages_429_and_500_bursts_leave_every_work_complete(
+def test_poison_messages_429_and_500_bursts_and_a_broker_restart_leave_every_work_complete(
     tmp_path: Path,
     vt_emulator: VirusTotalEmulator,
     opencti: OpenCTIEmulator,
+    rabbitmq: RabbitMQ,
     vt_corpus: Corpus,
 ) -> None:
     """A message that is not JSON, one naming a work OpenCTI no longer knows, a burst of 429s
     on domains and a URL that VirusTotal answers 500 forever: the poison leaves the queue, the
-    domains are enriched, the URL ends in error at the retry deadline, nothing else waits."""
+    domains are enriched, the URL ends in error at the retry deadline, nothing else waits.
+    Then RabbitMQ restarts (down 20 s) while a run sends its bundles: they go into the same
+    works, which complete without an error."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     connector = str(uuid.uuid4())
@@ -300,5 +304,20 @@ def test_poison_messages_429_and_500_bursts_leave_every_work_complete(
         assert [bool(s["errors"]) for s in summaries] == [False, False, False, True], summaries
         assert "kept failing" in summaries[-1]["errors"][0], summaries[-1]
         assert vt_emulator.count("domain", 429) == 5
+
+        # RabbitMQ restarts and stays down 20 s while the next run is answering its requests.
+        vt_emulator.set_faults("")
+        vt_emulator.set_latency(2000)
+        more = click(opencti, deployment, sorted(vt_corpus.domains)[3:6])
+        deployment.wait_for(
+            lambda: all((w := opencti.work(work)) and w.received_time for work in more),
+            "the run to take the requests",
+            120,
+        )
+        rabbitmq.restart(down_seconds=20)
+        vt_emulator.set_latency(0)
+        summaries = assert_every_request_answered_once(opencti, deployment, more, 300)
+        assert all(not s["errors"] for s in summaries), [s["errors"] for s in summaries]
+        assert all(s["expected"] == s["processed"] > 0 for s in summaries), summaries
     finally:
         deployment.stop()

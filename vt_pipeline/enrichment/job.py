@@ -642,9 +642,6 @@ async def answer_all(
         return outcomes, session.log.as_metadata()
 
 
-# The run's table, narrow enough to read without wrapping mid-word: the entity's type and value
-# once each (the value in full: an analyst searches OpenCTI or VT for it), what happened to it in
-# a few words, then the OpenCTI work id for reference. The run's kind is one per run (its tag).
 class WaitNotices:
     """`on_wait` for the enrichment's VT session: post why a request waits on its work
     (`to_received` with the message, which OpenCTI appends to the work's messages), at most
@@ -671,14 +668,19 @@ class WaitNotices:
         await asyncio.to_thread(self.cti.mark_received, work_id, message)
 
 
+# The run's table, narrow enough for the UI to show without breaking a word: the UI shares a
+# table's width by its cells' lengths and breaks words to fit, so one long cell (a SHA-256, a
+# work id, a sentence) broke "interactive" and "StixFile" mid-word. Cells stay short: the
+# entity's type, its value (long ones cut, hashes to their first 16 characters), numbers, and
+# the OpenCTI work's short id; each request's message, in full, is a line of `messages`.
 _COLUMNS = (
     ("type", "string"),
     ("entity", "string"),
     ("outcome", "string"),
     ("score", "string"),
+    ("objects", "int"),
     ("vt_calls", "int"),
     ("cache_hits", "int"),
-    ("detail", "string"),
     ("request_id", "string"),
 )
 # What an operator calls each kind of enrichment request.
@@ -687,30 +689,37 @@ _KIND_NAMES = {
     "auto": "auto-enrichment",
     "playbook": "playbook steps",
 }
-
-
-def _detail(outcome: Outcome) -> str:
-    """The outcome's message without what the row's other cells already say."""
-    message = outcome.message
-    for prefix in (f"VirusTotal enrichment of {outcome.entity}: ", f"{outcome.entity}: "):
-        if outcome.entity and message.startswith(prefix):
-            return message[len(prefix) :]
-    return message
+_ENTITY_CELL = 32
+_HASH = re.compile(r"^[0-9a-fA-F]{32,128}$")
+_WORK_ID = re.compile(r"^work_[0-9a-f-]{36}_(?P<work>[0-9a-f]{8})[0-9a-f-]{28}$")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
 
 
 def _value(outcome: Outcome, entity_type: str) -> str:
-    """The entity's value alone (the type has its own column)."""
-    if entity_type and outcome.entity.startswith(f"{entity_type} "):
-        return outcome.entity[len(entity_type) + 1 :]
-    return outcome.entity
+    """The entity's value alone (its type has a column), short enough for a table cell."""
+    value = outcome.entity
+    if entity_type and value.startswith(f"{entity_type} "):
+        value = value[len(entity_type) + 1 :]
+    if _HASH.match(value):
+        return value[:16] + "…"
+    return value if len(value) <= _ENTITY_CELL else value[: _ENTITY_CELL - 1] + "…"
+
+
+def short_request_id(request_id: str) -> str:
+    """An OpenCTI work id (`work_<connector>_<uuid>`) by its uuid's first 8 characters, as in
+    the run's log lines; other request ids as they are."""
+    match = _WORK_ID.match(request_id)
+    return f"work {match['work']}" if match else request_id
 
 
 def outcomes_metadata(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Per request a table row (entity, outcome, score, VT calls, cache hits) plus the counts an
-    operator plots: requests, enriched, failed (the rarer counts only when they happened)."""
-    rows = []
+    """Per request a table row (entity, outcome, score, VT calls, cache hits) and a line of
+    text with its message, plus the counts an operator plots: requests, enriched, failed (the
+    rarer counts only when they happened)."""
+    rows, lines = [], []
     for o in outcomes:
         entity_type = o.entity_type or o.request.entity_type or ""
+        request = short_request_id(o.request.request_id)
         rows.append(
             dg.TableRecord(
                 {
@@ -718,17 +727,20 @@ def outcomes_metadata(outcomes: Sequence[Outcome]) -> dict[str, Any]:
                     "entity": _value(o, entity_type),
                     "outcome": o.status,
                     "score": "" if o.score is None else str(o.score),
+                    "objects": o.objects,
                     "vt_calls": o.vt_calls,
                     "cache_hits": o.cache_hits,
-                    "detail": _detail(o),
-                    "request_id": o.request.request_id,
+                    "request_id": request,
                 }
             )
         )
+        text = f"{request}, {o.status}: {o.message}"
+        lines.append("- " + _MD_SPECIAL.sub(r"\\\1", text))
     schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in _COLUMNS])
     kinds = sorted({o.request.kind for o in outcomes})
     metadata: dict[str, Any] = {
         "requests": dg.MetadataValue.table(rows, schema=schema),
+        "messages": dg.MetadataValue.md("\n".join(lines)),
         "kind": dg.MetadataValue.text(", ".join(_KIND_NAMES.get(k, k) for k in kinds) or "none"),
         "requests_total": len(outcomes),
         "requests_enriched": sum(o.status == OUTCOME_ENRICHED for o in outcomes),

@@ -338,7 +338,13 @@ def test_refusals_end_their_work_in_error_and_spare_their_batch_mates(
     assert status == "complete" and not in_error, message
     assert opencti.score_of(ids["fine"]) is not None
     table = rows(result)
-    assert "does not support entities of type Malware" in table["work-unknown-type"]["detail"]
+    assert table["work-unknown-type"]["outcome"] == "failed"
+    messages = metadata(result)["messages"].splitlines()
+    assert any(
+        line.startswith("- work-unknown-type, failed:")
+        and "does not support entities of type Malware" in line
+        for line in messages
+    )
     assert opencti.score_of(ids["red"]) is None  # nothing sent for the refused entity
     assert vt_emulator.count("domain") == 0  # the TLP:RED domain never reached VirusTotal
     assert vt_emulator.count("file_upload") == 0 and vt_emulator.count("url_submit") == 0
@@ -363,9 +369,12 @@ def test_re_enrichment_adds_no_note_and_the_cache_saves_the_quota(
     assert metadata(second)["kind"] == "enrichment clicks"
     assert row["cache_hits"] == 1 and row["vt_calls"] == 0
     # The value once, in full, in its own cell; the detail does not repeat it.
-    assert row["entity"] == malicious_file(vt_corpus)
-    assert row["detail"].startswith("score ") and row["entity"] not in row["detail"]
-    assert "cache, no quota spent" in row["detail"]
+    # Short cells (the UI breaks words to fit a wide table): the hash cut, the work's short id
+    assert row["entity"] == malicious_file(vt_corpus)[:16] + "…"
+    assert row["request_id"].startswith("work ") and len(row["request_id"]) == 13
+    (message,) = metadata(second)["messages"].splitlines()
+    assert message.startswith(f"- {row['request_id']}, enriched: VirusTotal enrichment of")
+    assert "cache, no quota spent" in message
     assert len(opencti.notes_about(entity)) == len(notes)  # same analysis: no new note
 
     third, _ = enrich(entity, lookup_cache_hours=0)  # cache off: VT asked again, same analysis
@@ -525,7 +534,8 @@ def test_a_failed_playbook_step_passes_its_bundle_on(
     assert not result.success
     assert opencti.playbook_results(execution) == [request.bundle]
     (row,) = rows(result).values()
-    assert row["outcome"] == "failed" and "above VIRUSTOTAL_MAX_TLP" in row["detail"]
+    assert row["outcome"] == "failed"
+    assert "above VIRUSTOTAL\\_MAX\\_TLP" in metadata(result)["messages"]
     assert vt_emulator.count("ip_address") == 0
 
 

@@ -3,7 +3,8 @@ budget counts, every 5 minutes, in the words an operator uses.
 
 A sensor records it as a runless materialization: a run every 5 minutes would bury the
 Livehunt and enrichment runs in the runs list. Each tick is then "skipped" for Dagster (it
-requested no run), so the sensor says in the tick's skip message what it recorded.
+requested no run, and the UI labels it "0 runs requested"), so the sensor says what it recorded
+in the tick's skip message (the label's tooltip) and in the tick's log (View logs).
 
 What the UI shows:
 - plotted (integers): the calls this deployment made in the last minute, this hour, today and
@@ -249,9 +250,13 @@ def virustotal_quota_sensor(
     context: dg.SensorEvaluationContext, virustotal: VirusTotalResource
 ) -> dg.SensorResult:
     metadata = read_quota(virustotal)
+    recorded = summary(metadata)
+    # Dagster labels a tick that requested no run "0 runs requested" whatever it did; what it
+    # recorded is the tick's skip message (the label's tooltip) and its log (View logs).
+    context.log.info(recorded)
     return dg.SensorResult(
         asset_events=[dg.AssetMaterialization(asset_key=virustotal_quota.key, metadata=metadata)],
-        skip_reason=summary(metadata),
+        skip_reason=recorded,
     )
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from vt_pipeline.emulators.processes import Watchdog, spawn_owned
 
 
 def live_processes() -> dict[int, tuple[int, int]]:
@@ -52,3 +55,20 @@ def survivors(pids: Iterable[int], timeout: float) -> set[int]:
         time.sleep(0.5)
         left &= set(live_processes())
     return left
+
+
+def spawn_logged(
+    command: Sequence[str], log: Path, env: Mapping[str, str], cwd: Path, grace: float = 20.0
+) -> tuple[subprocess.Popen[bytes], Watchdog]:
+    """A Dagster service (daemon, code server, webserver) in its own process group, owned by
+    the test, its output appended to `log`."""
+    with log.open("ab") as out:
+        return spawn_owned(
+            list(command),
+            grace=grace,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

@@ -25,8 +25,9 @@ from typing import Any
 
 import yaml
 
-from vt_pipeline.emulators.processes import Watchdog, spawn_owned, terminate_group
+from vt_pipeline.emulators.processes import Watchdog, terminate_group
 from vt_pipeline.emulators.rabbitmq import free_port
+from vt_pipeline_tests.processes import spawn_logged
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
@@ -108,16 +109,9 @@ class Topology:
 
     def _spawn(self, service: str) -> None:
         command = local_command(service, self.code_port, self.web_port, self.workspace)
-        with self.log(service).open("ab") as log:
-            process, watchdog = spawn_owned(
-                command,
-                grace=20.0,
-                env={**self.env, "DAGSTER_HOME": str(self.home)},
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        process, watchdog = spawn_logged(
+            command, self.log(service), {**self.env, "DAGSTER_HOME": str(self.home)}, self.home
+        )
         self.processes[service] = process
         self._watchdogs.append(watchdog)
 

@@ -72,6 +72,15 @@ def carried(run_request: dg.RunRequest) -> list[EnrichmentRequest]:
     return [EnrichmentRequest.from_config(c) for c in configs]
 
 
+def publish_request(harness: Harness, work_id: str, entity_type: str) -> None:
+    """An enrichment request for an entity of `entity_type` on `work_id`, as OpenCTI sends it."""
+    message = {
+        "internal": {"work_id": work_id},
+        "event": {"entity_id": "x--1", "entity_type": entity_type},
+    }
+    harness.opencti.publish_raw(harness.connector_id, json.dumps(message).encode())
+
+
 def work_state(harness: Harness, work_id: str) -> tuple[str, list[str], list[str]]:
     work = harness.opencti.work(work_id)
     assert work is not None
@@ -166,16 +175,7 @@ def test_a_message_naming_a_work_opencti_no_longer_knows_leaves_the_queue(
     harness: Harness,
 ) -> None:
     """A poison message: OpenCTI refuses the report (unknown work); it is acknowledged."""
-    gone = f"work_{uuid.uuid4()}"
-    harness.opencti.publish_raw(
-        harness.connector_id,
-        json.dumps(
-            {
-                "internal": {"work_id": gone},
-                "event": {"entity_id": "x--1", "entity_type": "Malware"},
-            }
-        ).encode(),
-    )
+    publish_request(harness, f"work_{uuid.uuid4()}", "Malware")
     tick = harness.tick()
     assert tick.run_requests == [] and "1 refused" in (tick.skip or "")
     assert harness.queued() == 0
@@ -183,15 +183,7 @@ def test_a_message_naming_a_work_opencti_no_longer_knows_leaves_the_queue(
 
 def test_control_characters_in_a_request_reach_opencti_escaped(harness: Harness) -> None:
     work = harness.opencti.platform.create_work(harness.connector_id, "hostile").id
-    harness.opencti.publish_raw(
-        harness.connector_id,
-        json.dumps(
-            {
-                "internal": {"work_id": work},
-                "event": {"entity_id": "x--1", "entity_type": "Evil\x00\x1b[2J\x9bType"},
-            }
-        ).encode(),
-    )
+    publish_request(harness, work, "Evil\x00\x1b[2J\x9bType")
     harness.tick()
     [error] = work_state(harness, work)[2]
     assert "Evil\\x00\\x1b[2J\\x9bType" in error

@@ -26,7 +26,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.instance.ref import InstanceRef
 
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
-from vt_pipeline.emulators.processes import Watchdog, spawn_owned, terminate_group
+from vt_pipeline.emulators.processes import Watchdog, terminate_group
 from vt_pipeline.emulators.rabbitmq import RabbitMQ
 from vt_pipeline.emulators.virustotal.corpus import Corpus
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
@@ -36,6 +36,7 @@ from vt_pipeline.opencti.listen_queue import ListenQueue
 from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline_tests.conftest import PREMIUM_KEY
 from vt_pipeline_tests.deploy.topology import environ_without
+from vt_pipeline_tests.processes import spawn_logged
 
 pytestmark = pytest.mark.integration
 
@@ -63,16 +64,12 @@ class Deployment:
 
     def start(self) -> None:
         daemon = Path(sys.executable).parent / "dagster-daemon"
-        with self.log.open("ab") as log:
-            self.process, self.watchdog = spawn_owned(
-                [str(daemon), "run", "-w", str(self.home / "workspace.yaml")],
-                grace=20.0,
-                env={**self.env, "DAGSTER_HOME": str(self.home)},
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.process, self.watchdog = spawn_logged(
+            [str(daemon), "run", "-w", str(self.home / "workspace.yaml")],
+            self.log,
+            {**self.env, "DAGSTER_HOME": str(self.home)},
+            self.home,
+        )
 
     def crash(self) -> None:
         """SIGKILL the daemon's process group (its code server and the runs it launched)."""

@@ -2,7 +2,8 @@
 # Create .venv (Python >= 3.11), install vt_pipeline with its dev tools at the exact versions of
 # requirements-dev.lock (the tested ones; scripts/lock.sh regenerates it), and make sure the
 # Debian packages rabbitmq-server and postgresql are there (the tests and the demo start their
-# own broker and database). Idempotent: a second run installs nothing new.
+# own broker and database), and chromium with chromium-driver (the UI walk test's browser).
+# Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -13,6 +14,13 @@ if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && ! command -v rabbitmq-serve
 fi
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null 2>&1; then
   missing+=(postgresql)
+fi
+# The UI walk test (vt_pipeline_tests/test_ui_walk.py) drives Debian's headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+  missing+=(chromium)
+fi
+if ! command -v chromedriver >/dev/null 2>&1; then
+  missing+=(chromium-driver)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""

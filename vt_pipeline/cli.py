@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -58,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ui.add_argument("--port", type=int, default=3000)
     ui.add_argument("--notifications", type=int, default=300)
     ui.add_argument("--seed", type=int, default=DEMO_SEED)
+    ui.add_argument(
+        "--windows",
+        type=int,
+        default=3,
+        help="Livehunt windows delivered into the emulators before the UI opens (0: none), so "
+        "the links to OpenCTI open on this run's emulator",
+    )
 
     commands.add_parser(
         "sweep-runs",
@@ -77,17 +83,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "demo":
                 return run_demo(args.notifications, args.windows, args.seed)
-            return run_ui(args.port, args.notifications, args.seed)
+            return run_ui(args.port, args.notifications, args.seed, args.windows)
         except KeyboardInterrupt:
             return 130
 
 
+# First line of the instance file vt-pipeline keeps in $DAGSTER_HOME, a copy of the repository's.
+COPY_MARK = "# Copied by vt-pipeline from the repository's dagster.yaml at every start"
+
+
 def demo_home() -> Path:
-    """The demo's Dagster instance: $DAGSTER_HOME, else `.dagster_home` in the checkout."""
+    """The demo's Dagster instance: $DAGSTER_HOME, else `.dagster_home` in the checkout.
+
+    Dagster reads its instance file from $DAGSTER_HOME only, so the repository's `dagster.yaml`
+    is copied there at every start (the README's instance is then the one in force); a
+    dagster.yaml the user wrote there (without the copy's first line) is left alone.
+    """
     home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    target, source = home / "dagster.yaml", REPO_ROOT / "dagster.yaml"
+    if not target.exists() or target.read_text().startswith(COPY_MARK):
+        target.write_text(
+            f"{COPY_MARK} ({source}): edit that file, not this one.\n{source.read_text()}"
+        )
+    else:
+        print(f"Dagster instance: {target} is yours (not the repository's dagster.yaml): kept")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
@@ -141,25 +161,12 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
         url, corpus = demo_emulator(stack, notifications, seed)
         print("Starting RabbitMQ and the OpenCTI emulator...", flush=True)
         opencti = demo_opencti(stack)
-        from vt_pipeline.livehunt.partitions import livehunt_partitions
-        from vt_pipeline.livehunt.summary import livehunt_summary, materialize_windows
+        from vt_pipeline.livehunt.summary import livehunt_summary
         from vt_pipeline.resources import build_resources
 
-        now = datetime.now(UTC).timestamp()
-        last = livehunt_partitions.get_partition_key_for_timestamp(now)
-        first = livehunt_partitions.get_partition_key_for_timestamp(now - 3600 * (windows - 1))
         print(f"VirusTotal emulator: {url} ({notifications} notifications over 24 h, seed {seed})")
-        print(f"Materializing Livehunt windows {first} .. {last} into {home}")
         with dg.DagsterInstance.get() as instance:
-            result = materialize_windows(
-                instance,
-                first,
-                last,
-                build_resources(),
-                log_level="WARNING",
-                deliver=True,
-                raise_on_error=False,
-            )
+            result = ingest_recent_windows(instance, windows, home)
             print(livehunt_summary(result))
             print(opencti_summary(opencti))
             print()
@@ -170,6 +177,29 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
         "same seed):  .venv/bin/vt-pipeline ui   then open http://127.0.0.1:3000"
     )
     return 0 if result.success and enriched else 1
+
+
+def ingest_recent_windows(
+    instance: dg.DagsterInstance, windows: int, home: Path
+) -> dg.JobExecutionResult:
+    """One run of `livehunt_job` over the last `windows` hourly windows, delivered to OpenCTI.
+
+    A run of the code location's job, as the schedule makes (not an ad hoc materialization):
+    the UI shows it on the Overview timeline and on the job's page, not only under Runs.
+    """
+    from vt_pipeline.livehunt.partitions import RANGE_END_TAG, RANGE_START_TAG, livehunt_partitions
+    from vt_pipeline.location_runs import execute_location_job
+
+    now = datetime.now(UTC).timestamp()
+    last = livehunt_partitions.get_partition_key_for_timestamp(now)
+    first = livehunt_partitions.get_partition_key_for_timestamp(now - 3600 * (windows - 1))
+    print(f"Materializing Livehunt windows {first} .. {last} into {home}", flush=True)
+    return execute_location_job(
+        instance,
+        "livehunt_job",
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        tags={RANGE_START_TAG: first, RANGE_END_TAG: last},
+    )
 
 
 # One entity of each type the enrichment connector takes, from the corpus's fixed targets.
@@ -247,18 +277,36 @@ def run_sweep() -> int:
     return 0
 
 
-def run_ui(port: int, notifications: int, seed: int) -> int:
-    """Serve `dagster dev` with the VT emulator running, so runs and backfills work offline."""
+def run_ui(port: int, notifications: int, seed: int, windows: int = 3) -> int:
+    """Serve the Dagster UI with the emulators running, so runs and backfills work offline.
+
+    The last `windows` Livehunt windows are delivered into this run's OpenCTI emulator first
+    (an emulator keeps nothing between starts), so their links into OpenCTI open. The UI is
+    `dagster dev` started in $DAGSTER_HOME: that is where Dagster reads its instance file (the
+    repository's dagster.yaml, copied there by `demo_home`), so the logs say nothing about
+    another dagster.yaml. `dg dev` at the repository root works too (README, "Dagster UI");
+    this wrapper keeps the older entry point, which `dg dev` itself calls, quiet about it.
+    """
     home = demo_home()
     with ExitStack() as stack:
         url, _ = demo_emulator(stack, notifications, seed)
         opencti = demo_opencti(stack)
         print(
-            f"VirusTotal emulator: {url}; OpenCTI emulator: {opencti.url}; Dagster home: {home}",
+            f"VirusTotal emulator: {url}; OpenCTI emulator: {opencti.url}; "
+            f"Dagster instance: {home} (dagster.yaml: the repository's)",
             flush=True,
         )
+        if windows > 0:
+            from vt_pipeline.livehunt.summary import livehunt_summary
+
+            with dg.DagsterInstance.get() as instance:
+                print(livehunt_summary(ingest_recent_windows(instance, windows, home)), flush=True)
         command = [
             sys.executable,
+            # `dagster dev` says "use dg dev": dg dev runs this same server, but only from the
+            # repository's root, where Dagster would warn that that dagster.yaml is not used.
+            "-W",
+            "ignore::FutureWarning",
             "-m",
             "dagster",
             "dev",
@@ -270,7 +318,7 @@ def run_ui(port: int, notifications: int, seed: int) -> int:
             "127.0.0.1",
         ]
         # Its own process group, watched: it stops with us however we end (see `processes`).
-        dev, watchdog = spawn_owned(command, grace=30.0, cwd=REPO_ROOT)
+        dev, watchdog = spawn_owned(command, grace=30.0, cwd=home)
         try:
             return dev.wait()
         except KeyboardInterrupt:

@@ -29,7 +29,7 @@ def serving(port: int) -> bool:
 def test_ui_stops_everything_it_started_with_it(signum: signal.Signals, tmp_path: Path) -> None:
     port = free_port()
     owner = subprocess.Popen(
-        [sys.executable, "-m", "vt_pipeline.cli", "ui", "--port", str(port)],
+        [sys.executable, "-m", "vt_pipeline.cli", "ui", "--port", str(port), "--windows", "0"],
         env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

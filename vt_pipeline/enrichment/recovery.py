@@ -15,6 +15,8 @@ unreachable when it tried to report), the enrichment sensor finds those requests
   times;
 - after that, their works are closed in error with the reason (a playbook step passes its bundle
   on unchanged): a request that kills its run twice is not tried a third time.
+- an operator who re-executed the dead run from the UI first has made that re-execution its
+  retry: the sensor watches it instead of launching one of its own.
 
 The dead run gets the tag `vt_pipeline/requests_outcome` saying which of these happened.
 """

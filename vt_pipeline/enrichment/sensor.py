@@ -65,6 +65,7 @@ SENSOR_NAME = "opencti_enrichment_sensor"
 # about 5 s (with 5 here, a loop landing just short of it would wait for the next: 10 s).
 MINIMUM_INTERVAL_SECONDS = 3
 RUN_KEY_TAG = "dagster/run_key"
+PARENT_RUN_TAG = "dagster/parent_run_id"  # set on a re-execution from the UI
 TAG_REQUESTS = "vt_pipeline/enrichment_requests"
 TAG_KIND = "vt_pipeline/kind"
 CURSOR_VERSION = 1
@@ -285,8 +286,8 @@ def recover_ended_runs(
                 continue
             existing = instance.get_runs(
                 filters=dg.RunsFilter(tags={RUN_KEY_TAG: recovery.retry_key(run_id)}), limit=1
-            )
-            if existing:  # its retry run exists: that run is watched now
+            ) or instance.get_runs(filters=dg.RunsFilter(tags={PARENT_RUN_TAG: run_id}), limit=1)
+            if existing:  # its retry run (or an operator's re-execution) is watched now
                 retry_run = existing[0]
                 if retry_run.run_id not in cursor.running:
                     cursor.running[retry_run.run_id] = time.time()

@@ -204,3 +204,23 @@ def test_a_dead_runs_work_opencti_no_longer_knows_does_not_hold_the_others(
     assert harness.tick().run_requests == []
     assert EnrichmentCursor.parse(harness.cursor).running == {}
     assert [work_state(harness, w)[0] for w in works[1:]] == ["complete", "complete"]
+
+
+def test_an_operators_re_execution_of_a_dead_run_is_its_retry(harness: Harness) -> None:
+    """Re-executed from the UI before the sensor got to it: no second retry run."""
+    works = harness.ask(2)
+    [dead] = die(harness, harness.tick().run_requests)
+    run = harness.instance.get_run_by_id(dead)
+    assert run is not None
+    config = run.run_config["ops"][ENRICHMENT_OP]["config"]
+    reexecution = dying_job.execute_in_process(
+        run_config={"ops": {ENRICHMENT_OP: {"config": {**config, "answer": 2}}}},
+        instance=harness.instance,
+        tags={"dagster/parent_run_id": dead, "dagster/root_run_id": dead},
+        raise_on_error=False,
+    )
+    assert harness.tick().run_requests == []
+    assert EnrichmentCursor.parse(harness.cursor).running == {}
+    assert all(work_state(harness, w)[0] == "complete" for w in works)
+    tags = harness.instance.get_run_by_id(dead).tags  # type: ignore[union-attr]
+    assert reexecution.run_id in tags[recovery.OUTCOME_TAG]

@@ -97,12 +97,15 @@ def demo_home() -> Path:
 
     Dagster reads its instance file from $DAGSTER_HOME only, so the repository's `dagster.yaml`
     is copied there at every start (the README's instance is then the one in force); a
-    dagster.yaml the user wrote there (without the copy's first line) is left alone.
+    dagster.yaml the user wrote there (without the copy's first line, and not a plain copy) is
+    left alone, and the start says so.
     """
     home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     target, source = home / "dagster.yaml", REPO_ROOT / "dagster.yaml"
-    if not target.exists() or target.read_text().startswith(COPY_MARK):
+    existing = target.read_text() if target.exists() else None
+    # Ours (marked), or an unmarked copy an older vt-pipeline made of the same file: replaced.
+    if existing is None or existing.startswith(COPY_MARK) or existing == source.read_text():
         target.write_text(
             f"{COPY_MARK} ({source}): edit that file, not this one.\n{source.read_text()}"
         )

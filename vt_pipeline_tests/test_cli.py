@@ -53,3 +53,24 @@ def test_ui_stops_everything_it_started_with_it(signum: signal.Signals, tmp_path
         if owner.poll() is None:
             owner.kill()
             owner.wait()
+
+
+def test_the_instance_file_in_force_is_the_repositorys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster reads $DAGSTER_HOME/dagster.yaml only: vt-pipeline keeps it the repository's,
+    except a file of the user's own, which it keeps."""
+    from vt_pipeline.cli import COPY_MARK, REPO_ROOT, demo_home
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    repository = (REPO_ROOT / "dagster.yaml").read_text()
+    instance = tmp_path / "dagster.yaml"
+    for before in (None, repository, f"{COPY_MARK} (old)\nnux: {{}}\n"):
+        if before is not None:
+            instance.write_text(before)
+        demo_home()
+        text = instance.read_text()
+        assert text.startswith(COPY_MARK) and text.endswith(repository)
+    instance.write_text("telemetry:\n  enabled: false\n")
+    demo_home()
+    assert instance.read_text() == "telemetry:\n  enabled: false\n"

@@ -803,7 +803,9 @@ def vt_enrichment(
         )
     metadata = {**outcomes_metadata(outcomes), **calls}
     if refused:
-        metadata["invalid_requests"] = dg.MetadataValue.json(refused)
+        metadata["invalid_requests"] = dg.MetadataValue.md(
+            "\n".join(f"- {printable(line, 500)}" for line in refused)
+        )
     yield dg.Output(None, metadata=metadata)
     failed = [o for o in outcomes if o.status == OUTCOME_FAILED]
     if failed or refused:

@@ -146,12 +146,26 @@ class CallLog:
         return sum(self.calls.values())
 
     def as_metadata(self) -> dict[str, Any]:
-        return {
-            "vt_calls": dg.MetadataValue.int(self.total),
-            "vt_calls_by_endpoint": dg.MetadataValue.json(dict(sorted(self.calls.items()))),
-            "vt_retries": dg.MetadataValue.int(sum(self.retries.values())),
-            "vt_budget_wait_seconds": dg.MetadataValue.float(round(self.budget_wait_seconds, 3)),
-        }
+        """What an operator reads in the UI: the calls (plotted), a table of them per endpoint,
+        and retries and budget waits only when they happened (constant zeros hide the data)."""
+        out: dict[str, Any] = {"vt_calls": dg.MetadataValue.int(self.total)}
+        if self.calls:
+            out["vt_calls_by_endpoint"] = dg.MetadataValue.table(
+                [
+                    dg.TableRecord({"endpoint": endpoint, "calls": int(count)})
+                    for endpoint, count in sorted(self.calls.items())
+                ],
+                schema=dg.TableSchema(
+                    columns=[dg.TableColumn("endpoint", "string"), dg.TableColumn("calls", "int")]
+                ),
+            )
+        if retries := sum(self.retries.values()):
+            out["vt_retries"] = dg.MetadataValue.int(retries)
+        if self.budget_wait_seconds >= 1:
+            out["vt_budget_wait_seconds"] = dg.MetadataValue.float(
+                round(self.budget_wait_seconds, 3)
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -284,7 +298,7 @@ class VirusTotalResource(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Remember the run's tags and job: they decide the budget priority of its calls."""
-        run = context.dagster_run
+        run = context.run
         if run is not None:
             self._run_tags = dict(run.tags)
             self._job_name = run.job_name or ""

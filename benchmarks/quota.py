@@ -36,6 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from vt_pipeline.emulators.virustotal.corpus import generate_corpus  # noqa: E402
+from vt_pipeline.emulators.virustotal.scaled_clock import (  # noqa: E402
+    ScaledClockVirusTotalResource,
+)
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator  # noqa: E402
 from vt_pipeline.virustotal.budget import BudgetClock, window  # noqa: E402
 from vt_pipeline.virustotal.resource import VirusTotalError, VirusTotalResource  # noqa: E402
@@ -125,7 +128,9 @@ def variant(name: str, budget: bool, scale: float, corpus: Any, hashes: list[str
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        vt = VirusTotalResource(api_key=KEY, api_url=emulator.url, timeout_seconds=30, **common)
+        vt = ScaledClockVirusTotalResource(
+            api_key=KEY, api_url=emulator.url, timeout_seconds=30, **common
+        )
         waits, failed = asyncio.run(enrich(vt, hashes, clock))
         out, _ = backfill.communicate(timeout=3600)
         ended = time.monotonic()

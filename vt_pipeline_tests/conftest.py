@@ -24,11 +24,11 @@ import pytest
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.rabbitmq import RabbitMQ
 from vt_pipeline.emulators.virustotal.corpus import Corpus, generate_corpus
+from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline.storage.store import PartitionedFileIOManager, StorageResource
-from vt_pipeline.virustotal.resource import VirusTotalResource
 
 LIVEHUNT_START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 CORPUS_HOURS = 6
@@ -143,7 +143,7 @@ def livehunt_resources(vt_emulator: VirusTotalEmulator, tmp_path: Path) -> Resou
     ) -> dict[str, Any]:
         base = str(storage_dir or tmp_path / "storage")
         return {
-            "virustotal": VirusTotalResource(
+            "virustotal": ScaledClockVirusTotalResource(
                 api_key=api_key,
                 api_url=vt_emulator.url,
                 timeout_seconds=2.0,

@@ -113,3 +113,14 @@ def test_a_run_and_its_step_workers_print_no_beta_or_preview_warnings(
             assert instance.get_latest_materialization_event(dg.AssetKey(asset)) is not None
     assert "BetaWarning" not in output
     assert "PreviewWarning" not in output
+
+
+def test_the_deployments_vt_resource_shows_an_operator_no_test_clock() -> None:
+    """The budget's scaled clock is for tests (`ScaledClockVirusTotalResource`): the resource
+    the UI lists has no such settings."""
+    from vt_pipeline.definitions import defs
+
+    resource = defs.resources["virustotal"]
+    fields = set(type(resource).model_fields)
+    assert {"api_key", "quota_per_minute", "retry_deadline_seconds"} <= fields
+    assert not {f for f in fields if f.startswith("budget_time")}

@@ -271,12 +271,6 @@ class VirusTotalResource(dg.ConfigurableResource):
         ge=0,
         description="A call granted this close to a window's end counts in the next one too.",
     )
-    budget_time_scale: float = Field(
-        default=1.0, gt=0, description="Tests and benchmarks: clock seconds per real second."
-    )
-    budget_time_offset: float = Field(
-        default=0.0, description="Tests and benchmarks: seconds added to the budget's clock."
-    )
     _run_tags: dict[str, str] = PrivateAttr(default_factory=dict)
     _job_name: str = PrivateAttr(default="")
     _home: str = PrivateAttr(default="")
@@ -315,7 +309,9 @@ class VirusTotalResource(dg.ConfigurableResource):
         return kind_from_tags(self._run_tags)
 
     def clock(self) -> BudgetClock:
-        return BudgetClock(self.budget_time_scale, self.budget_time_offset)
+        """Real time. Tests and benchmarks use `ScaledClockVirusTotalResource` (beside the
+        emulators), which runs the budget on a faster, shifted clock."""
+        return BudgetClock()
 
     def budget(self) -> Budget | None:
         """The deployment's budget for this key, or None when it is switched off."""
@@ -336,7 +332,7 @@ class VirusTotalResource(dg.ConfigurableResource):
                 {kind: share for kind, share in shares.items() if kind in KINDS and share < 1},
             ),
             clock=self.clock(),
-            max_reset_wait=self.quota_reset_wait_seconds * self.budget_time_scale,
+            max_reset_wait=self.quota_reset_wait_seconds * self.clock().scale,
             boundary_margin=self.budget_boundary_margin_seconds,
         )
 

@@ -27,6 +27,7 @@ from vt_pipeline.emulators.opencti.amqp import listen_queue
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.rabbitmq import RabbitMQ
 from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.enrichment.definitions import defs as enrichment_defs
 from vt_pipeline.enrichment.job import vt_enrichment_job
@@ -43,7 +44,6 @@ from vt_pipeline.opencti.resource import ENRICHMENT_CONNECTOR_ID, OpenCTIResourc
 from vt_pipeline.storage.responses import ResponseStore
 from vt_pipeline.storage.store import StorageResource
 from vt_pipeline.virustotal.budget import window
-from vt_pipeline.virustotal.resource import VirusTotalResource
 from vt_pipeline_tests.conftest import PREMIUM_KEY, take
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ def job_resources(
             "analysis_poll_max_seconds": 0.05,
         }
         return {
-            "virustotal": VirusTotalResource(**{**vt_config, **(virustotal or {})}),
+            "virustotal": ScaledClockVirusTotalResource(**{**vt_config, **(virustotal or {})}),
             "opencti": cti_resource,
             "enrichment_settings": EnrichmentSettings(**settings),
             "storage": StorageResource(base_dir=str(tmp_path / "storage")),
@@ -568,7 +568,7 @@ def test_a_spent_day_puts_the_work_in_error_saying_when_to_retry(
         "budget_time_scale": 1.0,
         "budget_time_offset": noon - time.time(),
     }
-    spent = VirusTotalResource(api_key=PREMIUM_KEY, **budget).budget()
+    spent = ScaledClockVirusTotalResource(api_key=PREMIUM_KEY, **budget).budget()
     assert spent is not None
     asyncio.run(spent.acquire("livehunt"))  # another run spent the day
 

@@ -18,6 +18,7 @@ import pytest
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.virustotal.corpus import generate_corpus
 from vt_pipeline.emulators.virustotal.fixtures import dump_fixtures, load_fixtures
+from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.livehunt.assets import table_counts
 from vt_pipeline.opencti.resource import OpenCTIResource
@@ -64,7 +65,7 @@ def add_notifications(root: Path, items: list[dict[str, Any]]) -> None:
 def serving(folder: Path) -> Iterator[VirusTotalResource]:
     emulator = VirusTotalEmulator(load_fixtures(folder), api_keys={PREMIUM_KEY: True})
     with emulator.serve():
-        yield VirusTotalResource(
+        yield ScaledClockVirusTotalResource(
             api_key=PREMIUM_KEY,
             api_url=emulator.url,
             timeout_seconds=2.0,

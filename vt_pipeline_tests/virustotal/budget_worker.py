@@ -15,19 +15,19 @@ from typing import Any
 
 import dagster as dg
 
+from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.livehunt.assets import livehunt_assets
 from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
 from vt_pipeline.livehunt.partitions import RANGE_END_TAG, RANGE_START_TAG
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline.storage.store import PartitionedFileIOManager, StorageResource
-from vt_pipeline.virustotal.resource import VirusTotalResource
 
 
 def resources(config: dict[str, Any]) -> dict[str, Any]:
     base = config["storage"]
     return {
-        "virustotal": VirusTotalResource(
+        "virustotal": ScaledClockVirusTotalResource(
             api_key=config["api_key"],
             api_url=config["api_url"],
             timeout_seconds=5.0,

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.virustotal.budget import (
     SHRINK_FLOOR,
@@ -153,7 +154,7 @@ def resource(emulator: VirusTotalEmulator, tmp_path: Path, **kw: Any) -> VirusTo
         "budget_boundary_margin_seconds": 0.1,
         **kw,
     }
-    return VirusTotalResource(**settings)
+    return ScaledClockVirusTotalResource(**settings)
 
 
 @pytest.mark.integration

@@ -19,6 +19,7 @@ import dagster as dg
 import pytest
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.quota.definitions import virustotal_quota_sensor
 from vt_pipeline.virustotal.budget import BudgetClock, window
@@ -82,7 +83,7 @@ def bundles(storage: Path, hours: range) -> dict[int, bytes]:
 
 
 def resource(emulator: VirusTotalEmulator, budget_url: str, **kw: Any) -> VirusTotalResource:
-    return VirusTotalResource(
+    return ScaledClockVirusTotalResource(
         api_key=PREMIUM_KEY,
         api_url=emulator.url,
         timeout_seconds=5.0,

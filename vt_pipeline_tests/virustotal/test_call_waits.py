@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.storage.store import ArtifactStore
 from vt_pipeline.virustotal.budget import window
@@ -40,7 +41,7 @@ def vt(emulator: VirusTotalEmulator, tmp_path: Path, **overrides: Any) -> VirusT
         "budget_time_scale": 240.0,  # a 429 waits for the next "minute": 0.25 s
         "max_attempts": 6,
     }
-    return VirusTotalResource(**{**config, **overrides})
+    return ScaledClockVirusTotalResource(**{**config, **overrides})
 
 
 def domain_of(corpus: Corpus, index: int = 0) -> str:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.storage.store import ArtifactStore
 from vt_pipeline.virustotal.resource import (
@@ -33,7 +34,7 @@ def vt(emulator: VirusTotalEmulator, **overrides: Any) -> VirusTotalResource:
         "budget_time_scale": 240.0,  # a 429 waits for the next "minute": 0.25 s
         "max_attempts": 6,
     }
-    return VirusTotalResource(**{**config, **overrides})
+    return ScaledClockVirusTotalResource(**{**config, **overrides})
 
 
 def call(resource: VirusTotalResource, work: Callable[[VirusTotalSession], Awaitable[T]]) -> T:

@@ -240,7 +240,11 @@ def test_an_operators_walk_through_the_ui(ui: UI, browser: WebDriver) -> None:
 
     # 2. The quota asset: the limit in force, work named as an operator knows it.
     text = visit(browser, f"{base}/assets/virustotal_quota", "calls_by_work")
-    assert "No automations found" not in text and "virustotal_quota_sensor" in text
+    # The automation panel loads after the metadata: wait for it rather than read it half-drawn.
+    text = wait_for(
+        browser, lambda t: "virustotal_quota_sensor" in t, "the quota asset lists no sensor"
+    )
+    assert "No automations found" not in text
     assert "none: VirusTotal sets no limit for the key" in text
     for work in ("Livehunt windows", "backfills", "enrichment clicks", "auto-enrichment"):
         assert work in text, work

@@ -177,11 +177,6 @@ def parse_time(value: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def utc_iso(moment: datetime) -> str:
-    """An aware datetime as `YYYY-MM-DDTHH:MM:SS.mmmZ` (what OpenCTI writes)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 

@@ -43,14 +43,12 @@ from vt_pipeline.config import env_int, parse_list
 from vt_pipeline.enrichment import recovery
 from vt_pipeline.enrichment.requests import (
     ENRICHMENT_JOB,
-    ENRICHMENT_OP,
     SUPPORTED_TYPES,
     EnrichmentRequest,
     InvalidRequest,
     enrichment_run_config,
     parse_request,
     printable,
-    utc_iso,
 )
 from vt_pipeline.opencti.listen_queue import ListenQueue, QueueMessage
 from vt_pipeline.opencti.resource import (
@@ -59,6 +57,7 @@ from vt_pipeline.opencti.resource import (
     OpenCTIResource,
     OpenCTIUnavailable,
 )
+from vt_pipeline.stix.common import moment_timestamp
 
 SENSOR_NAME = "opencti_enrichment_sensor"
 # Below the daemon's 5 s loop, so every loop evaluates it: a click at idle is read within
@@ -235,11 +234,8 @@ def refusal(request: EnrichmentRequest, scope: set[str], auto_allowed: bool) -> 
 
 def requests_in_run(run: dg.DagsterRun) -> set[str]:
     """The request ids a run's config carries (what it will answer)."""
-    config = (run.run_config or {}).get("ops", {}).get(ENRICHMENT_OP, {}).get("config", {})
     return {
-        str(item.get("request_id"))
-        for item in config.get("requests", [])
-        if isinstance(item, Mapping) and item.get("request_id")
+        str(item["request_id"]) for item in recovery.request_configs(run) if item.get("request_id")
     }
 
 
@@ -350,7 +346,7 @@ def _recover(
         1500,
     )
     for request in left:
-        _close(cti, request, reason, log)
+        _end_request(cti, request, request.work_id, reason, log)
     report.abandoned += len(left)
     return f"{len(left)} request(s) it had not answered were closed in error: {reason}", None
 
@@ -367,21 +363,36 @@ def _answered_on_opencti(cti: OpenCTIConnector, request: EnrichmentRequest) -> b
         return False
 
 
-def _close(cti: OpenCTIConnector, request: EnrichmentRequest, reason: str, log: Any) -> None:
-    """End one request that will not be enriched: its work in error, or its playbook bundle
-    passed on unchanged. OpenCTIUnavailable propagates (try again later); a refusal is logged."""
+def _end_request(
+    cti: OpenCTIConnector,
+    request: EnrichmentRequest | None,
+    work_id: str | None,
+    reason: str,
+    log: Any,
+) -> str:
+    """End a request vt_pipeline will not enrich: a playbook step gets its bundle passed on
+    unchanged, anything else its work closed in error with the reason. Returns what happened:
+    "passed through", "closed", "no work" (nothing to report on), or "refused" (OpenCTI
+    answered and refused, e.g. a work it no longer knows: retrying would never succeed; logged).
+    OpenCTIUnavailable propagates: OpenCTI is down or restarting, try again later."""
     try:
-        if request.playbook is not None and request.bundle is not None:
-            cti.answer_playbook(request.pycti_playbook(utc_iso(datetime.now(UTC))), request.bundle)
-        elif request.work_id:
-            cti.close_work(request.work_id, reason, in_error=True)
+        if request is not None and request.playbook is not None and request.bundle is not None:
+            execution_start = moment_timestamp(datetime.now(UTC))
+            cti.answer_playbook(request.pycti_playbook(execution_start), request.bundle)
+            return "passed through"
+        if not work_id:
+            return "no work"
+        cti.close_work(work_id, reason, in_error=True)
+        return "closed"
     except OpenCTIUnavailable:
         raise
     except Exception as exc:
+        which = work_id or (request.request_id if request is not None else "")
         log.warning(
-            f"{SENSOR_NAME}: OpenCTI refused to end request {printable(request.request_id, 120)}"
-            f": {printable(exc, 300)}"
+            f"{SENSOR_NAME}: OpenCTI refused to end request {printable(which, 120)} "
+            f"({printable(exc, 300)}): {reason}"
         )
+        return "refused"
 
 
 def evaluate(
@@ -427,7 +438,7 @@ def evaluate(
             context.instance, cursor, cti, deadline - margin, report, context.log
         )
     now = time.time()
-    stamp = utc_iso(datetime.now(UTC))
+    stamp = moment_timestamp(datetime.now(UTC))
     for key, carried in plan.rerequest.items():
         order = {rid: i for i, rid in enumerate(cursor.pending[key])}
         requests.append(run_request(key, sorted(carried, key=lambda r: order[r.request_id])))
@@ -506,30 +517,19 @@ def _report_refusal(
     unreachable, the message stays queued for a later tick."""
     reason = printable(reason, 2000)
     try:
-        if request is not None and request.playbook is not None and request.bundle is not None:
-            cti.answer_playbook(request.pycti_playbook(utc_iso(datetime.now(UTC))), request.bundle)
-            report.passed_through += 1
-            log.info(
-                f"playbook step {printable(request.request_id, 200)}: bundle passed through "
-                f"({reason})"
-            )
-            return True
-        if work_id:
-            cti.close_work(work_id, reason, in_error=True)
-        else:
-            log.warning(f"enrichment message dropped, no work to report it on: {reason}")
-        report.refused += 1
-        return True
+        ended = _end_request(cti, request, work_id, reason, log)
     except OpenCTIUnavailable as exc:  # down or restarting: reported on a later tick
         report.problems.append(f"OpenCTI unreachable, will report later: {printable(exc, 200)}")
         return False
-    except Exception as exc:  # OpenCTI answered and refused: retrying would never succeed
-        report.refused += 1
-        log.warning(
-            f"{SENSOR_NAME}: OpenCTI refused the report on work {printable(work_id, 120)} "
-            f"({printable(exc, 300)}); the message is acknowledged: {reason}"
-        )
+    if ended == "passed through":
+        report.passed_through += 1
+        step = request.request_id if request is not None else ""
+        log.info(f"playbook step {printable(step, 200)}: bundle passed through ({reason})")
         return True
+    if ended == "no work":
+        log.warning(f"enrichment message dropped, no work to report it on: {reason}")
+    report.refused += 1  # reported on its work, or refused by OpenCTI (logged): it can go
+    return True
 
 
 def build_enrichment_sensor(

@@ -34,6 +34,7 @@ from vt_pipeline.virustotal.resource import (
     call_scope,
 )
 from vt_pipeline_tests.conftest import PREMIUM_KEY
+from vt_pipeline_tests.virustotal.test_budget import budget as budget_store
 
 KEY = "secret-api-key-0123456789"
 SCALE = 30.0  # a budget and emulator minute lasts 2 s
@@ -41,13 +42,8 @@ RETRY_AT = re.compile(r"retrying at \d\d:\d\d:\d\d UTC")
 
 
 def budget(tmp_path: Path, limits: Limits, clock: BudgetClock | None = None) -> Budget:
-    return Budget(
-        f"sqlite:///{tmp_path / 'budget.db'}",
-        KEY,
-        limits,
-        clock=clock or BudgetClock(SCALE),
-        boundary_margin=0.05,
-    )
+    """The budget tests' store, on this file's clock (a minute of 2 s)."""
+    return budget_store(tmp_path, limits, clock or BudgetClock(SCALE))
 
 
 def noon(clock_scale: float = 1.0) -> BudgetClock:

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from vt_pipeline.emulators.virustotal.corpus import Corpus
-from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.storage.store import ArtifactStore
 from vt_pipeline.virustotal.budget import window
@@ -23,7 +22,7 @@ from vt_pipeline.virustotal.resource import (
     VirusTotalSession,
     call_scope,
 )
-from vt_pipeline_tests.conftest import PREMIUM_KEY
+from vt_pipeline_tests.virustotal.test_virustotal_resource import vt as emulator_resource
 
 pytestmark = pytest.mark.integration
 RETRY_AT = re.compile(r"retrying at \d\d:\d\d:\d\d UTC")
@@ -31,17 +30,10 @@ Notice = tuple[str, str, float]
 
 
 def vt(emulator: VirusTotalEmulator, tmp_path: Path, **overrides: Any) -> VirusTotalResource:
-    config: dict[str, Any] = {
-        "api_key": PREMIUM_KEY,
-        "api_url": emulator.url,
-        "timeout_seconds": 2.0,
-        "backoff_base_seconds": 0.01,
-        "backoff_max_seconds": 0.02,
-        "budget_url": f"sqlite:///{tmp_path / 'budget.db'}",
-        "budget_time_scale": 240.0,  # a 429 waits for the next "minute": 0.25 s
-        "max_attempts": 6,
-    }
-    return ScaledClockVirusTotalResource(**{**config, **overrides})
+    """The resource tests' fast-retry resource, with a budget of this test's own."""
+    return emulator_resource(
+        emulator, budget_url=f"sqlite:///{tmp_path / 'budget.db'}", **overrides
+    )
 
 
 def domain_of(corpus: Corpus, index: int = 0) -> str:

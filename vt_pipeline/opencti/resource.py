@@ -419,10 +419,8 @@ class OpenCTIConnector:
         self._token = token
         self._timeout = work_timeout_seconds
         self._backoff = backoff or _Backoff(1, 0.0, 0.0)
-        self._tally = _SendTally()
         _watch_status(api)
-        if helper is not None:
-            _count_sends(helper, self._tally)
+        self._tally = _count_sends(helper) if helper is not None else _SendTally()
 
     @property
     def helper(self) -> Any:
@@ -710,13 +708,18 @@ class _SendTally(threading.local):
     published: int = 0
 
 
-def _count_sends(helper: Any, tally: _SendTally) -> None:
-    """Count, per thread, what pycti's `send_stix2_bundle` announces (`add_expectations`) and
-    publishes (`_send_bundle`, once per piece the broker confirmed), so a failed send can be
-    settled on its work. pycti's `add_expectations` swallows its own errors: an announcement
-    OpenCTI never received is then settled too, which only completes the work early."""
-    if getattr(helper, "_vt_pipeline_counted", False):
-        return
+def _count_sends(helper: Any) -> _SendTally:
+    """The helper's tally (made once per helper, whoever asks again gets the same): per thread,
+    what pycti's `send_stix2_bundle` announces (`add_expectations`) and publishes
+    (`_send_bundle`, once per piece the broker confirmed), so a failed send can be settled on
+    its work. pycti's `add_expectations` swallows its own errors: an announcement OpenCTI never
+    received (OpenCTI down at that very call) is settled all the same, and OpenCTI's processed
+    count then passes its expectations, so that work never completes. It takes OpenCTI and
+    RabbitMQ failing together; the work's errors then say why."""
+    existing = getattr(helper, "_vt_pipeline_tally", None)
+    if isinstance(existing, _SendTally):
+        return existing
+    tally = _SendTally()
     send, work = helper._send_bundle, helper.api.work
     add = work.add_expectations
 
@@ -731,7 +734,8 @@ def _count_sends(helper: Any, tally: _SendTally) -> None:
 
     helper._send_bundle = counted_send
     work.add_expectations = counted_add
-    helper._vt_pipeline_counted = True
+    helper._vt_pipeline_tally = tally
+    return tally
 
 
 def display_name(name: Any, fallback: str) -> str:

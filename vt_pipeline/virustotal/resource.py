@@ -720,6 +720,27 @@ class VirusTotalSession:
 
         return await self._call(endpoint, attempt, what=what or endpoint)
 
+    async def post_json(
+        self, endpoint: str, path: str, *path_args: str, body: dict[str, Any], what: str = ""
+    ) -> dict[str, Any]:
+        """POST a JSON body and return the JSON answer, with the retries of every call (a
+        caller whose POST creates something must find it again before posting twice)."""
+
+        async def attempt() -> dict[str, Any]:
+            response = await self._client.post_async(path, *path_args, json_data=body)
+            try:
+                error = await self._client.get_error_async(response)
+                if error:
+                    raise error
+                answer = await response.json_async()
+            finally:
+                response.release()
+            if not isinstance(answer, dict):
+                raise _Retryable(f"unexpected JSON document of type {type(answer).__name__}")
+            return answer
+
+        return await self._call(endpoint, attempt, what=what or endpoint)
+
     async def delete(self, endpoint: str, path: str, *path_args: str) -> None:
         async def attempt() -> None:
             response = await self._client.delete_async(path, *path_args)

@@ -64,6 +64,8 @@ from vt_pipeline.emulators.virustotal.objects import (
     url_object,
 )
 from vt_pipeline.emulators.virustotal.quotas import QuotaTracker
+from vt_pipeline.emulators.virustotal.retrohunt import ROUTES as RETROHUNT_ROUTES
+from vt_pipeline.emulators.virustotal.retrohunt import RetrohuntJobs
 from vt_pipeline.emulators.virustotal.samples import MIB, Hashes
 
 Access = Literal["open", "key", "premium"]
@@ -243,6 +245,7 @@ class VirusTotalAPI:
         self._stats_lock = threading.Lock()
         self._log: list[tuple[str, int, float, float, dict[str, Any] | None]] = []
         self._log_dropped = 0
+        self.retrohunt = RetrohuntJobs(corpus.files, clock)
 
     # -- controls (thread-safe: they swap or copy whole values) -----------------------------
 
@@ -331,6 +334,9 @@ class VirusTotalAPI:
         app = web.Application(client_max_size=MAX_URL_UPLOAD + MIB)
         for method, path, endpoint, access, handler in _ROUTES:
             gated = self._gate(endpoint, access, getattr(self, handler))
+            app.router.add_route(method, "/api/v3" + path, gated)
+        for method, path, endpoint, access, handler in RETROHUNT_ROUTES:
+            gated = self._gate(endpoint, access, getattr(self.retrohunt, handler))
             app.router.add_route(method, "/api/v3" + path, gated)
         unknown = self._gate("not_implemented", "key", self._unknown)
         app.router.add_route("*", "/api/{tail:.*}", unknown)

@@ -1,0 +1,337 @@
+"""Looked-up VirusTotal objects read once into typed reports (pure: no I/O, no clock).
+
+An enrichment used to hand VT's raw dict back to `objects.py` for each field it needed. Here
+each object is read once, by the validators of `objects.py`, into a frozen report per object
+kind (file, IP address, domain, URL); the STIX mapping reads fields, never dicts.
+
+What VT sends is untrusted. A field that cannot be used degrades to None or empty, and how many
+of its values were dropped is kept beside it (`invalid_*`), so the mapping can say what it left
+out. Values only shown in note tables (`*_cell`-ish raw scalars: names, dates, labels) are kept as
+VT sent them (`Any`): the note writer escapes them and counts the unusable ones.
+
+Relations (`/{collection}/{id}/{relationship}` or `?relationships=`) are read into typed lists of
+related objects, each with its VT score inputs when VT sent them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vt_pipeline.virustotal import objects as vt
+
+ReportKind = Literal["file", "ip_address", "domain", "url"]
+REPORT_KINDS: tuple[ReportKind, ...] = ("file", "ip_address", "domain", "url")
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    """One engine's verdict (`last_analysis_results[name]`), values as VT sent them."""
+
+    name: str
+    engine_name: Any = None
+    engine_version: Any = None
+    method: Any = None
+    category: Any = None
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class YaraMatch:
+    """One `crowdsourced_yara_results` entry, values as VT sent them."""
+
+    ruleset_id: Any = None
+    rule_name: Any = None
+    ruleset_name: Any = None
+    author: Any = None
+    source: Any = None
+    description: Any = None
+
+
+@dataclass(frozen=True)
+class RelatedObject:
+    """One object of a relation: its VT kind, its validated value (a file's SHA-256, an IP, a
+    domain, a URL), a file's other hashes, and VT's analysis counts when the descriptor or the
+    full object carried them (`counts` empty when it did not)."""
+
+    kind: ReportKind
+    value: str
+    hashes: Mapping[str, str] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    gti_score: int | None = None
+    analysed_at: int | None = None
+    names: tuple[str, ...] = ()
+
+    @property
+    def vt_score(self) -> int | None:
+        """VT's score of the related object (GTI's when sent, else the detection ratio)."""
+        return self.gti_score if self.gti_score is not None else vt.vt_score(dict(self.counts))
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relation of the looked-up object (`contacted_ips`...), newest or most relevant first as
+    VT orders it, capped by the caller. `error`: why it could not be read (the base enrichment
+    stands without it). `invalid`: descriptors dropped as unusable."""
+
+    name: str
+    objects: tuple[RelatedObject, ...] = ()
+    invalid: int = 0
+    error: str | None = None
+    calls: int = 0  # VT calls spent on this relation (0: it came with the object lookup)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What every looked-up object has. `object_id`: VT's id as text (None when VT sent none),
+    `sha256_id`: that id when it is a SHA-256 (a URL's own id)."""
+
+    kind: ReportKind
+    object_id: str | None
+    sha256_id: str | None
+    analysed_at: int | None
+    gti_score: int | None
+    counts: Mapping[str, int]
+    invalid_counts: int  # last_analysis_stats entries dropped (1 when it is not an object)
+    engines: tuple[EngineResult, ...]  # sorted by name, case-insensitively
+    invalid_engines: int  # last_analysis_results entries that are not objects
+    reputation: Any
+    relations: tuple[Relation, ...] = ()
+
+    @property
+    def malicious(self) -> int | None:
+        return self.counts.get("malicious")
+
+    @property
+    def detection_score(self) -> int | None:
+        return vt.vt_score(dict(self.counts))
+
+    def url_object_id(self, url: str) -> str:
+        """VT's id of a URL: the object's own when it is a SHA-256, else computed from `url`."""
+        return self.sha256_id or vt.url_object_id(url)
+
+    def relation(self, name: str) -> Relation | None:
+        return next((r for r in self.relations if r.name == name), None)
+
+
+@dataclass(frozen=True)
+class FileReport(Report):
+    hashes: Mapping[str, str] = field(default_factory=dict)
+    size: Any = None  # as sent: the mapping keeps it only when it is a sane int
+    meaningful_name: Any = None
+    names: tuple[Any, ...] = ()
+    tags: tuple[Any, ...] = ()
+    type_description: Any = None
+    type_tags: Any = None
+    first_submission_date: Any = None
+    last_submission_date: Any = None
+    threat_label: Any = None  # popular_threat_classification.suggested_threat_label
+    signature_verified: Any = None  # signature_info.verified
+    yara: tuple[YaraMatch, ...] = ()
+    invalid_yara: int = 0  # crowdsourced_yara_results entries that are not objects
+
+
+@dataclass(frozen=True)
+class NetworkReport(Report):
+    categories: tuple[tuple[str, Any], ...] = ()  # (vendor, category) sorted by vendor
+    invalid_categories: int = 0  # 1 when `categories` is there but not an object
+
+
+@dataclass(frozen=True)
+class IpReport(NetworkReport):
+    asn: int | None = None
+    asn_raw: Any = None
+    as_owner: Any = None
+    rir: Any = None
+    country: str | None = None  # ISO 3166-1 alpha-2, upper case (syntax only)
+    country_raw: Any = None
+    network: Any = None
+
+
+@dataclass(frozen=True)
+class DomainReport(NetworkReport):
+    a_records: tuple[str, ...] = ()  # distinct IPv4 addresses of last_dns_records type A
+    invalid_a_records: int = 0
+    registrar: Any = None
+    creation_date: Any = None
+    last_analysis_date: Any = None
+
+
+@dataclass(frozen=True)
+class UrlReport(NetworkReport):
+    last_final_url: Any = None
+    title: Any = None
+    last_http_response_code: Any = None
+    last_analysis_date: Any = None
+
+
+AnyReport = FileReport | IpReport | DomainReport | UrlReport
+
+
+def read_report(kind: ReportKind, vt_object: Any) -> AnyReport | None:
+    """The report of a looked-up object read as `kind` (the kind asked for, whatever VT's `type`
+    says); None when it is not an object with attributes (nothing can be read)."""
+    if not isinstance(vt_object, dict) or not isinstance(vt_object.get("attributes"), dict):
+        return None
+    attrs = vt.attributes(vt_object)
+    raw_id = vt_object.get("id")
+    raw_stats = attrs.get("last_analysis_stats")
+    counts = vt.analysis_counts(vt_object)
+    raw_results = attrs.get("last_analysis_results")
+    results = vt.analysis_results(vt_object)
+    common: dict[str, Any] = {
+        "kind": kind,
+        "object_id": str(raw_id) if raw_id else None,
+        "sha256_id": vt.valid_hash(raw_id),
+        "analysed_at": vt.analysis_timestamp(vt_object),
+        "gti_score": vt.gti_threat_score(vt_object),
+        "counts": counts,
+        "invalid_counts": (
+            len(raw_stats) - len(counts)
+            if isinstance(raw_stats, dict)
+            else int(raw_stats is not None)
+        ),
+        "engines": tuple(
+            _engine(name, results[name])
+            for name in sorted(results, key=lambda k: (k.casefold(), k))
+        ),
+        "invalid_engines": len(raw_results) - len(results) if isinstance(raw_results, dict) else 0,
+        "reputation": attrs.get("reputation"),
+    }
+    if kind == "file":
+        return _file(vt_object, attrs, common)
+    categories = attrs.get("categories")
+    common["categories"] = (
+        tuple(sorted(((str(k), v) for k, v in categories.items()), key=lambda item: item[0]))
+        if isinstance(categories, dict)
+        else ()
+    )
+    common["invalid_categories"] = int(categories is not None and not isinstance(categories, dict))
+    if kind == "ip_address":
+        return IpReport(
+            **common,
+            asn=vt.autonomous_system_number(vt_object),
+            asn_raw=attrs.get("asn"),
+            as_owner=attrs.get("as_owner"),
+            rir=attrs.get("regional_internet_registry"),
+            country=vt.country_code(vt_object),
+            country_raw=attrs.get("country"),
+            network=attrs.get("network"),
+        )
+    if kind == "domain":
+        addresses, invalid = vt.dns_a_records(vt_object)
+        return DomainReport(
+            **common,
+            a_records=tuple(addresses),
+            invalid_a_records=invalid,
+            registrar=attrs.get("registrar"),
+            creation_date=attrs.get("creation_date"),
+            last_analysis_date=attrs.get("last_analysis_date"),
+        )
+    if kind == "url":
+        return UrlReport(
+            **common,
+            last_final_url=attrs.get("last_final_url"),
+            title=attrs.get("title"),
+            last_http_response_code=attrs.get("last_http_response_code"),
+            last_analysis_date=attrs.get("last_analysis_date"),
+        )
+    raise ValueError(f"unknown VirusTotal report kind {kind!r}: not one of {REPORT_KINDS}")
+
+
+def with_relations(report: AnyReport, relations: tuple[Relation, ...]) -> AnyReport:
+    """The report with its relations (read separately: `read_relation`)."""
+    from dataclasses import replace
+
+    return replace(report, relations=relations)
+
+
+def _engine(name: str, entry: Mapping[str, Any]) -> EngineResult:
+    return EngineResult(
+        name=name,
+        engine_name=entry.get("engine_name"),
+        engine_version=entry.get("engine_version"),
+        method=entry.get("method"),
+        category=entry.get("category"),
+        result=entry.get("result"),
+    )
+
+
+def _file(vt_object: dict[str, Any], attrs: dict[str, Any], common: dict[str, Any]) -> FileReport:
+    threat = attrs.get("popular_threat_classification")
+    signature = attrs.get("signature_info")
+    raw_yara = attrs.get("crowdsourced_yara_results")
+    yara = vt.crowdsourced_yara_results(vt_object)
+    return FileReport(
+        **common,
+        hashes=vt.file_hashes(vt_object),
+        size=attrs.get("size"),
+        meaningful_name=attrs.get("meaningful_name"),
+        names=tuple(_list(attrs.get("names"))),
+        tags=tuple(_list(attrs.get("tags"))),
+        type_description=attrs.get("type_description"),
+        type_tags=attrs.get("type_tags"),
+        first_submission_date=attrs.get("first_submission_date"),
+        last_submission_date=attrs.get("last_submission_date"),
+        threat_label=threat.get("suggested_threat_label") if isinstance(threat, dict) else None,
+        signature_verified=signature.get("verified") if isinstance(signature, dict) else None,
+        yara=tuple(
+            YaraMatch(
+                ruleset_id=entry.get("ruleset_id"),
+                rule_name=entry.get("rule_name"),
+                ruleset_name=entry.get("ruleset_name"),
+                author=entry.get("author"),
+                source=entry.get("source"),
+                description=entry.get("description"),
+            )
+            for entry in yara
+        ),
+        invalid_yara=len(raw_yara) - len(yara) if isinstance(raw_yara, list) else 0,
+    )
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+# -- relations ----------------------------------------------------------------------------------
+
+
+def read_related(descriptor: Any) -> RelatedObject | None:
+    """One object of a relation (a descriptor `{type, id}` or a full object with attributes), or
+    None when its kind or value is not usable."""
+    if not isinstance(descriptor, dict):
+        return None
+    kind = descriptor.get("type")
+    attrs = vt.attributes(descriptor)
+    raw_id = descriptor.get("id")
+    counts = vt.analysis_counts(descriptor)
+    extras: dict[str, Any] = {
+        "counts": counts,
+        "gti_score": vt.gti_threat_score(descriptor),
+        "analysed_at": vt.analysis_timestamp(descriptor) if attrs else None,
+    }
+    if kind == "file":
+        hashes = vt.file_hashes(descriptor)
+        sha256 = hashes.get("SHA-256")
+        if sha256 is None:
+            return None
+        name = attrs.get("meaningful_name")
+        names = (name,) if isinstance(name, str) and name.strip() else ()
+        return RelatedObject("file", sha256, hashes=hashes, names=names, **extras)
+    if kind == "ip_address":
+        try:
+            address = ipaddress.ip_address(str(raw_id or "").strip())
+        except ValueError:
+            return None
+        return RelatedObject("ip_address", str(address), **extras)
+    if kind == "domain":
+        name = str(raw_id or "").strip().lower().rstrip(".")
+        return RelatedObject("domain", name, **extras) if vt.is_valid_domain(name) else None
+    if kind == "url":
+        # A descriptor carries the URL in `context_attributes.url`; a full object in `url`.
+        url = attrs.get("url") or vt.context(descriptor).get("url")
+        return RelatedObject("url", url, **extras) if vt.is_valid_url(url) else None
+    return None

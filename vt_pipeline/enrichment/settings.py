@@ -96,6 +96,38 @@ class EnrichmentSettings(dg.ConfigurableResource):
         description=f"{CACHE_HOURS_ENV}: reuse a stored VirusTotal response younger than this "
         "instead of spending quota (0 = always ask VirusTotal).",
     )
+    # What the file is, a report that is still true, GTI context (README: the expansions' table)
+    file_malware_family: bool = Field(
+        default=False,
+        description="VT's popular threat classification as Malware families linked to the file.",
+    )
+    file_malware_family_min_engines: int = Field(
+        default=3, ge=1, description="Engines that must agree on a family name to add it."
+    )
+    file_attack_patterns: bool = Field(
+        default=False,
+        description="ATT&CK techniques of VT's sandboxes (behaviour_mitre_trees, 1 call/file).",
+    )
+    file_import_sigma: bool = Field(
+        default=False, description="Crowdsourced Sigma results as Indicators (1 call per rule)."
+    )
+    file_import_ids: bool = Field(
+        default=False, description="Crowdsourced IDS (Snort/Suricata) results as Indicators."
+    )
+    create_note_comments: bool = Field(
+        default=False, description="VT community comments as one Note per entity (1 call)."
+    )
+    comments_limit: int = Field(default=10, ge=1, le=40, description="Newest comments noted.")
+    rescan_older_than_days: int = Field(
+        default=0,
+        ge=0,
+        description="Ask VT to re-analyse a file or URL whose last analysis is older (0 = never).",
+    )
+    gti_context: bool = Field(
+        default=True,
+        description="With a GTI-licensed key: threat actors, families, campaigns and reports "
+        "GTI associates with the object (1 call, none without GTI).",
+    )
 
     @field_validator("max_tlp")
     @classmethod

@@ -665,6 +665,17 @@ class VirusTotalSession:
 
         return await self._call("url_submit", attempt, what="URL submissions")
 
+    async def reanalyse(self, object_type: str, object_id: str) -> str:
+        """Ask VT to analyse a known file or URL (VT's URL id) again (`POST /files/{id}/analyse`,
+        `POST /urls/{id}/analyse`); returns the analysis id."""
+        collection = {"file": "files", "url": "urls"}[object_type]
+
+        async def attempt() -> str:
+            response = await self._client.post_async(f"/{collection}/{{}}/analyse", object_id)
+            return await self._analysis_id(response)
+
+        return await self._call(f"{object_type}_analyse", attempt, what="VirusTotal re-analyses")
+
     async def wait_for_analysis(self, analysis_id: str) -> dict[str, Any]:
         """Poll `/analyses/{id}` with bounded backoff until it is completed; its raw response.
 

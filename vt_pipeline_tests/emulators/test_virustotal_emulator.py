@@ -458,10 +458,10 @@ def test_endpoints_it_does_not_implement_are_counted_and_cost_quota() -> None:
     emulator = VirusTotalEmulator(generate_corpus(3, 60, START, END), quota_per_minute=3)
     sha256 = next(iter(emulator.corpus.files))
     with emulator.serve(), vt.Client("demo", host=emulator.url) as client:
-        for path in (f"/files/{sha256}/comments", "/collections/malware--x"):
+        for path in ("/intelligence/search", "/monitor/items/x"):
             error = api_error(client.get_json, path)
             assert error.code == "NotFoundError" and "not implemented" in error.message
-        assert client.post(f"/files/{sha256}/analyse").status == 404
+        assert client.post("/graphs").status == 404
         # Those three were spent: VirusTotal would have counted them against the key too.
         assert api_error(client.get_object, f"/files/{sha256}").code == "QuotaExceededError"
         status, _ = http("GET", f"{emulator.url}/api/v2/file/report")  # no key: 401, counted
@@ -470,9 +470,9 @@ def test_endpoints_it_does_not_implement_are_counted_and_cost_quota() -> None:
         assert http("GET", f"{emulator.url}/_emulator/stats")[1] == {"requests": emulator.stats()}
     paths = [entry.get("path") for entry in emulator.requests()]
     assert paths == [
-        f"/api/v3/files/{sha256}/comments",
-        "/api/v3/collections/malware--x",
-        f"/api/v3/files/{sha256}/analyse",
+        "/api/v3/intelligence/search",
+        "/api/v3/monitor/items/x",
+        "/api/v3/graphs",
         None,  # refused before the handler: no detail, but counted
         None,
     ]

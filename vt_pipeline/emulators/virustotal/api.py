@@ -338,6 +338,10 @@ class VirusTotalAPI:
         for method, path, endpoint, access, handler in RETROHUNT_ROUTES:
             gated = self._gate(endpoint, access, getattr(self.retrohunt, handler))
             app.router.add_route(method, "/api/v3" + path, gated)
+        from vt_pipeline.emulators.virustotal.expansions import expansion_routes  # imports us
+
+        for method, path, endpoint, access, route in expansion_routes(self):
+            app.router.add_route(method, "/api/v3" + path, self._gate(endpoint, access, route))
         unknown = self._gate("not_implemented", "key", self._unknown)
         app.router.add_route("*", "/api/{tail:.*}", unknown)
         app.router.add_get("/_emulator/samples/{id}", self._gate("sample", "open", self._sample))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 from urllib.parse import urlsplit
 
 from vt_pipeline.emulators.virustotal import objects as vtobjects
+from vt_pipeline.emulators.virustotal.detections import with_detections
 from vt_pipeline.emulators.virustotal.filetypes import FILE_TYPES, FileType
 from vt_pipeline.emulators.virustotal.gti import Assessor, gti_assessment
 from vt_pipeline.emulators.virustotal.objects import C2, FileSpec
@@ -464,7 +465,12 @@ class _Generator:
         }
         return Corpus(
             stream=stream,
-            files=LazyObjects(specs, lambda spec: vtobjects.file_object(spec, seed, yara, c2s)),
+            files=LazyObjects(
+                specs,
+                lambda spec: with_detections(
+                    vtobjects.file_object(spec, seed, yara, c2s), seed, c2s
+                ),
+            ),
             urls=LazyObjects(
                 urls,
                 lambda spec: vtobjects.url_object(

@@ -251,7 +251,8 @@ def demo_enrichment(
     runs = answer_enrichment_requests(
         instance, resources, expected=len(entities), log_level="WARNING"
     )
-    print(f"  {len(runs)} run(s) of vt_enrichment_job: {sum(r.success for r in runs)} succeeded")
+    jobs = ", ".join(sorted({r.job_def.name for r in runs}))
+    print(f"  {len(runs)} run(s) of {jobs}: {sum(r.success for r in runs)} succeeded")
     ok = True
     for entity_type, entity in entities:
         work = opencti.work(works[entity])

@@ -16,6 +16,10 @@ from typing import Any
 # 7-day retention, so it is pinned before vt_pipeline (which builds the partitions) is imported.
 # Subprocesses (code servers, daemons, run workers) inherit it.
 os.environ.setdefault("VT_PIPELINE_LIVEHUNT_START", "2026-11-20-00:00")
+# The enrichment tests written for batch runs (one run per tick's batch: its recovery, its
+# daemon tests) get the batch mode; the drain mode's tests (enrichment/test_drain*.py) build
+# their sensor with `SensorSettings(mode="drain")` or pass the variable to their daemon.
+os.environ.setdefault("VT_PIPELINE_ENRICHMENT_MODE", "batch")
 
 import dagster as dg
 import pika

@@ -24,6 +24,7 @@ The dead run gets the tag `vt_pipeline/requests_outcome` saying which of these h
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -35,6 +36,8 @@ from vt_pipeline.enrichment.requests import (
     InvalidRequest,
     printable,
 )
+from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIError, OpenCTIUnavailable
+from vt_pipeline.stix.common import moment_timestamp
 
 ANSWERED_KEY = "vt_pipeline/answered_request"
 ATTEMPT_TAG = "vt_pipeline/attempt"
@@ -135,3 +138,47 @@ def death_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
             run_message = entry.message
     text = (step_error or run_message).strip().splitlines()
     return printable(text[0], 300) if text else f"it ended {run.status.value}"
+
+
+def answered_on_opencti(cti: OpenCTIConnector, request: EnrichmentRequest) -> bool:
+    """Whether OpenCTI says the request's work is complete (a work it no longer knows: no)."""
+    if not request.work_id:
+        return False
+    try:
+        return cti.work_status(request.work_id) == "complete"
+    except OpenCTIUnavailable:
+        raise
+    except OpenCTIError:
+        return False
+
+
+def end_request(
+    cti: OpenCTIConnector,
+    request: EnrichmentRequest | None,
+    work_id: str | None,
+    reason: str,
+    log: Any,
+) -> str:
+    """End a request vt_pipeline will not enrich: a playbook step gets its bundle passed on
+    unchanged, anything else its work closed in error with the reason. Returns what happened:
+    "passed through", "closed", "no work" (nothing to report on), or "refused" (OpenCTI
+    answered and refused, e.g. a work it no longer knows: retrying would never succeed; logged).
+    OpenCTIUnavailable propagates: OpenCTI is down or restarting, try again later."""
+    try:
+        if request is not None and request.playbook is not None and request.bundle is not None:
+            execution_start = moment_timestamp(datetime.now(UTC))
+            cti.answer_playbook(request.pycti_playbook(execution_start), request.bundle)
+            return "passed through"
+        if not work_id:
+            return "no work"
+        cti.close_work(work_id, reason, in_error=True)
+        return "closed"
+    except OpenCTIUnavailable:
+        raise
+    except Exception as exc:
+        which = work_id or (request.request_id if request is not None else "")
+        log.warning(
+            f"OpenCTI refused to end enrichment request {printable(which, 120)} "
+            f"({printable(exc, 300)}): {reason}"
+        )
+        return "refused"

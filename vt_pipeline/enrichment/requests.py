@@ -16,12 +16,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from vt_pipeline.stix.common import moment_timestamp
+
 ENRICHMENT_JOB = "vt_enrichment_job"  # job name (the sensor targets it by name)
 ENRICHMENT_OP = "vt_enrichment"  # the job's op that takes the requests as config
+DRAIN_JOB = "vt_enrichment_drain_job"  # the long-lived run that reads the queue itself
+DRAIN_OP = "vt_enrichment_drain"
 
 # What the job knows how to enrich (OpenCTI entity types); anything else is refused.
 SUPPORTED_TYPES = (
@@ -166,6 +170,33 @@ def parse_request(body: bytes) -> EnrichmentRequest:
         applicant_id=applicant_id,
         mode=mode,
     )
+
+
+def refusal(request: EnrichmentRequest, scope: set[str], auto_allowed: bool) -> str | None:
+    """Why vt_pipeline will not enrich this, in words a person understands; None if it will."""
+    entity_type = request.entity_type
+    if entity_type is not None:
+        if entity_type.lower() not in {t.lower() for t in SUPPORTED_TYPES}:
+            return (
+                f"VirusTotal enrichment cannot enrich a {entity_type}: it enriches "
+                f"{', '.join(SUPPORTED_TYPES)}"
+            )
+        if entity_type.lower() not in scope:
+            return (
+                f"{entity_type} is outside this connector's scope "
+                f"(VIRUSTOTAL_ENRICHMENT_CONNECTOR_SCOPE: {', '.join(sorted(scope))})"
+            )
+    if request.kind == "auto" and not auto_allowed:
+        return "automatic enrichment is off for this connector (CONNECTOR_AUTO=false)"
+    return None
+
+
+def stamped(request: EnrichmentRequest, when: datetime | None = None) -> EnrichmentRequest:
+    """The request with `requested_at` set (to `when`, default now), what the Indicators it
+    makes are valid from; a request that carries a time keeps it."""
+    if request.requested_at:
+        return request
+    return replace(request, requested_at=moment_timestamp(when or datetime.now(UTC)))
 
 
 def parse_time(value: str) -> datetime | None:

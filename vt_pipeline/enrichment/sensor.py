@@ -33,33 +33,35 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 
-from vt_pipeline.config import env_int, parse_list
+from vt_pipeline.config import env_int, invalid, one_of, parse_list
 from vt_pipeline.enrichment import recovery
+from vt_pipeline.enrichment.drain import DrainLimits, drain_run_config
 from vt_pipeline.enrichment.requests import (
+    DRAIN_JOB,
     ENRICHMENT_JOB,
-    SUPPORTED_TYPES,
     EnrichmentRequest,
     InvalidRequest,
     enrichment_run_config,
     parse_request,
     printable,
+    refusal,
+    stamped,
 )
 from vt_pipeline.opencti.listen_queue import ListenQueue, QueueMessage
 from vt_pipeline.opencti.resource import (
     OpenCTIConnector,
-    OpenCTIError,
     OpenCTIResource,
     OpenCTIUnavailable,
 )
-from vt_pipeline.stix.common import moment_timestamp
 
 SENSOR_NAME = "opencti_enrichment_sensor"
+DRAIN_SENSOR_NAME = "opencti_enrichment_drain_sensor"
 # Below the daemon's 5 s loop, so every loop evaluates it: a click at idle is read within
 # about 5 s (with 5 here, a loop landing just short of it would wait for the next: 10 s).
 MINIMUM_INTERVAL_SECONDS = 3
@@ -73,21 +75,64 @@ CURSOR_VERSION = 1
 PENDING_TTL_SECONDS = 3 * 24 * 3600
 
 
+MODE_DRAIN = "drain"
+MODE_BATCH = "batch"
+DRAIN_KEY_PREFIX = "vt_enrichment_drain:"
+# A drain run's successor is launched this long before the run stops taking requests, so that
+# one is always reading: the successor's process starts while the old one still answers.
+HANDOVER_SECONDS = 60.0
+ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
 @dataclass(frozen=True)
 class SensorSettings:
-    """How much one tick does. From `VT_PIPELINE_ENRICHMENT_*` with `from_env`."""
+    """How much one tick does, and how requests become runs. From `VT_PIPELINE_ENRICHMENT_*`
+    with `from_env`.
+
+    `mode`: `drain` (default) keeps one `vt_enrichment_drain_job` run reading the queue and
+    answering as requests arrive (`drain.py`): a click is answered in about a second instead of
+    a tick plus a run start. `batch` is the earlier design: each tick reads the queue and makes
+    runs of up to `batch_size` requests each (one process start per batch).
+    """
 
     tick_seconds: float = 20.0  # well inside Dagster's 60 s evaluation limit
     batch_size: int = 20  # requests per run
     max_messages: int = 1000  # messages read per tick
     done_memory: int = 2000  # finished request ids remembered (duplicate deliveries)
+    mode: str = MODE_DRAIN
+    drain: DrainLimits = field(default_factory=DrainLimits)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SensorSettings:
-        """`VT_PIPELINE_ENRICHMENT_TICK_SECONDS` (1-50), `..._BATCH_SIZE` (1-500)."""
+        """`VT_PIPELINE_ENRICHMENT_TICK_SECONDS` (1-50), `..._BATCH_SIZE` (1-500), `..._MODE`
+        (drain, batch), `..._DRAIN_MAX_SECONDS` (120-86400), `..._DRAIN_IDLE_SECONDS` (0, or
+        10-86400), `..._CONCURRENCY` (1-200), `..._BACKLOG` (10-20000)."""
+        source = os.environ if env is None else env
+        raw_mode = source.get("VT_PIPELINE_ENRICHMENT_MODE", "").strip() or MODE_DRAIN
+        idle = env_int("VT_PIPELINE_ENRICHMENT_DRAIN_IDLE_SECONDS", 0, env, 0, 86400)
+        if 0 < idle < 10:
+            raise invalid(
+                "VT_PIPELINE_ENRICHMENT_DRAIN_IDLE_SECONDS",
+                str(idle),
+                "0 (never idle out) or 10-86400",
+            )
         return cls(
             tick_seconds=env_int("VT_PIPELINE_ENRICHMENT_TICK_SECONDS", 20, env, 1, 50),
             batch_size=env_int("VT_PIPELINE_ENRICHMENT_BATCH_SIZE", 20, env, 1, 500),
+            mode=one_of("VT_PIPELINE_ENRICHMENT_MODE", raw_mode, (MODE_DRAIN, MODE_BATCH)),
+            drain=DrainLimits(
+                max_seconds=env_int(
+                    "VT_PIPELINE_ENRICHMENT_DRAIN_MAX_SECONDS", 3600, env, 120, 86400
+                ),
+                idle_seconds=idle,
+                concurrency=env_int("VT_PIPELINE_ENRICHMENT_CONCURRENCY", 16, env, 1, 200),
+                backlog=env_int("VT_PIPELINE_ENRICHMENT_BACKLOG", 2000, env, 10, 20000),
+            ),
         )
 
 
@@ -198,6 +243,7 @@ def run_request(key: str, requests: Sequence[EnrichmentRequest]) -> dg.RunReques
     kinds = sorted({r.kind for r in requests})
     return dg.RunRequest(
         run_key=key,
+        job_name=ENRICHMENT_JOB,
         run_config=enrichment_run_config(requests),
         tags={TAG_REQUESTS: str(len(requests)), TAG_KIND: ",".join(kinds)},
     )
@@ -211,25 +257,6 @@ def batches(requests: Sequence[EnrichmentRequest], size: int) -> Iterator[list[E
     for same_kind in by_kind.values():
         for start in range(0, len(same_kind), size):
             yield same_kind[start : start + size]
-
-
-def refusal(request: EnrichmentRequest, scope: set[str], auto_allowed: bool) -> str | None:
-    """Why vt_pipeline will not enrich this, in words a person understands; None if it will."""
-    entity_type = request.entity_type
-    if entity_type is not None:
-        if entity_type.lower() not in {t.lower() for t in SUPPORTED_TYPES}:
-            return (
-                f"VirusTotal enrichment cannot enrich a {entity_type}: it enriches "
-                f"{', '.join(SUPPORTED_TYPES)}"
-            )
-        if entity_type.lower() not in scope:
-            return (
-                f"{entity_type} is outside this connector's scope "
-                f"(VIRUSTOTAL_ENRICHMENT_CONNECTOR_SCOPE: {', '.join(sorted(scope))})"
-            )
-    if request.kind == "auto" and not auto_allowed:
-        return "automatic enrichment is off for this connector (CONNECTOR_AUTO=false)"
-    return None
 
 
 def requests_in_run(run: dg.DagsterRun) -> set[str]:
@@ -326,7 +353,9 @@ def _recover(
 ) -> tuple[str, dg.RunRequest | None]:
     """What to do with one ended run's unanswered requests: (its outcome, None) when they are
     settled (answered, or closed in error now), ("", the retry's run request) otherwise."""
-    left = [r for r in recovery.unanswered(instance, run) if not _answered_on_opencti(cti, r)]
+    left = [
+        r for r in recovery.unanswered(instance, run) if not recovery.answered_on_opencti(cti, r)
+    ]
     if not left:
         return "every request was answered", None
     attempt = recovery.attempt_of(run)
@@ -335,6 +364,7 @@ def _recover(
         report.retried += len(left)
         retry = dg.RunRequest(
             run_key=key,
+            job_name=ENRICHMENT_JOB,
             run_config=enrichment_run_config(left),
             tags=recovery.retry_tags(run, left),
         )
@@ -346,53 +376,9 @@ def _recover(
         1500,
     )
     for request in left:
-        _end_request(cti, request, request.work_id, reason, log)
+        recovery.end_request(cti, request, request.work_id, reason, log)
     report.abandoned += len(left)
     return f"{len(left)} request(s) it had not answered were closed in error: {reason}", None
-
-
-def _answered_on_opencti(cti: OpenCTIConnector, request: EnrichmentRequest) -> bool:
-    """Whether OpenCTI says the request's work is complete (a work it no longer knows: no)."""
-    if not request.work_id:
-        return False
-    try:
-        return cti.work_status(request.work_id) == "complete"
-    except OpenCTIUnavailable:
-        raise
-    except OpenCTIError:
-        return False
-
-
-def _end_request(
-    cti: OpenCTIConnector,
-    request: EnrichmentRequest | None,
-    work_id: str | None,
-    reason: str,
-    log: Any,
-) -> str:
-    """End a request vt_pipeline will not enrich: a playbook step gets its bundle passed on
-    unchanged, anything else its work closed in error with the reason. Returns what happened:
-    "passed through", "closed", "no work" (nothing to report on), or "refused" (OpenCTI
-    answered and refused, e.g. a work it no longer knows: retrying would never succeed; logged).
-    OpenCTIUnavailable propagates: OpenCTI is down or restarting, try again later."""
-    try:
-        if request is not None and request.playbook is not None and request.bundle is not None:
-            execution_start = moment_timestamp(datetime.now(UTC))
-            cti.answer_playbook(request.pycti_playbook(execution_start), request.bundle)
-            return "passed through"
-        if not work_id:
-            return "no work"
-        cti.close_work(work_id, reason, in_error=True)
-        return "closed"
-    except OpenCTIUnavailable:
-        raise
-    except Exception as exc:
-        which = work_id or (request.request_id if request is not None else "")
-        log.warning(
-            f"{SENSOR_NAME}: OpenCTI refused to end request {printable(which, 120)} "
-            f"({printable(exc, 300)}): {reason}"
-        )
-        return "refused"
 
 
 def evaluate(
@@ -410,6 +396,8 @@ def evaluate(
     report = TickReport()
     requests: list[dg.RunRequest] = []
     scope = {t.lower() for t in parse_list(opencti.enrichment_connector_scope)}
+    if settings.mode == MODE_DRAIN:
+        return _settle_only(context, opencti, settings, cursor, report, deadline)
     with (
         opencti.connector("enrichment", deadline=deadline) as cti,
         ListenQueue.of(cti) as queue,
@@ -438,12 +426,12 @@ def evaluate(
             context.instance, cursor, cti, deadline - margin, report, context.log
         )
     now = time.time()
-    stamp = moment_timestamp(datetime.now(UTC))
+    stamp = datetime.now(UTC)
     for key, carried in plan.rerequest.items():
         order = {rid: i for i, rid in enumerate(cursor.pending[key])}
         requests.append(run_request(key, sorted(carried, key=lambda r: order[r.request_id])))
         cursor.request(key, cursor.pending[key], now)
-    new = [r if r.requested_at else replace(r, requested_at=stamp) for r in plan.new]
+    new = [stamped(r, stamp) for r in plan.new]
     for batch in batches(new, settings.batch_size):
         key = run_key(batch)
         cursor.request(key, [r.request_id for r in batch], now)
@@ -454,6 +442,96 @@ def evaluate(
     if not requests:
         return dg.SensorResult(skip_reason=summary, cursor=cursor.to_json())
     return dg.SensorResult(run_requests=requests, cursor=cursor.to_json())
+
+
+def _settle_only(
+    context: dg.SensorEvaluationContext,
+    opencti: OpenCTIResource,
+    settings: SensorSettings,
+    cursor: EnrichmentCursor,
+    report: TickReport,
+    deadline: float,
+) -> dg.SensorResult:
+    """Drain mode: the drain run reads the queue (`opencti_enrichment_drain_sensor` keeps one
+    alive); this sensor only settles the batch runs it still watches (their retries)."""
+    requests: list[dg.RunRequest] = []
+    if cursor.running:
+        margin = settings.tick_seconds / 10
+        with opencti.connector("enrichment", deadline=deadline) as cti:
+            cti.api.session_requests_timeout = max(0.2, deadline - margin - time.monotonic())
+            requests = recover_ended_runs(
+                context.instance, cursor, cti, deadline - margin, report, context.log
+            )
+    summary = f"drain mode: {DRAIN_SENSOR_NAME} keeps a {DRAIN_JOB} run reading the queue"
+    if report.problems or report.retried or report.abandoned:
+        summary += "; " + report.summary()
+    if not requests:
+        return dg.SensorResult(skip_reason=summary, cursor=cursor.to_json())
+    context.log.info(f"{SENSOR_NAME}: {summary}")
+    return dg.SensorResult(run_requests=requests, cursor=cursor.to_json())
+
+
+def evaluate_drain(
+    context: dg.SensorEvaluationContext, opencti: OpenCTIResource, settings: SensorSettings
+) -> dg.SensorResult:
+    """One tick of the drain sensor: a drain run when none is reading (see `drain_wait_reason`)."""
+    if settings.mode != MODE_DRAIN:
+        return dg.SensorResult(skip_reason=f"batch mode: {SENSOR_NAME} makes the runs")
+    if not opencti.configured:
+        return dg.SensorResult(
+            skip_reason="OpenCTI is not configured: set OPENCTI_URL and OPENCTI_TOKEN"
+        )
+    why_not = drain_wait_reason(context.instance, settings.drain, time.time())
+    if why_not is None and settings.drain.idle_seconds:
+        deadline = time.monotonic() + settings.tick_seconds
+        with (
+            opencti.connector("enrichment", deadline=deadline) as cti,
+            ListenQueue.of(cti) as queue,
+        ):  # a drain run may idle out: the next one starts when a request waits
+            if not queue.depth():
+                why_not = "no drain run is reading and the queue is empty"
+    if why_not is not None:
+        return dg.SensorResult(skip_reason=why_not)
+    return dg.SensorResult(run_requests=[drain_run_request(settings.drain, time.time())])
+
+
+def drain_run_request(limits: DrainLimits, now: float) -> dg.RunRequest:
+    """A new drain run; its run key is unique per tick second (a resumed tick gives no second)."""
+    return dg.RunRequest(
+        run_key=f"{DRAIN_KEY_PREFIX}{int(now)}",
+        job_name=DRAIN_JOB,
+        run_config=drain_run_config(limits),
+        # The run queue starts it before Livehunt and backfill runs waiting for a slot.
+        tags={TAG_KIND: "drain", "dagster/priority": "10"},
+    )
+
+
+def drain_wait_reason(instance: dg.DagsterInstance, limits: DrainLimits, now: float) -> str | None:
+    """Why no drain run should be launched now (None: launch one): one is waiting to start or
+    is reading and not near its end; or the last ones failed one after the other (a back-off of
+    10 s doubling per failure, at most 5 minutes, so a broken deployment is not relaunched
+    every tick)."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=DRAIN_JOB, statuses=ACTIVE), limit=5
+    )
+    for record in records:
+        started = record.start_time
+        if started is None or now < started + limits.max_seconds - HANDOVER_SECONDS:
+            return f"drain run {record.dagster_run.run_id} is reading the queue"
+    recent = instance.get_run_records(filters=dg.RunsFilter(job_name=DRAIN_JOB), limit=5)
+    failures = 0
+    for record in recent:
+        if record.dagster_run.status != dg.DagsterRunStatus.FAILURE:
+            break
+        failures += 1
+    if failures and recent[0].end_time is not None:
+        wait = min(300.0, 10.0 * 2 ** (failures - 1))
+        if now < recent[0].end_time + wait:
+            return (
+                f"the last {failures} drain run(s) failed; the next starts after "
+                f"{int(recent[0].end_time + wait - now)} s"
+            )
+    return None
 
 
 @dataclass
@@ -517,7 +595,7 @@ def _report_refusal(
     unreachable, the message stays queued for a later tick."""
     reason = printable(reason, 2000)
     try:
-        ended = _end_request(cti, request, work_id, reason, log)
+        ended = recovery.end_request(cti, request, work_id, reason, log)
     except OpenCTIUnavailable as exc:  # down or restarting: reported on a later tick
         report.problems.append(f"OpenCTI unreachable, will report later: {printable(exc, 200)}")
         return False
@@ -555,11 +633,7 @@ def build_enrichment_sensor(
         job_name=ENRICHMENT_JOB,
         minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
         default_status=default_status,
-        description=(
-            "OpenCTI enrichment requests (clicks, auto-enrichment, playbook steps) from the "
-            f"enrichment connector's queue, up to {settings.batch_size} per run; a request "
-            "leaves the queue once its run exists."
-        ),
+        description=_description(settings),
     )
     def _sensor(context: dg.SensorEvaluationContext, opencti: OpenCTIResource) -> dg.SensorResult:
         return evaluate(context, opencti, settings)
@@ -567,4 +641,57 @@ def build_enrichment_sensor(
     return _sensor
 
 
+def build_drain_sensor(
+    settings: SensorSettings | None = None,
+    default_status: dg.DefaultSensorStatus | None = None,
+    name: str = DRAIN_SENSOR_NAME,
+) -> dg.SensorDefinition:
+    """The sensor that keeps one drain run reading the queue (drain mode); its default status
+    is the enrichment sensor's (RUNNING when `OPENCTI_URL` is set)."""
+    settings = settings or SensorSettings.from_env()
+    if default_status is None:
+        default_status = (
+            dg.DefaultSensorStatus.RUNNING
+            if os.environ.get("OPENCTI_URL", "").strip()
+            else dg.DefaultSensorStatus.STOPPED
+        )
+    idle = settings.drain.idle_seconds
+
+    @dg.sensor(
+        name=name,
+        job_name=DRAIN_JOB,
+        minimum_interval_seconds=MINIMUM_INTERVAL_SECONDS,
+        default_status=default_status,
+        description=(
+            f"Keeps one {DRAIN_JOB} run reading OpenCTI's enrichment requests and answering "
+            f"them as they arrive: each run lives {int(settings.drain.max_seconds)} s"
+            + (
+                f" or until idle {int(idle)} s (the next starts when a request waits)"
+                if idle
+                else ""
+            )
+            + f"; its successor starts {int(HANDOVER_SECONDS)} s before it ends. Batch mode: "
+            "skips."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext, opencti: OpenCTIResource) -> dg.SensorResult:
+        return evaluate_drain(context, opencti, settings)
+
+    return _sensor
+
+
+def _description(settings: SensorSettings) -> str:
+    what = "OpenCTI enrichment requests (clicks, auto-enrichment, playbook steps)"
+    if settings.mode == MODE_DRAIN:
+        return (
+            f"{what}: drain mode, {DRAIN_SENSOR_NAME} keeps a {DRAIN_JOB} run reading the "
+            "queue; this sensor settles the batch runs that died (their retries)."
+        )
+    return (
+        f"{what} from the enrichment connector's queue, up to {settings.batch_size} per run; a "
+        "request leaves the queue once its run exists."
+    )
+
+
 opencti_enrichment_sensor = build_enrichment_sensor()
+opencti_enrichment_drain_sensor = build_drain_sensor()

@@ -2,8 +2,10 @@
 
 A deployment's daemon evaluates `opencti_enrichment_sensor` and launches the runs it requests;
 here the same sensor ticks are evaluated in this process and each requested run is executed
-in-process with its run key, so the next tick sees the run and acknowledges its messages.
-Nothing else differs: the same sensor, cursor, job, resources and OpenCTI queue.
+in-process with its run key, so the next tick sees the run (a batch run's messages are then
+acknowledged). A drain run is executed with a short idle time (`DRAIN_IDLE_SECONDS`) so that
+it ends once the queue is empty, instead of living its hour. Nothing else differs: the same
+sensor, cursor, jobs, resources and OpenCTI queue.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 import dagster as dg
 
 from vt_pipeline.enrichment.definitions import defs as enrichment_defs
-from vt_pipeline.enrichment.job import vt_enrichment_job
+from vt_pipeline.enrichment.recovery import answered_requests
+from vt_pipeline.enrichment.requests import DRAIN_JOB, DRAIN_OP
 from vt_pipeline.enrichment.sensor import opencti_enrichment_sensor
 
 RUN_KEY_TAG = "dagster/run_key"
+DRAIN_IDLE_SECONDS = 3.0
 
 
 def answer_enrichment_requests(
@@ -45,18 +49,23 @@ def answer_enrichment_requests(
             tick = opencti_enrichment_sensor.evaluate_tick(context)
         cursor = tick.cursor or cursor
         for request in tick.run_requests or []:
-            requests = request.run_config["ops"]["vt_enrichment"]["config"]["requests"]
-            results.append(
-                vt_enrichment_job.execute_in_process(
-                    run_config={**request.run_config, **loggers},
-                    resources=dict(resources),
-                    instance=instance,
-                    tags={**request.tags, RUN_KEY_TAG: str(request.run_key)},
-                    raise_on_error=False,
-                )
+            run_config = dict(request.run_config)
+            if request.job_name == DRAIN_JOB:
+                config = run_config["ops"][DRAIN_OP]["config"]
+                config = {**config, "idle_seconds": DRAIN_IDLE_SECONDS}
+                run_config = {"ops": {DRAIN_OP: {"config": config}}}
+            job = definitions.resolve_job_def(str(request.job_name))
+            result = job.execute_in_process(
+                run_config={**run_config, **loggers},
+                resources=dict(resources),
+                instance=instance,
+                tags={**request.tags, RUN_KEY_TAG: str(request.run_key)},
+                raise_on_error=False,
             )
-            answered += len(requests)
-        if not tick.run_requests and answered >= expected:
+            results.append(result)
+            answered += len(answered_requests(instance, result.run_id))
+        batch_runs = [r for r in tick.run_requests or [] if r.job_name != DRAIN_JOB]
+        if answered >= expected and not batch_runs:  # a batch's messages acked on a next tick
             break
         if not tick.run_requests:
             time.sleep(0.2)  # requests still on their way through RabbitMQ

@@ -368,8 +368,11 @@ class VirusTotalResource(dg.ConfigurableResource):
         return value.strip()
 
     @asynccontextmanager
-    async def session(self, on_wait: OnWait | None = None) -> AsyncIterator[VirusTotalSession]:
-        """A session in the running event loop; `on_wait`: see `VirusTotalSession`."""
+    async def session(
+        self, on_wait: OnWait | None = None, kind: str | None = None
+    ) -> AsyncIterator[VirusTotalSession]:
+        """A session in the running event loop; `on_wait`: see `VirusTotalSession`; `kind`:
+        the budget priority of its calls (default: the run's, from its tags)."""
         client = vt.Client(
             self.api_key,
             agent="vt_pipeline",
@@ -381,7 +384,7 @@ class VirusTotalResource(dg.ConfigurableResource):
         try:
             budget = await asyncio.to_thread(self.budget)
             session = VirusTotalSession(
-                client, self, budget, self.kind, self._job_name, on_wait=on_wait
+                client, self, budget, kind or self.kind, self._job_name, on_wait=on_wait
             )
             if budget is not None and not await asyncio.to_thread(budget.report_is_fresh):
                 await session.read_overall_quotas()
@@ -468,12 +471,27 @@ class VirusTotalSession:
     async def livehunt_notifications(
         self, start: datetime, end: datetime, tag: str = "", limit: int = 0
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Every notification dated in [start, end), deduplicated by notification id.
+        """Every notification dated in [start, end), deduplicated by notification id, and
+        whether `limit` cut the list (see `stream_livehunt_notifications`)."""
+        items: list[dict[str, Any]] = []
+        truncated = await self.stream_livehunt_notifications(start, end, items.append, tag, limit)
+        return items, truncated
+
+    async def stream_livehunt_notifications(
+        self,
+        start: datetime,
+        end: datetime,
+        sink: Callable[[dict[str, Any]], object],
+        tag: str = "",
+        limit: int = 0,
+    ) -> bool:
+        """Hand every notification dated in [start, end) to `sink` as its page arrives,
+        deduplicated by notification id, so a caller can spool a busy window instead of
+        holding it; whether `limit` (upstream's per-run cap, 0 = none) cut the stream.
 
         Pages `/ioc_stream` by cursor itself (vt-py's iterator mishandles empty pages and
         rejects `limit`). VT's `date:X-` bound is inclusive, so items are also filtered here on
         the half-open window: adjacent windows never share a notification.
-        Returns the items and whether `limit` (upstream's per-run cap, 0 = none) cut the list.
         """
         terms = [
             f"date:{_vt_date(start)}+",
@@ -488,7 +506,6 @@ class VirusTotalSession:
             "descriptors_only": "false",
         }
         lo, hi = int(start.timestamp()), int(end.timestamp())
-        items: list[dict[str, Any]] = []
         seen: set[str] = set()
         cursors: set[str] = set()
         while True:
@@ -509,12 +526,12 @@ class VirusTotalSession:
                 if key in seen or not lo <= when < hi:
                     continue
                 seen.add(key)
-                items.append(item)
-                if limit and len(items) >= limit:
-                    return items, True
+                sink(item)
+                if limit and len(seen) >= limit:
+                    return True
             cursor = (page.get("meta") or {}).get("cursor")
             if not cursor or cursor in cursors:
-                return items, False
+                return False
             cursors.add(cursor)
             params = {**params, "cursor": cursor}
 
@@ -752,7 +769,33 @@ class VirusTotalSession:
 
         return await self._call(endpoint, attempt, what=what or endpoint)
 
-    async def delete(self, endpoint: str, path: str, *path_args: str) -> None:
+    async def patch_json(
+        self, endpoint: str, path: str, *path_args: str, body: dict[str, Any], what: str = ""
+    ) -> dict[str, Any]:
+        """PATCH a JSON body (an edit in place: safe to retry) and return the JSON answer."""
+
+        async def attempt() -> dict[str, Any]:
+            response = await self._client.patch_async(path, *path_args, json_data=body)
+            try:
+                error = await self._client.get_error_async(response)
+                if error:
+                    raise error
+                answer = await response.json_async()
+            finally:
+                response.release()
+            if not isinstance(answer, dict):
+                raise _Retryable(f"unexpected JSON document of type {type(answer).__name__}")
+            return answer
+
+        return await self._call(endpoint, attempt, what=what or endpoint)
+
+    async def delete(
+        self,
+        endpoint: str,
+        path: str,
+        *path_args: str,
+        what: str = "Deleting Livehunt notifications",
+    ) -> None:
         async def attempt() -> None:
             response = await self._client.delete_async(path, *path_args)
             try:
@@ -762,7 +805,7 @@ class VirusTotalSession:
             finally:
                 response.release()
 
-        await self._call(endpoint, attempt, what="Deleting Livehunt notifications")
+        await self._call(endpoint, attempt, what=what)
 
     # -- retries ---------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from vt_pipeline.config import ConfigError
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.enrichment.requests import ENRICHMENT_JOB, ENRICHMENT_OP, EnrichmentRequest
 from vt_pipeline.enrichment.sensor import (
+    MODE_BATCH,
     RUN_KEY_TAG,
     TAG_KIND,
     TAG_REQUESTS,
@@ -71,7 +72,9 @@ class Harness:
             enrichment_connector_id=str(uuid.uuid4()),
             **resource,
         )
-        self.sensor = build_enrichment_sensor(settings or SensorSettings(tick_seconds=10))
+        self.sensor = build_enrichment_sensor(
+            settings or SensorSettings(mode=MODE_BATCH, tick_seconds=10)
+        )
         self.cursor: str | None = None
         with self.resource.connector("enrichment"):  # registration creates the queue
             pass
@@ -245,7 +248,7 @@ def test_a_run_created_with_part_of_its_requests_loses_none(harness: Harness) ->
     first = harness.tick()
     assert run_ids(first.run_requests) == [works]
     # Before its run exists, a tick that reads only 3 of the 5 re-requests the same key.
-    subset = harness.tick(settings=SensorSettings(tick_seconds=10, max_messages=3))
+    subset = harness.tick(settings=SensorSettings(mode=MODE_BATCH, tick_seconds=10, max_messages=3))
     assert run_ids(subset.run_requests) == [works[:3]]
     assert subset.run_requests[0].run_key == first.run_requests[0].run_key
     harness.launch(subset.run_requests)  # the run exists, with 3 of the 5
@@ -260,7 +263,9 @@ def test_a_run_created_with_part_of_its_requests_loses_none(harness: Harness) ->
 
 
 def test_a_burst_is_batched(opencti: OpenCTIEmulator, dagster_instance: dg.DagsterInstance) -> None:
-    harness = Harness(opencti, dagster_instance, SensorSettings(tick_seconds=20, batch_size=20))
+    harness = Harness(
+        opencti, dagster_instance, SensorSettings(mode=MODE_BATCH, tick_seconds=20, batch_size=20)
+    )
     works = harness.ask(45)
     first = harness.tick()
     assert run_ids(first.run_requests) == [works[:20], works[20:40], works[40:]]
@@ -357,7 +362,7 @@ def test_a_tick_keeps_to_its_budget(
     harness = Harness(
         opencti,
         dagster_instance,
-        SensorSettings(tick_seconds=2),
+        SensorSettings(mode=MODE_BATCH, tick_seconds=2),
         enrichment_connector_scope="StixFile",
     )
     platform = opencti.platform
@@ -378,7 +383,7 @@ def test_a_tick_keeps_to_its_budget(
 
 
 def test_without_opencti_the_sensor_says_why(dagster_instance: dg.DagsterInstance) -> None:
-    sensor = build_enrichment_sensor(SensorSettings())
+    sensor = build_enrichment_sensor(SensorSettings(mode=MODE_BATCH))
     context = dg.build_sensor_context(
         instance=dagster_instance,
         resources={"opencti": OpenCTIResource()},
@@ -421,7 +426,7 @@ def test_pending_keys_whose_messages_are_gone_are_forgotten_after_days() -> None
 def test_the_sensor_is_evaluated_on_every_daemon_loop() -> None:
     from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
 
-    sensor = build_enrichment_sensor(SensorSettings())
+    sensor = build_enrichment_sensor(SensorSettings(mode=MODE_BATCH))
     assert sensor.job_name == ENRICHMENT_JOB
     assert sensor.minimum_interval_seconds is not None
     assert sensor.minimum_interval_seconds < MIN_INTERVAL_LOOP_TIME
@@ -431,10 +436,10 @@ def test_default_status_follows_whether_opencti_is_configured(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("OPENCTI_URL", raising=False)
-    stopped = build_enrichment_sensor(SensorSettings())
+    stopped = build_enrichment_sensor(SensorSettings(mode=MODE_BATCH))
     assert stopped.default_status == dg.DefaultSensorStatus.STOPPED
     monkeypatch.setenv("OPENCTI_URL", "http://opencti:8080")
-    running = build_enrichment_sensor(SensorSettings())
+    running = build_enrichment_sensor(SensorSettings(mode=MODE_BATCH))
     assert running.default_status == dg.DefaultSensorStatus.RUNNING
 
 
@@ -446,7 +451,7 @@ def test_an_unreachable_opencti_fails_the_tick_within_its_budget(harness: Harnes
     started = time.monotonic()
     try:
         with pytest.raises(OpenCTIError, match="not reachable"):
-            harness.tick(settings=SensorSettings(tick_seconds=3))
+            harness.tick(settings=SensorSettings(mode=MODE_BATCH, tick_seconds=3))
     finally:
         harness.opencti.clear_outage()
     assert time.monotonic() - started < 6

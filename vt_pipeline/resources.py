@@ -19,6 +19,7 @@ from vt_pipeline.config import (
     writable_directory,
 )
 from vt_pipeline.enrichment.settings import EnrichmentSettings
+from vt_pipeline.livehunt.retrohunt import RetrohuntSettings
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline.storage.store import (
@@ -82,6 +83,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
     builders: dict[str, Callable[[Mapping[str, str]], object]] = {
         "virustotal": build_virustotal,
         "livehunt_settings": LivehuntSettings.from_env,
+        "retrohunt_settings": RetrohuntSettings.from_env,
         "enrichment_settings": EnrichmentSettings.from_env,
         "opencti": build_opencti,
         "storage_dir": storage_dir,

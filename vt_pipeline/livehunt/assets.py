@@ -35,6 +35,7 @@ import dagster as dg
 import pandas as pd
 
 from vt_pipeline.livehunt.filters import MALFORMED, filter_notifications
+from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
 from vt_pipeline.livehunt.schedules import LIVEHUNT_FRESHNESS
 from vt_pipeline.livehunt.settings import LivehuntSettings
@@ -255,9 +256,17 @@ def livehunt_files(
     livehunt_settings: LivehuntSettings,
 ) -> Partitioned[pd.DataFrame]:
     """One row per notification, with what the filters read and why a row was dropped."""
-    options = livehunt_settings.to_options()
+    return files_tables(context, livehunt_notifications, livehunt_settings.to_options())
+
+
+def files_tables(
+    context: dg.AssetExecutionContext,
+    notifications: Mapping[str, list[dict[str, Any]]],
+    options: LivehuntOptions,
+) -> Partitioned[pd.DataFrame]:
+    """Each partition's filters table and its metadata (Livehunt windows, Retrohunt jobs)."""
     frames: dict[str, pd.DataFrame] = {}
-    for key, items in livehunt_notifications.items():
+    for key, items in notifications.items():
         frame = filter_notifications(items, options)
         frames[key] = frame
         reasons = frame["drop_reason"].dropna().value_counts().sort_index()
@@ -390,6 +399,18 @@ def livehunt_artifacts(
     and counts the call (see the module docstring).
     """
     options = livehunt_settings.to_options()
+    return sample_artifacts(context, livehunt_files, virustotal, options, storage, opencti)
+
+
+def sample_artifacts(
+    context: dg.AssetExecutionContext,
+    livehunt_files: Mapping[str, pd.DataFrame],
+    virustotal: VirusTotalResource,
+    options: LivehuntOptions,
+    storage: StorageResource,
+    opencti: OpenCTIResource,
+) -> Partitioned[list[dict[str, Any]]]:
+    """`livehunt_artifacts` of any partitions' files tables (Livehunt windows, Retrohunt jobs)."""
     store = storage.artifact_store()
     targets: dict[str, list[str]] = {}
     sizes: dict[str, int | None] = {}  # every distinct sample of the run, with VT's size
@@ -450,12 +471,29 @@ def livehunt_stix_bundles(
 ) -> Partitioned[dict[str, Any]]:
     """One STIX 2.1 bundle per window; pure mapping of stored inputs, no VirusTotal call."""
     options = livehunt_settings.to_options()
+    return stix_bundles(
+        context,
+        livehunt_notifications,
+        livehunt_files,
+        livehunt_rulesets,
+        livehunt_artifacts,
+        options,
+    )
+
+
+def stix_bundles(
+    context: dg.AssetExecutionContext,
+    notifications: Mapping[str, list[dict[str, Any]]],
+    files: Mapping[str, pd.DataFrame],
+    rulesets: Mapping[str, dict[str, dict[str, Any]]],
+    artifacts: Mapping[str, list[dict[str, Any]]],
+    options: LivehuntOptions,
+) -> Partitioned[dict[str, Any]]:
+    """Each partition's bundle and its metadata (Livehunt windows, Retrohunt jobs)."""
     bundles: dict[str, dict[str, Any]] = {}
-    for key, items in livehunt_notifications.items():
-        stored = {r["sha256"]: r for r in livehunt_artifacts[key] if r["status"] in AVAILABLE}
-        result = build_livehunt_bundle(
-            _kept(items, livehunt_files[key]), livehunt_rulesets[key], stored, options
-        )
+    for key, items in notifications.items():
+        stored = {r["sha256"]: r for r in artifacts[key] if r["status"] in AVAILABLE}
+        result = build_livehunt_bundle(_kept(items, files[key]), rulesets[key], stored, options)
         bundles[key] = result.bundle
         types = Counter(obj["type"] for obj in result.bundle["objects"])
         context.add_asset_metadata(

@@ -180,7 +180,10 @@ def _deliver(
     names: dict[str, str],
     storage: StorageResource,
     stale_after_seconds: float,
+    work_name: str = "",
 ) -> dict[str, Any]:
+    """Deliver one partition's bundle and samples; `work_name` names its OpenCTI work (default:
+    the Livehunt window's; a Retrohunt job's delivery names its own)."""
     objects = bundle.get("objects") or []
     record: dict[str, Any] = {
         "work_id": None,
@@ -190,7 +193,7 @@ def _deliver(
         "artifacts_already_in_opencti": 0,
         "stale_works_closed": 0,
     }
-    work_name = f"VirusTotal Livehunt {key} (vt_pipeline)"
+    work_name = work_name or f"VirusTotal Livehunt {key} (vt_pipeline)"
     try:
         stale = cti.close_stale_works(work_name, stale_after_seconds)
     except OpenCTIError as exc:  # housekeeping: never the reason a delivery fails

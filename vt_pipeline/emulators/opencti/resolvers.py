@@ -78,6 +78,7 @@ def build_resolvers(platform: Platform) -> dict[str, Resolver]:
         # knowledge out
         "stix": lambda id, **_: json.dumps(platform.store.export_stix(platform.record(id))),
         "stixNestedRefRelationships": lambda **_: connection([]),
+        "labels": r.labels,
     }
     for single, plural, entity_type in _TYPED_FIELDS:
         resolvers[single] = r.read(entity_type)
@@ -158,6 +159,31 @@ class _Resolvers:
     def connector(self, id: str, **_: Any) -> Node | None:
         connector = self.platform.connectors.get(str(id))
         return self.platform.connector_node(connector) if connector else None
+
+    def labels(
+        self,
+        filters: Mapping[str, Any] | None = None,
+        first: int | None = None,
+        after: str | None = None,
+        **_: Any,
+    ) -> Node:
+        """The labels the store's objects carry (OpenCTI lists its Label entities), filtered
+        on `value` (pycti's `label.read(filters=...)`); other filter keys are refused."""
+        values = {v.lower(): v for record in self.store for v in self.store.labels_of(record)}
+        wanted: set[str] | None = None
+        for spec in (filters or {}).get("filters") or ():
+            if spec.get("key") not in ("value", ["value"]):
+                raise GraphQLFault(
+                    f"vt_pipeline OpenCTI emulator: unsupported label filter {spec.get('key')}",
+                    "UNSUPPORTED",
+                )
+            wanted = {str(v).lower() for v in spec.get("values") or ()}
+        nodes = [
+            self.views.label_node(value)
+            for key, value in sorted(values.items())
+            if wanted is None or key in wanted
+        ]
+        return connection(nodes, first, after)
 
     def connectors(self, **_: Any) -> list[Node]:
         return [self.platform.connector_node(c) for c in self.platform.connectors.values()]

@@ -23,7 +23,7 @@ import hashlib
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
@@ -59,10 +59,10 @@ class Job:
     time_range: dict[str, int]
     notification_email: str | None = None
     aborted_at: float | None = None
-    served: dict[str, Any] = field(default_factory=dict)
+    began: float = 0.0  # the emulator clock when it started (created is whole seconds)
 
     def status(self, now: float) -> str:
-        elapsed = now - self.created
+        elapsed = now - self.began
         if self.aborted_at is not None:
             return "aborted"
         if elapsed >= self.run_seconds:
@@ -74,7 +74,7 @@ class Job:
 
     def as_object(self, now: float) -> dict[str, Any]:
         status = self.status(now)
-        elapsed = max(0.0, now - self.created)
+        elapsed = max(0.0, now - self.began)
         progress = 100.0 if status == "finished" else round(100 * elapsed / self.run_seconds, 5)
         found = len(self.matches)
         if status != "finished":
@@ -147,6 +147,7 @@ class RetrohuntJobs:
                 matches=list(self._matches_of(rules) if matches is None else matches),
                 time_range=dict(time_range or {"start": end - LOOKBACK_SECONDS, "end": end}),
                 notification_email=notification_email,
+                began=now if created is None else float(created),
             )
         return job_id
 

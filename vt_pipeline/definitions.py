@@ -17,6 +17,7 @@ import dagster as dg
 
 from vt_pipeline.config import invalid
 from vt_pipeline.enrichment import definitions as enrichment
+from vt_pipeline.hunting_rules import definitions as hunting_rules
 from vt_pipeline.livehunt import definitions as livehunt
 from vt_pipeline.quota import definitions as quota
 from vt_pipeline.resources import build_resources
@@ -54,6 +55,7 @@ defs = dg.Definitions.merge(
     dg.Definitions(metadata={"description": DESCRIPTION}),
     livehunt.defs,
     enrichment.defs,
+    hunting_rules.defs,
     quota.defs,
     # Ends runs whose process died and frees their pool slots (see run_health).
     dg.Definitions(sensors=[dead_run_sweeper]),

@@ -19,6 +19,7 @@ from vt_pipeline.config import (
     writable_directory,
 )
 from vt_pipeline.enrichment.settings import EnrichmentSettings
+from vt_pipeline.hunting_rules.settings import HuntingRulesSettings
 from vt_pipeline.livehunt.retrohunt import RetrohuntSettings
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIResource
@@ -30,8 +31,13 @@ from vt_pipeline.storage.store import (
 )
 from vt_pipeline.virustotal.resource import VirusTotalResource
 
-# Upstream's two names for the key: the enrichment connector's, then the Livehunt connector's.
-API_KEY_ENV_NAMES = ("VIRUSTOTAL_TOKEN", "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY")
+# Upstream's names for the key: the enrichment connector's, the Livehunt connector's, then the
+# Livehunt rules stream connector's.
+API_KEY_ENV_NAMES = (
+    "VIRUSTOTAL_TOKEN",
+    "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY",
+    "VIRUSTOTAL_LIVEHUNT_TOKEN",
+)
 # The variables of each resource's fields (the token and the key travel as EnvVar, unread).
 VIRUSTOTAL_VARIABLES = {
     "api_url": "VIRUSTOTAL_API_URL",
@@ -85,6 +91,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, object]:
         "livehunt_settings": LivehuntSettings.from_env,
         "retrohunt_settings": RetrohuntSettings.from_env,
         "enrichment_settings": EnrichmentSettings.from_env,
+        "hunting_rules_settings": HuntingRulesSettings.from_env,
         "opencti": build_opencti,
         "storage_dir": storage_dir,
     }

@@ -60,6 +60,7 @@ from pycti import Incident
 
 from vt_pipeline.stix import common
 from vt_pipeline.stix.common import StixObject
+from vt_pipeline.stix.hunting_rules import managed_indicator
 from vt_pipeline.stix.yara import YaraParseError, YaraRule, find_rule
 from vt_pipeline.virustotal import objects as vt
 
@@ -544,11 +545,15 @@ class _Builder:
         description = rule.description or (
             f"YARA rule {rule.name} of the VirusTotal Livehunt ruleset {ruleset_name}."
         )
+        pattern, name = rule.source, rule.name
+        managed = managed_indicator(attrs)
+        if managed is not None:  # made from an OpenCTI Indicator: that same Indicator (its id)
+            pattern, name, description = str(attrs["rules"]), managed[1], None
         return self.add(
             common.indicator(
-                rule.source,
+                pattern,
                 pattern_type="yara",
-                name=rule.name,
+                name=name,
                 description=description,
                 valid_from=valid_from,
                 modified=modified,

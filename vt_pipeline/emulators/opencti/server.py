@@ -56,6 +56,7 @@ from vt_pipeline.emulators.opencti.graphql import (
     execute,
     parse_request,
 )
+from vt_pipeline.emulators.opencti.live_stream import LiveStream
 from vt_pipeline.emulators.opencti.platform import Platform, PlaybookStep, UploadedFile, Work
 from vt_pipeline.emulators.opencti.store import Record, Store, StoredFile, file_hashes
 from vt_pipeline.emulators.processes import Service, interrupt_on_sigterm
@@ -130,6 +131,7 @@ class OpenCTIEmulator(Service):
         self.host = host
         self.port = port
         self.platform = Platform(amqp)
+        self.live_stream = LiveStream(self.platform.store)  # `/stream/{id}`: see live_stream
         self._outage: Outage | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -423,6 +425,7 @@ class OpenCTIEmulator(Service):
         labels: Sequence[str] = (),
         score: int | None = None,
         description: str | None = None,
+        detection: bool | None = None,
     ) -> str:
         """Create an Indicator with its `x_opencti_observable_values`
         (`[{"type": "Domain-Name", "value": "example.com"}]`, files with `hashes`); its id."""
@@ -437,7 +440,18 @@ class OpenCTIEmulator(Service):
             score=score,
             description=description,
         )
+        if detection is not None:
+            stix["x_opencti_detection"] = detection
         return self._create(stix, markings)
+
+    def edit_entity(self, entity_id: str, **changes: Any) -> str:
+        """An analyst's edit in the UI (None removes a field): the live stream sends an update;
+        an Indicator's new pattern gives it a new standard id, returned."""
+        return self.store.edit(entity_id, changes).standard_id
+
+    def delete_entity(self, entity_id: str) -> None:
+        """An analyst deletes the entity: the live stream sends a delete."""
+        self.store.delete(entity_id)
 
     def _create(
         self,
@@ -647,6 +661,8 @@ class OpenCTIEmulator(Service):
         app.router.add_post("/graphql", self._graphql)
         app.router.add_get("/storage/get/{file_id:.+}", self._storage_get)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/stream", self._stream)
+        app.router.add_get("/stream/{id}", self._stream)
         app.router.add_get("/_emulator/state", self._state)
         app.router.add_post("/_emulator/outage", self._outage_endpoint)
         app.router.add_post("/_emulator/entities", self._entities_endpoint)
@@ -672,6 +688,7 @@ class OpenCTIEmulator(Service):
         await self._site.start()
 
     async def _stop_server(self) -> None:
+        self.live_stream.close()
         if self._runner is not None:
             await self._runner.cleanup()
         self._runner = self._site = None
@@ -764,6 +781,9 @@ class OpenCTIEmulator(Service):
             content_type=stored.mime_type,
             headers={"Content-Disposition": f'attachment; filename="{stored.name}"'},
         )
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        return await self.live_stream.handle(request, self.token)
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "success"})

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pycti import Indicator
+
 from vt_pipeline.emulators.opencti.graphql import GraphQLFault
 
 Node = dict[str, Any]
@@ -427,6 +429,8 @@ class Store:
         self._by_content: dict[tuple[str, str, str], str] = {}
         self._relationships_by_ref: dict[str, dict[str, None]] = {}
         self._files: dict[str, StoredFile] = {}
+        # Told of every change (event type, record, its STIX before an update): the live stream.
+        self.listeners: list[Callable[[str, Record, dict[str, Any] | None], None]] = []
         for definition, (marking_id, order, color) in TLP_MARKINGS.items():
             self.upsert(
                 {
@@ -505,6 +509,7 @@ class Store:
                 self._records[record.internal_id] = record
                 created = True
             else:
+                before = copy.deepcopy(record.stix) if self.listeners else None
                 merge_stix(record.stix, obj)
                 record.updated_at = stamp
                 if standard_id not in record.all_ids():
@@ -526,7 +531,54 @@ class Store:
             if record.is_relationship:
                 for ref in self._relationship_ends(record):
                     self._relationships_by_ref.setdefault(ref, {})[record.internal_id] = None
+            if created:
+                self._changed("create", record, None)
+            elif before is not None and before != record.stix:
+                self._changed("update", record, before)
             return record, created
+
+    def edit(self, any_id: str, changes: Mapping[str, Any]) -> Record:
+        """An analyst's edit (`fieldPatch`): set fields (None removes one). An Indicator whose
+        pattern changes gets the standard id of its new pattern, the old one kept in its
+        stix_ids, as OpenCTI recomputes ids from contributing properties."""
+        with self.lock:
+            record = self.get(any_id)
+            if record is None:
+                raise GraphQLFault(f"Element {any_id} not found", "NOT_FOUND")
+            before = copy.deepcopy(record.stix)
+            for key, value in changes.items():
+                if value is None:
+                    record.stix.pop(key, None)
+                else:
+                    record.stix[key] = copy.deepcopy(value)
+            if record.entity_type == "Indicator" and "pattern" in changes:
+                new_id = Indicator.generate_id(str(record.stix["pattern"]))
+                if new_id != record.standard_id:
+                    record.stix_ids.append(record.standard_id)
+                    record.standard_id = record.stix["id"] = new_id
+                    self._by_id[new_id] = record.internal_id
+            record.updated_at = now_iso()
+            if before != record.stix:
+                self._changed("update", record, before)
+            return record
+
+    def delete(self, any_id: str) -> Record:
+        """Delete an entity (its relationships stay: the emulator does not cascade)."""
+        with self.lock:
+            record = self.get(any_id)
+            if record is None:
+                raise GraphQLFault(f"Element {any_id} not found", "NOT_FOUND")
+            del self._records[record.internal_id]
+            for known in [k for k, v in self._by_id.items() if v == record.internal_id]:
+                del self._by_id[known]
+            for key in [k for k, v in self._by_content.items() if v == record.internal_id]:
+                del self._by_content[key]
+            self._changed("delete", record, None)
+            return record
+
+    def _changed(self, event: str, record: Record, before: dict[str, Any] | None) -> None:
+        for listener in self.listeners:
+            listener(event, record, before)
 
     @staticmethod
     def _relationship_ends(record: Record) -> list[str]:

@@ -45,6 +45,7 @@ from vt_pipeline.emulators.virustotal.corpus import Corpus, StreamEntry
 from vt_pipeline.emulators.virustotal.faults import BODY_FAULTS, STATUS_FAULTS, FaultInjector
 from vt_pipeline.emulators.virustotal.filetypes import sniff
 from vt_pipeline.emulators.virustotal.gti import as_served, asks_for_gti
+from vt_pipeline.emulators.virustotal.hunting_rulesets import HuntingRulesets, RulesetError
 from vt_pipeline.emulators.virustotal.ioc_stream import (
     StreamIndex,
     StreamQueryError,
@@ -84,6 +85,7 @@ _STATUS_FAULT_ERRORS = {
     "500": (500, "InternalError", "An internal error occurred"),
     "503": (503, "TransientError", "Service temporarily unavailable, please retry"),
 }
+_EDITORS = "/intelligence/hunting_rulesets/{id}/relationships/editors"
 # (method, path under /api/v3, endpoint name, access, handler method)
 _ROUTES: tuple[tuple[str, str, str, Access, str], ...] = (
     ("GET", "/ioc_stream", "ioc_stream", "premium", "_ioc_stream"),
@@ -93,6 +95,11 @@ _ROUTES: tuple[tuple[str, str, str, Access, str], ...] = (
     ("GET", "/files/{id}/download", "file_download", "premium", "_file_download"),
     ("POST", "/files", "file_upload", "key", "_file_upload"),
     ("GET", "/intelligence/hunting_rulesets/{id}", "hunting_ruleset", "premium", "_hunting"),
+    ("GET", "/intelligence/hunting_rulesets", "hunting_rulesets", "premium", "_hunting_list"),
+    ("POST", "/intelligence/hunting_rulesets", "hunting_ruleset_create", "premium", "_hunting_add"),
+    ("PATCH", "/intelligence/hunting_rulesets/{id}", "ruleset_update", "premium", "_hunting_patch"),
+    ("DELETE", "/intelligence/hunting_rulesets/{id}", "ruleset_delete", "premium", "_hunting_del"),
+    ("POST", _EDITORS, "ruleset_editors", "premium", "_hunting_editors"),
     ("GET", "/yara_rulesets/{id}", "yara_ruleset", "key", "_yara_ruleset"),
     ("GET", "/ip_addresses/{id}", "ip_address", "key", "_ip_address"),
     ("GET", "/domains/{id}", "domain", "key", "_domain"),
@@ -235,6 +242,8 @@ class VirusTotalAPI:
         )
         self._clock = clock
         self._index = StreamIndex(corpus.stream)
+        self._notified: list[StreamEntry] = []  # notifications of rulesets made through the API
+        self.hunting = HuntingRulesets(corpus.hunting_rulesets, clock, self._hunting_notification)
         self._deleted: set[str] = set()
         self._downloads: dict[str, tuple[str, str | None]] = {}  # token -> (sha256, body fault)
         self._upload_tokens: set[str] = set()
@@ -356,6 +365,7 @@ class VirusTotalAPI:
         app.router.add_post("/_emulator/analysis", self._post_analysis)
         app.router.add_get("/_emulator/targets", self._get_targets)
         app.router.add_post("/_emulator/spend", self._post_spend)
+        app.router.add_post("/_emulator/hunting_rulesets/{id}/notify", self._post_notify)
         return app
 
     def _gate(self, endpoint: str, access: Access, handler: Handler) -> Handler:
@@ -469,8 +479,95 @@ class VirusTotalAPI:
         return json_ok({})
 
     async def _hunting(self, request: web.Request) -> web.Response:
-        request[_DETAIL] = {"ruleset": request.match_info["id"]}
-        return self._lookup(self.corpus.hunting_rulesets, request.match_info["id"], "Ruleset")
+        ruleset_id = request.match_info["id"]
+        request[_DETAIL] = {"ruleset": ruleset_id}
+        found = self.hunting.get(ruleset_id)
+        if found is None:
+            return api_error(404, "NotFoundError", f'Ruleset "{ruleset_id}" not found')
+        return json_ok({"data": found})
+
+    async def _hunting_list(self, request: web.Request) -> web.Response:
+        try:
+            page, cursor = self.hunting.page(request.query)
+        except RulesetError as err:
+            return api_error(err.status, err.code, str(err))
+        body: dict[str, Any] = {"data": page, "meta": {}, "links": {"self": str(request.url)}}
+        if cursor:
+            body["meta"]["cursor"] = cursor
+            body["links"]["next"] = str(request.url.update_query(cursor=cursor))
+        return json_ok(body)
+
+    async def _hunting_call(self, request: web.Request, call: Callable[[Any], Any]) -> web.Response:
+        """A ruleset write: the JSON body to `call`, its answer as `data` (or an error)."""
+        request[_DETAIL] = {"ruleset": request.match_info.get("id")}
+        try:
+            body = await request.json() if request.can_read_body else None
+            answer = call(body)
+        except RulesetError as err:
+            return api_error(err.status, err.code, str(err))
+        except ValueError:
+            return api_error(400, "InvalidArgumentError", "the body is not JSON")
+        return json_ok({"data": answer} if answer is not None else {})
+
+    async def _hunting_add(self, request: web.Request) -> web.Response:
+        return await self._hunting_call(request, self.hunting.create)
+
+    async def _hunting_patch(self, request: web.Request) -> web.Response:
+        ruleset_id = request.match_info["id"]
+        return await self._hunting_call(request, lambda body: self.hunting.patch(ruleset_id, body))
+
+    async def _hunting_del(self, request: web.Request) -> web.Response:
+        ruleset_id = request.match_info["id"]
+        return await self._hunting_call(request, lambda _: self.hunting.delete(ruleset_id))
+
+    async def _hunting_editors(self, request: web.Request) -> web.Response:
+        ruleset_id = request.match_info["id"]
+        return await self._hunting_call(
+            request, lambda body: self.hunting.add_editors(ruleset_id, body)
+        )
+
+    def _hunting_notification(
+        self, ruleset_id: str, ruleset_name: str, rule: str, file_id: str, date: int
+    ) -> dict:
+        """A Livehunt notification of a ruleset for a corpus file, added to `/ioc_stream`."""
+        found = self._find_file(file_id)
+        if found is None:
+            raise RulesetError(404, "NotFoundError", f'File "{file_id}" not found')
+        notification_id = str(8 * 10**18 + len(self._notified))
+        context = {
+            "notification_id": notification_id,
+            "notification_date": date,
+            "origin": "hunting",
+            "sources": [{"type": "hunting_ruleset", "id": ruleset_id, "label": ruleset_name}],
+            "tags": [rule.lower()],
+            "hunting_info": {
+                "rule_name": rule,
+                "snippet": "",
+                "source_country": "",
+                "source_key": secrets.token_hex(4),
+            },
+        }
+        self._notified.append(StreamEntry("file", found["id"], context))
+        entries = sorted(
+            [*self.corpus.stream, *self._notified],
+            key=lambda entry: (-entry.date, entry.notification_id),
+        )
+        self._index = StreamIndex(entries)
+        return {"type": "file", "id": found["id"], "context_attributes": context}
+
+    async def _post_notify(self, request: web.Request) -> web.Response:
+        """`{"file": sha256, "date": epoch}`: the ruleset matches that corpus file (Livehunt)."""
+        try:
+            payload = await request.json()
+            date = payload.get("date")
+            item = self.hunting.notify(
+                request.match_info["id"], str(payload["file"]), None if date is None else int(date)
+            )
+        except RulesetError as err:
+            return api_error(err.status, err.code, str(err))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            return api_error(400, "InvalidArgumentError", f"invalid notification: {err}")
+        return json_ok({"data": item})
 
     async def _yara_ruleset(self, request: web.Request) -> web.Response:
         return self._lookup(self.corpus.yara_rulesets, request.match_info["id"], "YARA ruleset")

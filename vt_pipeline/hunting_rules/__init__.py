@@ -1,0 +1,1 @@
+"""OpenCTI YARA Indicators as VirusTotal Livehunt rulesets (upstream stream connector)."""

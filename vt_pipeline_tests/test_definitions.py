@@ -49,6 +49,7 @@ def test_definitions_hold_the_livehunt_chain() -> None:
         "livehunt_stix_bundles",
         "livehunt_opencti_delivery",
         "virustotal_quota",
+        "hunting_rulesets",
     }
     assert defs.resolve_job_def("livehunt_job") is not None
     assert {s.name for s in defs.schedules} == {"livehunt_fresh_windows"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vt_pipeline"
-DOMAINS = ("livehunt", "enrichment", "quota")
+DOMAINS = ("livehunt", "enrichment", "quota", "hunting_rules")
 LAYERS = ("virustotal", "opencti", "storage", "stix")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import dagster as dg
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 30
 IDLE_SECONDS = 2.0
+TELL_SECONDS = 20.0  # longest wait for OpenCTI to take the links and notes, per tick
 WORK_NAME = "VirusTotal Livehunt rulesets"
 _COLUMNS = (
     ("indicator", "string"),
@@ -128,13 +130,16 @@ async def _apply(
         return sync.outcome, handled, session.log, error
 
 
-def _tell_opencti(opencti: OpenCTIResource, objects: list[dict[str, Any]]) -> str:
-    """Send the pending objects in one work; "" when OpenCTI has ingested them."""
+def _tell_opencti(opencti: OpenCTIResource, objects: list[dict[str, Any]], deadline: float) -> str:
+    """Send the pending objects in one work and close it; "" once OpenCTI has them queued.
+
+    The tick does not wait for OpenCTI to ingest them (its worker does, as for any connector):
+    a sensor tick must end well inside Dagster's limit. `deadline` bounds the registration."""
     try:
-        with opencti.connector("livehunt") as connector:
-            connector.deliver_bundle(
-                common.make_bundle(objects), WORK_NAME, "Livehunt rulesets' links and notes"
-            )
+        with opencti.connector("livehunt", deadline=deadline) as connector:
+            work_id = connector.initiate_work(WORK_NAME)
+            connector.send_into_work(common.make_bundle(objects), work_id)
+            connector.close_work(work_id, "Livehunt rulesets' links and notes")
     except OpenCTIError as exc:
         return str(exc)
     return ""
@@ -183,7 +188,7 @@ def hunting_rules_sensor(
     pending = [*(cursor.get("pending") or []), *outcome.feedback]
     told = ""
     if pending:
-        told = _tell_opencti(opencti, pending)
+        told = _tell_opencti(opencti, pending, time.monotonic() + TELL_SECONDS)
         if told:
             context.log.warning(f"OpenCTI not told yet (next tick retries): {told}")
         else:

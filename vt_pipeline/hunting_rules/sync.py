@@ -218,6 +218,7 @@ class RulesetSync:
         self._link(indicator, managed, ruleset)
 
     async def _create(self, indicator: YaraIndicator, name: str) -> dict[str, Any]:
+        retried = self.session.log.retries["hunting_ruleset_create"]
         ruleset = await vt_rulesets.create_ruleset(
             self.session,
             name=name,
@@ -225,6 +226,10 @@ class RulesetSync:
             limit=self.settings.ruleset_limit,
             notification_emails=self.settings.emails,
         )
+        if self.session.log.retries["hunting_ruleset_create"] > retried:
+            # an attempt whose answer was lost may have created it too: keep one
+            self._listing = None
+            ruleset = await self._find_on_vt(indicator) or ruleset
         await vt_rulesets.add_editors(self.session, str(ruleset["id"]), self.settings.owners)
         self._remember(ruleset)
         return ruleset

@@ -125,7 +125,8 @@ def test_the_hunting_loop_closes_on_the_analysts_indicator(
     (row,) = table(result)
     assert row["indicator_id"] == indicator_id and row["ruleset_id"] == ruleset["id"]
     assert row["state"] == "active" and row["changed"]
-    # the ruleset's link is on the Indicator
+    # the ruleset's link is on the Indicator (once OpenCTI's worker has ingested it)
+    assert opencti.wait_until(lambda: bool(opencti.external_references_of(indicator_id)))
     refs = opencti.external_references_of(indicator_id)
     assert [r["external_id"] for r in refs if r["source_name"] == "VirusTotal Livehunt"] == [
         ruleset["id"]
@@ -205,6 +206,7 @@ def test_a_rule_that_does_not_compile_is_reported_and_never_sent(
     rows = {r["indicator_id"]: r for r in table(result)}
     assert rows[broken]["state"] == "rejected" and "cannot parse" in rows[broken]["reason"]
     assert rows[cut]["state"] == "rejected" and "no YARA rule" in rows[cut]["reason"]
+    assert opencti.wait_until(lambda: bool(opencti.notes_about(broken)))
     notes = opencti.notes_about(broken)
     assert len(notes) == 1 and "does not compile" in notes[0]["content"]
     # the note's own update event and a re-read add nothing
@@ -278,10 +280,29 @@ def test_upstream_made_rulesets_are_adopted_and_found_past_the_first_page(
     indicator_id = opencti.create_indicator(
         RULE, pattern_type="yara", name="Upstream made", detection=True
     )
+    # two copies for another Indicator (a create retried after its answer was lost)
+    other_rule = RULE.replace("analyst", "twice")
+    other = opencti.create_indicator(other_rule, pattern_type="yara", name="Twice", detection=True)
+    copies = [
+        hunting.create(
+            {
+                "data": {
+                    "type": "hunting_ruleset",
+                    "attributes": {"name": f"Twice [OpenCTI {other}]", "rules": other_rule},
+                }
+            }
+        )
+        for _ in range(2)
+    ]
     vt_emulator.reset_stats()
-    deployment.tick()
+    result = deployment.tick()
     assert vt_emulator.count("hunting_ruleset_create") == 0
-    assert vt_emulator.count("hunting_rulesets") == 3  # 96 rulesets, 40 a page
+    assert vt_emulator.count("hunting_rulesets") == 3  # 98 rulesets, 40 a page, listed once
     adopted = hunting.get(upstream["id"])
     assert adopted["attributes"]["name"] == f"Upstream made [OpenCTI {indicator_id}]"
-    assert len(managed(vt_emulator)) == 1
+    assert adopted["attributes"]["rules"] == RULE
+    assert hunting.get(copies[0]["id"]) is not None and hunting.get(copies[1]["id"]) is None
+    assert len(managed(vt_emulator)) == 2
+    rows = {r["indicator_id"]: r for r in table(result)}
+    assert rows[indicator_id]["ruleset_id"] == upstream["id"]
+    assert rows[other]["ruleset_id"] == copies[0]["id"]

@@ -1,24 +1,34 @@
-"""Enrichment benchmark: a burst of OpenCTI enrichment requests, batched runs vs one run each.
+"""Enrichment benchmark: the drain design against a sequential consumer of the same code.
 
-    .venv/bin/python benchmarks/enrichment.py                  # 200 requests, both designs
-    .venv/bin/python benchmarks/enrichment.py --requests 40    # quicker
+    .venv/bin/python benchmarks/enrichment.py                    # bursts of 200 and 2,000, clicks
+    .venv/bin/python benchmarks/enrichment.py --bursts 200 --clicks 10 --flood 200   # quicker
+    .venv/bin/python benchmarks/enrichment.py --with-batch       # + the batch mode (slow)
 
-What runs: a real RabbitMQ, the OpenCTI emulator and the VirusTotal emulator (100 ms of latency
-per request by default) in this process; mixed requests (files, domains, IPs, URLs of the
-emulator's corpus) are asked of OpenCTI at once, then the sensor and the runs work as a
-deployment runs them, the same code path in-process: `opencti_enrichment_sensor` is evaluated
-every `--tick-interval` seconds (the daemon's loop is 5 s); each run request becomes a run in a
-Dagster instance at once (what the daemon does) and is executed by a NEW PROCESS
-(`execute_run` of the real `vt_enrichment_job`, its default multiprocess executor: the run
-worker plus a step process, like a deployment's run launcher), at most
-`--max-concurrent-runs` at a time (a deployment's run queue limit).
+What runs: a real RabbitMQ, the OpenCTI emulator and the VirusTotal emulator (`--latency-ms`,
+100 ms by default, per VT request) in this process.
 
-The two designs differ only in the sensor's batch size: `--batch-size` (20) and 1.
-
-Printed per design: time from the first request to the last work processed, runs launched, VT
-calls per request (as the VT emulator counts them), and p50/p95 of request -> work processed.
-Each design has its own Dagster instance (on tmpfs when there is one), its own storage (no
-lookup cache shared) and its own enrichment connector (queue).
+1. Bursts (`--bursts`): mixed requests (files, domains, IPs, URLs of the emulator's corpus) asked
+   of OpenCTI at once, answered by
+   - the sequential consumer, the BASELINE: one long-lived process answering one request at a
+     time (read one message, enrich, send, acknowledge, read the next), which is what
+     upstream's connector loop does (pycti's listen queue, prefetch 1). It is the drain run's
+     own code with `concurrency=1, backlog=1`, so only the design differs;
+   - the drain design: the same job with its defaults (16 at a time, reading ahead).
+   Both are already running when the burst comes (as the sensor keeps one), in this process.
+   Target: the drain design >= 3x faster than the baseline, 1 VT call per request (the few
+   crowdsourced-YARA files cost one more: their ruleset).
+2. Clicks through a real `dagster-daemon` (`--clicks`), the deployment of one machine: the
+   repository's dagster.yaml and workspace, the drain sensor keeping a drain run alive. After
+   one warm-up click, `--clicks` clicks `--click-gap` s apart, request -> work complete;
+   then one click after `--silence` s of silence (longer than the HTTP keep-alives of the VT
+   and OpenCTI clients); then the same clicks while `--flood` auto-enrichment requests are
+   being worked. Targets: p50 <= 1.5 s, p95 <= 3 s; after silence <= 6 s; under the flood
+   p95 <= 10 s. Printed with where the time goes (the drain run's start: sensor, run queue,
+   process start, resources; a click: read from the queue, answered) and the daemon's memory
+   (its process group's RSS) before and after the flood.
+3. `--with-batch`: the batch mode (a sensor tick makes runs of `--batch-size`, each a NEW
+   PROCESS, `--max-concurrent-runs` at a time): the design before the drain, kept for the
+   record.
 """
 
 from __future__ import annotations
@@ -90,7 +100,7 @@ class Measure:
         p50 = statistics.median(ordered) if ordered else float("nan")
         p95 = ordered[max(0, int(len(ordered) * 0.95 + 0.5) - 1)] if ordered else float("nan")
         return (
-            f"| {self.design} (batch {self.batch_size}) | {self.seconds:.1f} s | {self.runs} "
+            f"| {self.design} | {self.seconds:.1f} s | {self.runs} "
             f"({self.failed_runs} failed) | {self.vt_calls / max(1, self.requests):.2f} | "
             f"{p50:.1f} s | {p95:.1f} s | {len(self.latencies) - self.in_error}/{self.requests} |"
         )
@@ -208,6 +218,291 @@ def measure(
         )
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[max(0, min(len(ordered) - 1, int(len(ordered) * q + 0.5) - 1))]
+
+
+def _stamp(value: str | None) -> float | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def wait_works(opencti: Any, works: Sequence[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all((w := opencti.work(work)) is not None and w.status == "complete" for work in works):
+            return
+        time.sleep(0.05)
+    left = sum(1 for work in works if (w := opencti.work(work)) is None or w.status != "complete")
+    raise SystemExit(f"{left} of {len(works)} works still not complete after {timeout:.0f} s")
+
+
+def latencies(opencti: Any, asked: dict[str, float]) -> tuple[list[float], float, int]:
+    """Request -> work complete per work, the last completion, and how many are in error."""
+    found, last, in_error = [], 0.0, 0
+    for work_id, at in asked.items():
+        work = opencti.work(work_id)
+        done = _stamp(work.completed_time if work else None)
+        if work is None or done is None:
+            continue
+        found.append(done - at)
+        last = max(last, done)
+        in_error += bool(work.in_error)
+    return found, last, in_error
+
+
+def bench_drain_job() -> dg.JobDefinition:
+    from vt_pipeline.enrichment.drain import vt_enrichment_drain_job
+    from vt_pipeline.enrichment.requests import DRAIN_JOB
+    from vt_pipeline.resources import build_resources
+
+    defs = dg.Definitions(jobs=[vt_enrichment_drain_job], resources=build_resources())
+    return defs.resolve_job_def(DRAIN_JOB)
+
+
+def drain_burst(design: str, limits: Any, opencti: Any, vt: Any, targets: Sequence[str]) -> Measure:
+    """A drain run already reading (in this process), then the burst asked at once."""
+    import threading
+
+    from vt_pipeline.enrichment.drain import drain_run_config
+    from vt_pipeline.opencti.resource import OpenCTIResource
+
+    tmp_parent = TMPFS if TMPFS.is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="enrichment-bench-", dir=tmp_parent) as home:
+        connector_id = str(uuid.uuid4())
+        os.environ.update(
+            {
+                "DAGSTER_HOME": home,
+                "VT_PIPELINE_STORAGE_DIR": str(Path(home) / "storage"),
+                "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector_id,
+            }
+        )
+        resource = OpenCTIResource(
+            url=opencti.url, token=opencti.token, enrichment_connector_id=connector_id
+        )
+        with resource.connector("enrichment"):
+            pass
+        job = bench_drain_job()
+        with dg.DagsterInstance.get() as instance:
+            result: list[Any] = []
+            config = drain_run_config(limits)
+            runner = threading.Thread(
+                target=lambda: result.append(
+                    job.execute_in_process(
+                        run_config=config, instance=instance, raise_on_error=False
+                    )
+                )
+            )
+            runner.start()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not instance.get_runs(
+                filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])
+            ):
+                time.sleep(0.05)
+            time.sleep(1.0)  # its step reads the queue
+            vt.reset_stats()
+            asked: dict[str, float] = {}
+            started = time.time()
+            for entity in targets:
+                asked[opencti.ask_enrichment(entity, connector_id)] = time.time()
+            wait_works(opencti, list(asked), timeout=3600)
+            runner.join()
+        found, last, in_error = latencies(opencti, asked)
+        by_endpoint = {
+            endpoint: sum(codes.values())
+            for endpoint, codes in vt.stats().items()
+            if "quota" not in endpoint
+        }
+        print(f"{design}: VT calls by endpoint {json.dumps(by_endpoint)}", flush=True)
+        calls = sum(by_endpoint.values())
+        failed = int(not (result and result[0].success))
+        return Measure(
+            design,
+            limits.concurrency,
+            len(asked),
+            last - started,
+            1,
+            failed,
+            calls,
+            found,
+            in_error,
+        )
+
+
+def _rss_kib(pgid: int) -> int:
+    """Resident memory of a process group (the daemon and what it started), in KiB."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:
+                continue
+            for line in (status.parent / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _drain_start_breakdown(instance: dg.DagsterInstance, run_id: str, since: float) -> str:
+    """Where the drain run's start went: sensor tick, run queue, process start, resources."""
+    from dagster._core.events import DagsterEventType
+
+    record = instance.get_run_records(filters=dg.RunsFilter(run_ids=[run_id]))[0]
+    stamps: dict[str, float] = {"created": record.create_timestamp.timestamp()}
+    kinds = {
+        DagsterEventType.RUN_DEQUEUED: "dequeued",
+        DagsterEventType.RUN_STARTING: "launched",
+        DagsterEventType.RUN_START: "process up",
+        DagsterEventType.STEP_START: "resources up, reading",
+    }
+    for record_ in instance.get_records_for_run(run_id, of_type=set(kinds)).records:
+        event = record_.event_log_entry.dagster_event
+        if event is not None:
+            stamps.setdefault(kinds[event.event_type], record_.event_log_entry.timestamp)
+    order = ["created", "dequeued", "launched", "process up", "resources up, reading"]
+    parts, previous = [f"daemon up -> run created {stamps['created'] - since:.1f} s"], "created"
+    for name in order[1:]:
+        if name in stamps:
+            parts.append(f"-> {name} {stamps[name] - stamps[previous]:.1f} s")
+            previous = name
+    return " ".join(parts)
+
+
+def daemon_clicks(
+    args: argparse.Namespace, opencti: Any, vt: Any, entities_: Sequence[str]
+) -> list[str]:
+    """Clicks through a real dagster-daemon in drain mode; returns the report's lines."""
+    import yaml
+
+    from vt_pipeline.emulators.processes import spawn_owned, terminate_group
+    from vt_pipeline.enrichment.requests import DRAIN_JOB
+    from vt_pipeline.opencti.resource import OpenCTIResource
+
+    clicks_at = list(entities_[: 2 * args.clicks + 2])
+    flood = list(entities_[2 * args.clicks + 2 : 2 * args.clicks + 2 + args.flood])
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="enrichment-daemon-") as home_dir:
+        home = Path(home_dir)
+        config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        (home / "workspace.yaml").write_text((REPO_ROOT / "workspace.yaml").read_text())
+        connector_id = str(uuid.uuid4())
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "VT_PIPELINE_STORAGE_DIR": str(home / "storage"),
+            "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector_id,
+            "VT_PIPELINE_ENRICHMENT_MODE": "drain",
+            "CONNECTOR_AUTO": "true",
+        }
+        resource = OpenCTIResource(
+            url=opencti.url,
+            token=opencti.token,
+            enrichment_connector_id=connector_id,
+            connector_auto=True,
+        )
+        with resource.connector("enrichment"):
+            pass
+        daemon = Path(sys.executable).parent / "dagster-daemon"
+        log = (home / "daemon.log").open("ab")
+        up = time.time()
+        process, watchdog = spawn_owned(
+            [str(daemon), "run", "-w", str(home / "workspace.yaml")],
+            grace=20.0,
+            env=env,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                deadline = time.monotonic() + 300
+                run_id = None
+                while time.monotonic() < deadline and run_id is None:
+                    runs = instance.get_runs(
+                        filters=dg.RunsFilter(
+                            job_name=DRAIN_JOB, statuses=[dg.DagsterRunStatus.STARTED]
+                        )
+                    )
+                    run_id = runs[0].run_id if runs else None
+                    time.sleep(0.2)
+                if run_id is None:
+                    raise SystemExit("no drain run started within 300 s; see the daemon's log")
+                warm = opencti.ask_enrichment(clicks_at.pop(), connector_id)
+                asked_warm = time.time()
+                wait_works(opencti, [warm], 120)
+                first, _, _ = latencies(opencti, {warm: asked_warm})
+                lines.append(f"drain run start: {_drain_start_breakdown(instance, run_id, up)}")
+                lines.append(f"warm-up click (the run just started): {first[0]:.2f} s")
+
+                def click_series(count: int) -> dict[str, float]:
+                    asked: dict[str, float] = {}
+                    for _ in range(count):
+                        asked[opencti.ask_enrichment(clicks_at.pop(), connector_id)] = time.time()
+                        time.sleep(args.click_gap)
+                    return asked
+
+                idle_clicks = click_series(args.clicks)
+                wait_works(opencti, list(idle_clicks), 300)
+                found, _, errors = latencies(opencti, idle_clicks)
+                read = [
+                    _stamp(opencti.work(w).received_time) - at  # type: ignore[operator,union-attr]
+                    for w, at in idle_clicks.items()
+                ]
+                lines.append(
+                    f"{len(found)} clicks {args.click_gap:.0f} s apart: p50 "
+                    f"{percentile(found, 0.5):.2f} s, p95 {percentile(found, 0.95):.2f} s "
+                    "(targets 1.5 s, 3 s); of which read from "
+                    f"the queue p50 {percentile(read, 0.5):.2f} s; {errors} in error"
+                )
+                time.sleep(args.silence)
+                cold = opencti.ask_enrichment(clicks_at.pop(), connector_id)
+                asked_cold = time.time()
+                wait_works(opencti, [cold], 120)
+                after_silence, _, _ = latencies(opencti, {cold: asked_cold})
+                lines.append(
+                    f"a click after {args.silence:.0f} s of silence: {after_silence[0]:.2f} s "
+                    "(target 6 s)"
+                )
+                rss_before = _rss_kib(process.pid)
+                flood_asked: dict[str, float] = {}
+                flood_started = time.time()
+                for entity in flood:
+                    work = opencti.platform.ask_enrichment(entity, connector_id, mode="auto")
+                    flood_asked[work.id] = time.time()
+                busy_clicks = click_series(args.clicks)
+                wait_works(opencti, list(busy_clicks), 600)
+                rss_during = _rss_kib(process.pid)
+                wait_works(opencti, list(flood_asked), 3600)
+                busy, _, _ = latencies(opencti, busy_clicks)
+                _, flood_last, flood_errors = latencies(opencti, flood_asked)
+                lines.append(
+                    f"{len(busy)} clicks during {len(flood)} auto-enrichment requests: p50 "
+                    f"{percentile(busy, 0.5):.2f} s, p95 {percentile(busy, 0.95):.2f} s "
+                    f"(target 10 s); the flood done in {flood_last - flood_started:.1f} s "
+                    f"({len(flood) / max(1e-9, flood_last - flood_started):.1f}/s), "
+                    f"{flood_errors} in error"
+                )
+                lines.append(
+                    f"daemon process group RSS (daemon, code server, drain run): "
+                    f"{rss_before / 1024:.0f} MiB before the flood, "
+                    f"{rss_during / 1024:.0f} MiB during (the drain sensor keeps no cursor; "
+                    "the drain run holds at most its backlog)"
+                )
+        finally:
+            terminate_group(process, 20.0)
+            watchdog.release()
+            log.close()
+    return lines
+
+
 def _launch(run_id: str) -> int:
     command = [sys.executable, str(Path(__file__).resolve()), "--execute-run", run_id]
     done = subprocess.run(command, cwd=REPO_ROOT, env=dict(os.environ), capture_output=True)
@@ -218,15 +513,27 @@ def _launch(run_id: str) -> int:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--bursts", default="200,2000", help="burst sizes, comma separated")
+    parser.add_argument("--clicks", type=int, default=20, help="clicks per series (0: none)")
+    parser.add_argument("--click-gap", type=float, default=2.0, help="seconds between clicks")
+    parser.add_argument("--silence", type=float, default=65.0, help="seconds before a cold click")
+    parser.add_argument("--flood", type=int, default=2000, help="auto requests under the clicks")
+    parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument("--with-batch", action="store_true", help="also the batch mode (slow)")
+    parser.add_argument("--requests", type=int, default=200, help="--with-batch: requests")
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--max-concurrent-runs", type=int, default=4)
     parser.add_argument("--tick-interval", type=float, default=5.0)
-    parser.add_argument("--latency-ms", type=float, default=100.0)
     parser.add_argument("--timeout", type=float, default=3600.0, help="per design, seconds")
-    parser.add_argument("--only", choices=("batched", "per-request"), default=None)
     parser.add_argument("--execute-run", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+HEADER = (
+    "| design | first request -> last work complete | runs | VT calls / request "
+    "| p50 request -> complete | p95 | works complete without error |\n"
+    "| --- | --- | --- | --- | --- | --- | --- |"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,15 +544,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vt_pipeline.emulators.rabbitmq import RabbitMQ
     from vt_pipeline.emulators.virustotal.corpus import generate_corpus
     from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+    from vt_pipeline.enrichment.drain import DrainLimits
 
+    bursts = [int(n) for n in args.bursts.split(",") if n.strip()]
+    needed = max(
+        [*bursts, args.requests if args.with_batch else 0, 2 * args.clicks + 2 + args.flood]
+    )
     start = datetime(2026, 11, 20, tzinfo=UTC)
     corpus = generate_corpus(
-        seed=2026, notifications=360, start=start, end=start + timedelta(hours=6)
+        seed=2026,
+        notifications=max(360, needed * 3 // 2),
+        start=start,
+        end=start + timedelta(hours=6),
     )
     vt = VirusTotalEmulator(corpus, api_keys={API_KEY: True}, latency_ms=args.latency_ms)
-    designs = [("batched", args.batch_size), ("per-request", 1)]
-    if args.only:
-        designs = [d for d in designs if d[0] == args.only]
+    load = os.getloadavg()
+    print(
+        f"VT latency {args.latency_ms:.0f} ms; {os.cpu_count()} cores, load "
+        f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
+        flush=True,
+    )
+    report: list[str] = []
     with RabbitMQ() as mq, OpenCTIEmulator(amqp=mq) as opencti, vt.serve():
         os.environ.update(
             {
@@ -255,27 +574,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "OPENCTI_TOKEN": opencti.token,
             }
         )
-        targets = entities(opencti, corpus, args.requests)
-        results = []
-        for design, size in designs:
-            print(f"{design}: {args.requests} requests, batch {size} ...", flush=True)
-            results.append(measure(design, size, args, opencti, vt, targets))
-            print(json.dumps(results[-1].__dict__ | {"latencies": len(results[-1].latencies)}))
-    print()
-    print(
-        f"{args.requests} requests, VT latency {args.latency_ms:.0f} ms, sensor tick every "
-        f"{args.tick_interval:.0f} s, at most {args.max_concurrent_runs} runs at a time, "
-        "one process per run (in-process sensor, runs as a deployment launches them)"
-    )
-    print(
-        "| design | first request -> last work processed | runs | VT calls / request "
-        "| p50 request -> processed | p95 | works processed without error |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for result in results:
-        print(result.row())
-    if len(results) == 2 and results[0].seconds > 0:
-        print(f"\nbatched is {results[1].seconds / results[0].seconds:.1f}x faster (target >= 5x)")
+        targets = entities(opencti, corpus, needed)
+        for size in bursts:
+            baseline = drain_burst(
+                "sequential consumer (baseline)",
+                DrainLimits(concurrency=1, backlog=1, idle_seconds=3),
+                opencti,
+                vt,
+                targets[:size],
+            )
+            print(
+                json.dumps(baseline.__dict__ | {"latencies": len(baseline.latencies)}), flush=True
+            )
+            drained = drain_burst(
+                "drain run (16 at a time)", DrainLimits(idle_seconds=3), opencti, vt, targets[:size]
+            )
+            print(json.dumps(drained.__dict__ | {"latencies": len(drained.latencies)}), flush=True)
+            report += [f"\nBurst of {size} mixed requests", HEADER, baseline.row(), drained.row()]
+            if drained.seconds > 0:
+                report.append(
+                    f"drain run {baseline.seconds / drained.seconds:.1f}x faster than the "
+                    "sequential consumer (target >= 3x)"
+                )
+        if args.with_batch:
+            os.environ["VT_PIPELINE_ENRICHMENT_MODE"] = "batch"
+            batch = measure(
+                "batch mode", args.batch_size, args, opencti, vt, targets[: args.requests]
+            )
+            report += [f"\nBatch mode, {args.requests} requests", HEADER, batch.row()]
+        if args.clicks:
+            print("clicks through a real dagster-daemon ...", flush=True)
+            report.append("\nClicks through a real dagster-daemon (drain mode)")
+            report += daemon_clicks(args, opencti, vt, targets)
+    print("\n".join(report))
     return 0
 
 

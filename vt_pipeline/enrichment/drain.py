@@ -215,7 +215,8 @@ class Drain:
                 break
             if self.limits.idle_seconds and now - last_busy >= self.limits.idle_seconds:
                 break
-            if self._read() or self._waiting or self._running or self._refusals:
+            read = self._read()
+            if read or self._waiting or self._running or self._refusals:
                 last_busy = time.monotonic()
             await self._end_refused()
             while self._waiting and len(self._running) < self.limits.concurrency:
@@ -223,7 +224,14 @@ class Drain:
                 task = asyncio.create_task(self._answer(request, message))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
-            await asyncio.sleep(self.limits.poll_seconds)
+            if self._running:  # read again as soon as one ends (or after a poll)
+                await asyncio.wait(
+                    set(self._running),
+                    timeout=self.limits.poll_seconds,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            elif not read or self._refusals:
+                await asyncio.sleep(self.limits.poll_seconds)
         if self._running:
             await asyncio.gather(*self._running)
         self.report.released = len(self._waiting) + len(self._refusals)

@@ -37,10 +37,11 @@ from vt_pipeline.enrichment.sensor import (
     MODE_DRAIN,
     SensorSettings,
     build_drain_sensor,
+    build_enrichment_sensor,
     drain_wait_reason,
 )
 from vt_pipeline.opencti.listen_queue import ListenQueue
-from vt_pipeline.opencti.resource import OpenCTIResource
+from vt_pipeline.opencti.resource import ENRICHMENT_CONNECTOR_ID, OpenCTIResource
 from vt_pipeline_tests.conftest import PREMIUM_KEY
 from vt_pipeline_tests.enrichment.test_job import metadata
 
@@ -411,3 +412,24 @@ def test_drain_settings_from_the_environment_name_the_bad_variable() -> None:
     ):
         with pytest.raises(ConfigError, match=f"{name}='{value}'"):
             SensorSettings.from_env({name: value})
+
+
+def test_the_demo_driver_answers_through_a_drain_run(
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+    job_resources: Callable[..., dict[str, Any]],
+    dagster_instance: dg.DagsterInstance,
+) -> None:
+    """`answer_enrichment_requests` (the demo's loop, drain mode by default outside the tests):
+    the drain sensor's run answers the click; the enrichment sensor only settles."""
+    from vt_pipeline.enrichment.summary import answer_enrichment_requests
+
+    settings = SensorSettings(mode=MODE_DRAIN)
+    sensors = (build_enrichment_sensor(settings), build_drain_sensor(settings))
+    entity = opencti.create_observable("Domain-Name", vt_corpus.targets().domain)
+    work = opencti.ask_enrichment(entity, ENRICHMENT_CONNECTOR_ID)
+    results = answer_enrichment_requests(
+        dagster_instance, job_resources(), expected=1, sensors=sensors
+    )
+    assert [(r.job_def.name, r.success) for r in results] == [(DRAIN_JOB, True)]
+    assert not opencti.wait_for_work(work, timeout=20).in_error

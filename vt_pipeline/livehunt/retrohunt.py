@@ -24,7 +24,8 @@ indicator list, filtered on the label and `pattern_type` yara (newest first, at 
 and needs no live-stream position. Which Indicator started which job is kept in the sensor's
 cursor; a crash between starting a job and saving the cursor is caught by the next tick, which
 finds the job by its rules among the key's jobs and adopts it instead of starting a second one.
-A pattern plyara cannot parse is never sent; it is recorded with the reason and not retried.
+A pattern that does not compile (plyara, the check of the Livehunt rules) is never sent; it
+is recorded with the reason and not retried.
 """
 
 import dataclasses
@@ -34,6 +35,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+from pycti import Indicator as PyctiIndicator
 from pydantic import Field, field_validator
 
 from vt_pipeline.config import invalid, is_env_reference, settings_from_env
@@ -50,8 +52,8 @@ from vt_pipeline.livehunt.delivery import _deliver, _file_names, opencti_links
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
+from vt_pipeline.stix.hunting_rules import YaraIndicator, compile_problem, ruleset_name
 from vt_pipeline.stix.validation import validate_bundles
-from vt_pipeline.stix.yara import YaraParseError, parse_ruleset
 from vt_pipeline.storage.store import StorageResource
 from vt_pipeline.virustotal import objects as n
 from vt_pipeline.virustotal import retrohunt as rh
@@ -139,13 +141,18 @@ class RetrohuntSettings(dg.ConfigurableResource):
 
 @dg.asset(kinds={"virustotal", "json"}, **RETROHUNT_ASSET, **_VT)
 def retrohunt_matches(
-    context: dg.AssetExecutionContext, virustotal: VirusTotalResource, storage: StorageResource
+    context: dg.AssetExecutionContext,
+    virustotal: VirusTotalResource,
+    storage: StorageResource,
+    opencti: OpenCTIResource,
 ) -> dict[str, dict[str, Any]]:
-    """The job and every file it matched, raw as VirusTotal returned them.
+    """The job and every file it matched, raw as VirusTotal returned them, and the OpenCTI
+    YARA Indicator whose pattern the job's rules are, when there is one.
 
     The record only grows: files stored by an earlier read are kept, a re-read adds the ones
-    not seen before (by file id). A job that is not finished fails with its status: its matches
-    are not all there yet (the sensor only adds finished jobs).
+    not seen before (by file id), and the Indicator once found is kept. A job that is not
+    finished fails with its status: its matches are not all there yet (the sensor only adds
+    finished jobs).
     """
     key = context.partition_key
 
@@ -160,10 +167,12 @@ def retrohunt_matches(
         return job, await rh.matching_files(session, key)
 
     (job, files), session = run_vt(virustotal, fetch)
-    known = (storage.stored_json(context.asset_key.path, key) or {}).get("files") or []
+    stored = storage.stored_json(context.asset_key.path, key) or {}
+    known = stored.get("files") or []
     ids = {_file_key(item) for item in known}
     merged = list(known) + [item for item in files if _file_key(item) not in ids]
     attrs = n.attributes(job)
+    indicator = stored.get("indicator") or _source_indicator(context, opencti, attrs.get("rules"))
     context.add_asset_metadata(
         {
             "matches": len(merged),
@@ -174,7 +183,50 @@ def retrohunt_matches(
         },
         partition_key=key,
     )
-    return {key: {"job": job, "files": merged}}
+    if indicator:
+        context.add_asset_metadata(
+            {"opencti_indicator": dg.MetadataValue.text(indicator["id"])}, partition_key=key
+        )
+    return {key: {"job": job, "files": merged, "indicator": indicator}}
+
+
+def _source_indicator(
+    context: dg.AssetExecutionContext, opencti: OpenCTIResource, rules: Any
+) -> dict[str, str] | None:
+    """The YARA Indicator OpenCTI holds with exactly these rules as its pattern (its id is the
+    pattern's: pycti's `Indicator.generate_id`, what OpenCTI computes), as `{id, name}`; None
+    when there is none or OpenCTI cannot be asked (the bundle then has the rule's own
+    Indicator, as for any job)."""
+    if not isinstance(rules, str) or not rules.strip() or not opencti.configured:
+        return None
+    try:
+        found = opencti.lookups().read_entity(PyctiIndicator.generate_id(rules))
+    except OpenCTIError as exc:
+        context.log.warning(f"cannot ask OpenCTI for the job's Indicator: {exc}")
+        return None
+    if not found or str(found.get("pattern_type") or "").lower() != "yara":
+        return None
+    return {"id": str(found["standard_id"]), "name": str(found.get("name") or "")}
+
+
+def job_ruleset(record: dict[str, Any]) -> dict[str, Any]:
+    """The job as the ruleset of its matches. Named after the OpenCTI Indicator it was started
+    from (with its marker, as a managed Livehunt ruleset: `stix/hunting_rules.py`), its matches
+    map to that same Indicator (same pattern, same id) instead of a copy of its rule."""
+    job, indicator = record["job"], record.get("indicator")
+    if indicator:
+        source = YaraIndicator(
+            key=indicator["id"],
+            id=indicator["id"],
+            name=indicator["name"] or indicator["id"],
+            pattern=str(n.attributes(job).get("rules") or ""),
+            detection=True,
+            revoked=False,
+        )
+        name = ruleset_name(source)
+    else:
+        name = f"Retrohunt job {job.get('id')}"
+    return {**job, "attributes": {**n.attributes(job), "name": name}}
 
 
 def _file_key(item: Any) -> str:
@@ -225,7 +277,7 @@ def retrohunt_stix_bundles(
 ) -> dict[str, dict[str, Any]]:
     """One STIX bundle per job, Livehunt's mapping with the job as the ruleset; no VT call."""
     notifications = {key: job_notifications(r) for key, r in retrohunt_matches.items()}
-    rulesets = {key: {r["job"]["id"]: r["job"]} for key, r in retrohunt_matches.items()}
+    rulesets = {key: {r["job"]["id"]: job_ruleset(r)} for key, r in retrohunt_matches.items()}
     options = retrohunt_settings.options(livehunt_settings)
     return dict(
         stix_bundles(
@@ -365,11 +417,9 @@ def evaluate(
         except OpenCTIError as exc:
             context.log.warning(f"cannot list OpenCTI's Indicators labelled for Retrohunt: {exc}")
     for indicator in list(wanted):
-        try:
-            if not parse_ruleset(indicator["pattern"]):
-                raise YaraParseError("no complete rule in it")
-        except YaraParseError as exc:
-            refused[indicator["id"]] = f"the pattern does not parse as YARA: {exc}"[:300]
+        problem = compile_problem(indicator["pattern"])
+        if problem is not None:  # the Livehunt rules' check: never sent
+            refused[indicator["id"]] = f"the pattern does not compile as YARA: {problem}"[:300]
             context.log.warning(f"Indicator {indicator['id']} not sent: {refused[indicator['id']]}")
             wanted.remove(indicator)
     moment = time.time() if now is None else now

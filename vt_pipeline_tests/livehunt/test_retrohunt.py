@@ -204,7 +204,9 @@ def test_a_labelled_indicator_starts_one_job_whose_matches_reach_opencti_once(
     assert {"file", "indicator", "relationship", "artifact"} <= types
     files = [o for o in bundle["objects"] if o["type"] == "file"]
     yara = [o for o in bundle["objects"] if o.get("pattern_type") == "yara"]
-    assert len(yara) == 1 and yara[0]["name"] == "vt_pipeline_retro_probe"
+    # The loop closes: the matches hang on the analyst's own Indicator (same id), not a copy.
+    assert len(yara) == 1 and yara[0]["id"] == loop.opencti.get(indicator)["id"]
+    assert yara[0]["pattern"] == RULE and yara[0]["name"] == "probe"
     based_on = {
         o["target_ref"]
         for o in bundle["objects"]
@@ -263,7 +265,7 @@ def test_a_pattern_that_does_not_parse_is_never_sent_and_says_why(loop: Loop) ->
     loop.tick()
     state = json.loads(loop.cursor or "{}")
     assert loop.vt.count("retrohunt_job_create") == 1  # the labelled, parsable one only
-    assert "does not parse as YARA" in state["refused"][loop.opencti.get(bad)["id"]]
+    assert "does not compile as YARA" in state["refused"][loop.opencti.get(bad)["id"]]
     loop.tick()
     assert loop.vt.count("retrohunt_job_create") == 1
 
@@ -287,5 +289,7 @@ def test_incidents_when_asked_and_the_age_filter_off_by_default(
         (tmp_path / "storage/retrohunt_stix_bundles" / f"{job_id}.json").read_bytes()
     )
     incidents = [o for o in bundle["objects"] if o["type"] == "incident"]
+    (yara,) = [o for o in bundle["objects"] if o.get("pattern_type") == "yara"]
+    assert yara["name"] == "vt_pipeline_retro_probe"  # no Indicator in OpenCTI: the rule's own
     assert len(incidents) == len(kept)  # old files kept: looking back is the point
     assert "artifact" not in {o["type"] for o in bundle["objects"]}  # UPLOAD_ARTIFACT off

@@ -50,7 +50,13 @@ def test_definitions_hold_the_livehunt_chain() -> None:
         "livehunt_opencti_delivery",
         "virustotal_quota",
         "hunting_rulesets",
+        "retrohunt_matches",
+        "retrohunt_files",
+        "retrohunt_artifacts",
+        "retrohunt_stix_bundles",
+        "retrohunt_opencti_delivery",
     }
+    assert defs.resolve_job_def("retrohunt_job") is not None
     assert defs.resolve_job_def("livehunt_job") is not None
     assert {s.name for s in defs.schedules} == {"livehunt_fresh_windows"}
     # the key is a reference to an environment variable, resolved in the run, never a value

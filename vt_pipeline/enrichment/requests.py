@@ -32,6 +32,7 @@ SUPPORTED_TYPES = (
     "StixFile",
     "Artifact",
     "IPv4-Addr",
+    "IPv6-Addr",
     "Domain-Name",
     "Hostname",
     "Url",

@@ -23,10 +23,12 @@ from pydantic import Field, field_validator
 
 from vt_pipeline.config import ConfigError, fields_from_env, invalid
 from vt_pipeline.stix.enrichment import EnrichmentMappingOptions
+from vt_pipeline.virustotal.expansions import ExpansionOptions
 
 ENV_PREFIX = "VIRUSTOTAL_"
 CACHE_HOURS_ENV = "VT_PIPELINE_ENRICHMENT_CACHE_HOURS"
 MAX_TLP_ENV = "VIRUSTOTAL_MAX_TLP"
+GTI_CONTEXT_LIMIT = 40  # GTI threat objects read per entity (one page)
 
 # OpenCTI's TLP order (TLP:CLEAR is TLP 2.0's name for TLP:WHITE).
 TLP_RANKS: dict[str, int] = {
@@ -176,6 +178,22 @@ class EnrichmentSettings(dg.ConfigurableResource):
             url_indicator_create_positives=self.url_indicator_create_positives,
             url_indicator_valid_minutes=self.url_indicator_valid_minutes,
             url_indicator_detect=self.url_indicator_detect,
+            file_malware_family=self.file_malware_family,
+            file_malware_family_min_engines=self.file_malware_family_min_engines,
+            file_attack_patterns=self.file_attack_patterns,
+            file_import_sigma=self.file_import_sigma,
+            file_import_ids=self.file_import_ids,
+            create_note_comments=self.create_note_comments,
+            gti_context=self.gti_context,
+        )
+
+    def expansion_options(self) -> ExpansionOptions:
+        """What the expansions fetch beyond the lookup (each one call, only when asked)."""
+        return ExpansionOptions(
+            attack_patterns=self.file_attack_patterns,
+            sigma_rules=self.file_import_sigma,
+            comments_limit=self.comments_limit if self.create_note_comments else 0,
+            gti_limit=GTI_CONTEXT_LIMIT if self.gti_context else 0,
         )
 
 

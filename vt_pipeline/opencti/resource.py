@@ -60,7 +60,7 @@ LIVEHUNT_SCOPE = "StixFile,Indicator,Incident,Artifact,Domain-Name,Url,IPv4-Addr
 # The enrichment connector: its own identity, so OpenCTI sees two connectors.
 ENRICHMENT_CONNECTOR_ID = "8a4f2b6e-3c1d-4e5f-9a7b-1c2d3e4f5a6b"
 ENRICHMENT_CONNECTOR_NAME = "VirusTotal"
-ENRICHMENT_SCOPE = "StixFile,Artifact,IPv4-Addr,Domain-Name,Hostname,Url,Indicator"
+ENRICHMENT_SCOPE = "StixFile,Artifact,IPv4-Addr,IPv6-Addr,Domain-Name,Hostname,Url,Indicator"
 ConnectorKind = Literal["livehunt", "enrichment"]
 QueueProtocol = Literal["amqp", "api"]
 # pycti hands the level to `logging` upper-cased; these are the names logging knows.

@@ -18,9 +18,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from vt_pipeline.virustotal import objects as vt
+
+if TYPE_CHECKING:
+    from vt_pipeline.virustotal.expansions import Expansions
 
 ReportKind = Literal["file", "ip_address", "domain", "url"]
 REPORT_KINDS: tuple[ReportKind, ...] = ("file", "ip_address", "domain", "url")
@@ -99,6 +102,7 @@ class Report:
     invalid_engines: int  # last_analysis_results entries that are not objects
     reputation: Any
     relations: tuple[Relation, ...] = ()
+    expansions: Expansions | None = None  # what virustotal/expansions.py read, when fetched
 
     @property
     def malicious(self) -> int | None:

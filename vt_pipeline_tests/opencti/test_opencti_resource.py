@@ -238,7 +238,9 @@ def test_enrichment_identity_defaults_differ_from_livehunt() -> None:
     enrichment = resource.helper_config("enrichment")["connector"]
     assert enrichment["id"] != resource.helper_config()["connector"]["id"]
     assert enrichment["name"] == "VirusTotal"
-    assert enrichment["scope"] == "StixFile,Artifact,IPv4-Addr,Domain-Name,Hostname,Url,Indicator"
+    assert enrichment["scope"] == (
+        "StixFile,Artifact,IPv4-Addr,IPv6-Addr,Domain-Name,Hostname,Url,Indicator"
+    )
     assert enrichment["auto"] is False
 
 

@@ -36,6 +36,17 @@ ENDPOINTS = frozenset(
         "url_submit",
         "analysis",
         "overall_quotas",
+        # the enrichment expansions (expansions.py)
+        "file_behaviour_mitre_trees",
+        "sigma_rule",
+        "file_analyse",
+        "url_analyse",
+        "collection",
+        *(
+            f"{kind}_{what}"
+            for kind in ("file", "url", "domain", "ip_address")
+            for what in ("comments", "associations")
+        ),
     }
 )
 STATUS_FAULTS = frozenset({"429", "500", "503", "timeout"})  # replace the response

@@ -11,7 +11,8 @@ actors and families) and origin ("Google Threat Intelligence").
 DECIDED (UNCONFIRMED in public sources): an object's threat objects come from its `associations`
 relationship, full collection objects in VT's relationship envelope (`data`, `meta.count`,
 `meta.cursor`, `links`), limit default 10. It needs a key licensed for Google Threat
-Intelligence: any other key gets 403 ForbiddenError, as VT answers a privilege a key lacks.
+Intelligence Enterprise (`keys.ApiKey.gti_enterprise`): any other key gets 403 ForbiddenError,
+as VT answers a privilege a key lacks.
 
 A synthetic corpus associates threat objects with 40 % of the detected objects that carry a
 scored GTI assessment (`gti.gti_kind == "full"`), from a small fixed catalogue: the malware
@@ -108,7 +109,7 @@ def associations(collection: str, obj: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _licensed(api: VirusTotalAPI, request: web.Request) -> bool:
     key = api._keys.get(request.headers.get("x-apikey", ""))
-    return key is not None and key.gti
+    return key is not None and key.gti and key.gti_enterprise
 
 
 _UNLICENSED = (

@@ -4,6 +4,8 @@
 - `gti`: licensed for Google Threat Intelligence, so a lookup that also carries the `x-tool`
   header gets `gti_assessment` (see `gti`). A VirusTotal key without the licence never gets one,
   whatever headers it sends.
+- `gti_enterprise`: GTI's threat objects (collections, an object's `associations`), which need
+  GTI Enterprise or Enterprise Plus; a `gti` key without it gets 403 there (`gti_collections`).
 
 `api_keys={"k": True}` is the fully licensed key (premium and GTI), `False` a public key (neither);
 `ApiKey(gti=False)` is a premium VirusTotal key that Google Threat Intelligence does not cover.
@@ -21,6 +23,7 @@ class ApiKey:
 
     premium: bool = True
     gti: bool = True
+    gti_enterprise: bool = True
 
 
 PUBLIC = ApiKey(premium=False, gti=False)

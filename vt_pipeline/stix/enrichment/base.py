@@ -30,6 +30,7 @@ SCO_TYPES: dict[str, str] = {
     "StixFile": "file",
     "Artifact": "artifact",
     "IPv4-Addr": "ipv4-addr",
+    "IPv6-Addr": "ipv6-addr",
     "Domain-Name": "domain-name",
     "Hostname": "hostname",
     "Url": "url",
@@ -41,6 +42,7 @@ REPORT_KIND: dict[str, ReportKind] = {
     "StixFile": "file",
     "Artifact": "file",
     "IPv4-Addr": "ip_address",
+    "IPv6-Addr": "ip_address",
     "Domain-Name": "domain",
     "Hostname": "domain",
     "Url": "url",
@@ -49,6 +51,7 @@ GUI_KIND = {
     "StixFile": "file",
     "Artifact": "file",
     "IPv4-Addr": "ip-address",
+    "IPv6-Addr": "ip-address",
     "Domain-Name": "domain",
     "Hostname": "domain",
     "Url": "url",
@@ -58,6 +61,7 @@ OPTION_PREFIX = {
     "StixFile": "file",
     "Artifact": "file",
     "IPv4-Addr": "ip",
+    "IPv6-Addr": "ip",
     "Domain-Name": "domain",
     "Hostname": "domain",
     "Url": "url",
@@ -95,6 +99,13 @@ STAT_KEYS = (
     "lookups_not_found",  # Indicator: values VT knows nothing about
     "invalid_observable_values",  # Indicator: values whose type or syntax is not usable
     "section_errors",  # unexpected failure of one part (a bug): that part dropped, counted
+    "malware_families",  # Malware families of VT's classification (and GTI's) added
+    "attack_patterns",  # ATT&CK Attack-Patterns of VT's sandboxes added
+    "sigma_indicators",  # crowdsourced Sigma Indicators created
+    "ids_indicators",  # crowdsourced IDS (Snort/Suricata) Indicators created
+    "sigma_rule_missing",  # a Sigma match whose rule VT did not serve: left out
+    "ids_rule_text_missing",  # an IDS match without the rule's text (rule_raw): left out
+    "threat_objects",  # GTI's Intrusion-Sets, Malware, Campaigns and Reports added
 )
 
 
@@ -122,6 +133,14 @@ class EnrichmentMappingOptions:
     url_indicator_create_positives: int = 10
     url_indicator_valid_minutes: int = 2880
     url_indicator_detect: bool = True
+    # issue 19 sections 2 and 4 (what they fetch is `virustotal.expansions.ExpansionOptions`)
+    file_malware_family: bool = False
+    file_malware_family_min_engines: int = 3
+    file_attack_patterns: bool = False
+    file_import_sigma: bool = False
+    file_import_ids: bool = False
+    create_note_comments: bool = False
+    gti_context: bool = True
 
 
 @dataclass(frozen=True)
@@ -214,7 +233,9 @@ class Builder:
             self.stats[counter] += 1
         return self.add(obj)
 
-    def relate(self, rel_type: str, source: str, target: str, created: str) -> None:
+    def relate(
+        self, rel_type: str, source: str, target: str, created: str, description: str | None = None
+    ) -> None:
         relationship = common.relationship(
             rel_type,
             source,
@@ -222,6 +243,7 @@ class Builder:
             created=created,
             created_by_ref=self.author_id,
             object_marking_refs=self.markings,
+            description=description,
         )
         self.add_counted(relationship, "relationships")
 

@@ -14,7 +14,18 @@ from pycti import STIX_EXT_OCTI, STIX_EXT_OCTI_SCO
 
 from vt_pipeline.stix import common
 from vt_pipeline.stix.common import StixObject
-from vt_pipeline.stix.enrichment import file_properties, network, report_notes, score, yara_rules
+from vt_pipeline.stix.enrichment import (
+    attack_patterns,
+    comment_notes,
+    detection_rules,
+    families,
+    file_properties,
+    gti_context,
+    network,
+    report_notes,
+    score,
+    yara_rules,
+)
 from vt_pipeline.stix.enrichment.base import (
     ENTITY_TYPES,
     GUI_KIND,
@@ -48,6 +59,12 @@ ADDITIONS: tuple[Addition, ...] = (
     file_properties.FILE_PROPERTIES,
     score.DETECTION_INDICATOR,
     yara_rules.CROWDSOURCED_YARA,
+    families.MALWARE_FAMILIES,
+    attack_patterns.ATTACK_PATTERNS,  # after the families it links to
+    detection_rules.SIGMA_RULES,
+    detection_rules.IDS_RULES,
+    gti_context.GTI_CONTEXT,
+    comment_notes.COMMENT_NOTE,
     network.AUTONOMOUS_SYSTEM_AND_COUNTRY,
     network.A_RECORDS,
     report_notes.NOTES,
@@ -255,9 +272,10 @@ def indicator_observable(builder: Builder, observable_type: Any, value: Any) -> 
 
 
 def _valid_value(observable_type: str, value: str) -> bool:
-    if observable_type == "IPv4-Addr":
+    if observable_type in ("IPv4-Addr", "IPv6-Addr"):
+        kind = ipaddress.IPv4Address if observable_type == "IPv4-Addr" else ipaddress.IPv6Address
         try:
-            ipaddress.IPv4Address(value)
+            kind(value)
         except ValueError:
             return False
         return True

@@ -79,7 +79,9 @@ def add_resolutions(builder: Builder, target: Target) -> None:
 
 AUTONOMOUS_SYSTEM_AND_COUNTRY = Addition(
     "autonomous system and country",
-    lambda options, target: target.entity_type == "IPv4-Addr" and options.ip_add_relationships,
+    lambda options, target: (
+        target.entity_type in ("IPv4-Addr", "IPv6-Addr") and options.ip_add_relationships
+    ),
     add_ip_relationships,
 )
 A_RECORDS = Addition(

@@ -17,7 +17,11 @@ Never lose, never double:
   `recovery.MAX_ATTEMPTS` times without answering (a request that kills its run) is closed in
   error instead of being tried again;
 - a second copy of a message in the same run is acknowledged at once: its first copy is the one
-  being answered.
+  being answered;
+- RabbitMQ unreachable, or OpenCTI not taking an answer, stops the run (it ends failed, saying
+  so) instead of holding requests it cannot answer: what it read and did not answer goes back
+  to the queue when its channel closes, and the sensor's next drain run (after a back-off)
+  takes over.
 
 Clicks first: the run reads ahead up to `backlog` messages (so a click behind 2,000 automatic
 requests in the queue is seen within one poll) and starts the waiting requests by kind:
@@ -66,7 +70,7 @@ from vt_pipeline.enrichment.requests import (
     stamped,
 )
 from vt_pipeline.enrichment.settings import EnrichmentSettings
-from vt_pipeline.opencti.listen_queue import ListenQueue, QueueMessage
+from vt_pipeline.opencti.listen_queue import ListenQueue, ListenQueueError, QueueMessage
 from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIResource, OpenCTIUnavailable
 from vt_pipeline.storage.responses import ResponseStore
 from vt_pipeline.storage.store import StorageResource
@@ -114,6 +118,7 @@ class DrainReport:
     abandoned: int = 0
     released: int = 0  # read but not started when the run stopped: back to the queue
     unreported: int = 0  # answered but OpenCTI did not take it: back to the queue
+    stopped: str = ""  # why the run stopped early (OpenCTI or RabbitMQ unreachable)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -215,6 +220,8 @@ class Drain:
                 break
             if self.limits.idle_seconds and now - last_busy >= self.limits.idle_seconds:
                 break
+            if self.report.stopped:  # the next drain run takes over once the trouble passes
+                break
             read = self._read()
             if read or self._waiting or self._running or self._refusals:
                 last_busy = time.monotonic()
@@ -241,7 +248,11 @@ class Drain:
         room = self.limits.backlog - self._held
         if room <= 0:
             return 0
-        messages = self.queue.read(min(room, 500), max_seconds=0.5)
+        try:
+            messages = self.queue.read(min(room, 500), max_seconds=0.5)
+        except ListenQueueError as exc:
+            self.report.stopped = str(exc)
+            return 0
         self._held += len(messages)
         for message in messages:
             self._take(message)
@@ -327,6 +338,9 @@ class Drain:
         self.report.outcomes.append(outcome)
         if not outcome.reported:  # OpenCTI did not take it: the next drain run answers it
             self.report.unreported += 1
+            self.report.stopped = self.report.stopped or (
+                f"OpenCTI did not take the answer of {request.request_id}: {outcome.message}"
+            )
             return
         self.on_answered(outcome)
         self._ack(message)
@@ -463,6 +477,15 @@ def vt_enrichment_drain(
             )
         )
     yield dg.Output(None, metadata=drain_metadata(report, time.monotonic() - started))
+    if report.stopped:
+        raise dg.Failure(
+            description=printable(
+                f"The drain run stopped early: {report.stopped}. The requests it had read and "
+                "not answered are back in the queue; the next drain run answers them.",
+                2000,
+            ),
+            metadata={"requests_answered": len(report.outcomes) - report.unreported},
+        )
     failed = [o for o in report.outcomes if o.status == OUTCOME_FAILED]
     if failed:
         lines = [f"{o.request.request_id} ({o.entity}): {o.message}" for o in failed]

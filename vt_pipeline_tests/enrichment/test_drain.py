@@ -433,3 +433,46 @@ def test_the_demo_driver_answers_through_a_drain_run(
     )
     assert [(r.job_def.name, r.success) for r in results] == [(DRAIN_JOB, True)]
     assert not opencti.wait_for_work(work, timeout=20).in_error
+
+
+def test_a_broker_restart_ends_the_drain_run_and_the_next_one_answers_the_rest(
+    opencti: OpenCTIEmulator,
+    rabbitmq: RabbitMQ,
+    vt_corpus: Corpus,
+    vt_emulator: VirusTotalEmulator,
+    job_resources: Callable[..., dict[str, Any]],
+    dagster_instance: dg.DagsterInstance,
+) -> None:
+    works = [
+        opencti.ask_enrichment(opencti.create_observable("Domain-Name", d), ENRICHMENT_CONNECTOR_ID)
+        for d in sorted(vt_corpus.domains)[:8]
+    ]
+    vt_emulator.set_latency(500)
+    results: list[dg.ExecuteInProcessResult] = []
+    runner = threading.Thread(
+        target=lambda: results.append(
+            drain_once(dagster_instance, job_resources(), concurrency=2, idle_seconds=5.0)
+        )
+    )
+    runner.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any((w := opencti.work(work)) and w.status == "complete" for work in works):
+            break
+        time.sleep(0.02)
+    rabbitmq.restart(down_seconds=2)
+    runner.join(120)
+    first = results[0]
+    assert not first.success  # it says why, and that the next run takes over
+    failure = next(e for e in first.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "back in the queue" in str(failure.step_failure_data.error)
+    vt_emulator.set_latency(0)
+    second = drain_once(dagster_instance, job_resources())
+    assert second.success
+    answered = answered_order(dagster_instance, first.run_id) + answered_order(
+        dagster_instance, second.run_id
+    )
+    assert sorted(answered) == sorted(works)  # each exactly once
+    for work_id in works:
+        assert not opencti.wait_for_work(work_id, timeout=20).in_error
+    assert queued(rabbitmq, listen_queue(ENRICHMENT_CONNECTOR_ID)) == 0

@@ -12,9 +12,9 @@ from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.hunting_rules.definitions import hunting_rules_sensor, hunting_rulesets
 from vt_pipeline.hunting_rules.settings import HuntingRulesSettings
-from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline.stix.hunting_rules import marked_indicator
 from vt_pipeline_tests.conftest import ResourcesFactory, materialize_hours, window
+from vt_pipeline_tests.livehunt.test_delivery import cti
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +28,6 @@ RULE = """rule analyst_dropper : dropper
     condition:
         uint16(0) == 0x5A4D and $a
 }"""
-
-
-def cti(emulator: OpenCTIEmulator) -> OpenCTIResource:
-    return OpenCTIResource(
-        url=emulator.url,
-        token=emulator.token,
-        work_timeout_seconds=30,
-        retry_attempts=3,
-        retry_backoff_seconds=0.05,
-        retry_backoff_max_seconds=0.2,
-    )
 
 
 class Deployment:

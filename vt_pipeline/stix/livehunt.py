@@ -20,6 +20,9 @@ the rule and its ruleset, the file - never from whichever notification comes fir
   `match_object_type`, else StixFile. VT's `vt.net.ip` matches IPv4 and IPv6 addresses alike
   and OpenCTI wants one type: such a rule is IPv4-Addr, whatever address it matched; its
   `based-on` relationships still point at the IPv6-Addr observable when that is the subject.
+  A ruleset made from an OpenCTI Indicator (`stix.hunting_rules.managed_indicator`: its name
+  carries the Indicator's id, its rules are exactly that Indicator's pattern) gives that
+  Indicator instead: the whole pattern, the same id, the Indicator's name, no description.
 - A subject's observable (File, URL, ...) and Artifact: from its latest notification (VT's
   freshest data on it), which does not depend on input order; a value that is both a subject
   and in some file's malware config is the subject's observable (configs are mapped last, and

@@ -18,7 +18,7 @@ import binascii
 import html
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -119,15 +119,29 @@ def find_object(api: VirusTotalAPI, collection: str, key: str) -> dict[str, Any]
     return api.corpus.objects("domain" if collection == "domains" else "ip_address").get(key)
 
 
-def object_comments(api: VirusTotalAPI, collection: str) -> Handler:
-    """The handler of `/{collection}/{id}/comments`."""
+def object_listing(
+    api: VirusTotalAPI,
+    collection: str,
+    items: Callable[[str, dict[str, Any]], list[dict[str, Any]]],
+    refuse: Callable[[web.Request], web.Response | None] = lambda _: None,
+) -> Handler:
+    """The handler of a relationship listing `/{collection}/{id}/...`: `items(collection, obj)`
+    for a synthetic corpus (none for a captured one), paged; 404 for an unknown object."""
 
     async def handle(request: web.Request) -> web.Response:
+        refusal = refuse(request)
+        if refusal is not None:
+            return refusal
         key = request.match_info["id"]
         obj = find_object(api, collection, key)
         if obj is None:
             return api_error(404, "NotFoundError", f'"{key}" not found')
         synthetic = api.corpus.assess_gti is not None
-        return paged(request, comment_objects(collection, obj) if synthetic else [])
+        return paged(request, items(collection, obj) if synthetic else [])
 
     return handle
+
+
+def object_comments(api: VirusTotalAPI, collection: str) -> Handler:
+    """The handler of `/{collection}/{id}/comments`."""
+    return object_listing(api, collection, comment_objects)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from vt_pipeline.emulators.virustotal.api import Handler, api_error, json_ok
-from vt_pipeline.emulators.virustotal.comments import find_object, paged
+from vt_pipeline.emulators.virustotal.comments import object_listing
 from vt_pipeline.emulators.virustotal.gti import gti_kind
 from vt_pipeline.emulators.virustotal.objects import API_ROOT, FAMILIES
 
@@ -119,19 +119,12 @@ _UNLICENSED = (
 
 
 def object_associations(api: VirusTotalAPI, collection: str) -> Handler:
-    """The handler of `/{collection}/{id}/associations`."""
+    """The handler of `/{collection}/{id}/associations` (GTI Enterprise keys only)."""
 
-    async def handle(request: web.Request) -> web.Response:
-        if not _licensed(api, request):
-            return api_error(403, "ForbiddenError", _UNLICENSED)
-        key = request.match_info["id"]
-        obj = find_object(api, collection, key)
-        if obj is None:
-            return api_error(404, "NotFoundError", f'"{key}" not found')
-        synthetic = api.corpus.assess_gti is not None
-        return paged(request, associations(collection, obj) if synthetic else [])
+    def refuse(request: web.Request) -> web.Response | None:
+        return None if _licensed(api, request) else api_error(403, "ForbiddenError", _UNLICENSED)
 
-    return handle
+    return object_listing(api, collection, associations, refuse)
 
 
 def collection(api: VirusTotalAPI) -> Handler:

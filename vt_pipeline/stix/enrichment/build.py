@@ -24,6 +24,7 @@ from vt_pipeline.stix.enrichment import (
     network,
     report_notes,
     score,
+    threat_objects,
     yara_rules,
 )
 from vt_pipeline.stix.enrichment.base import (
@@ -59,6 +60,7 @@ ADDITIONS: tuple[Addition, ...] = (
     file_properties.FILE_PROPERTIES,
     score.DETECTION_INDICATOR,
     yara_rules.CROWDSOURCED_YARA,
+    threat_objects.EXPANSION_VALUES_DROPPED,
     families.MALWARE_FAMILIES,
     attack_patterns.ATTACK_PATTERNS,  # after the families it links to
     detection_rules.SIGMA_RULES,

@@ -18,7 +18,7 @@ from pycti import AttackPattern, Campaign, IntrusionSet, Malware, Report
 
 from vt_pipeline.stix import common
 from vt_pipeline.stix.common import StixObject
-from vt_pipeline.stix.enrichment.base import NAME_LIMIT, UNSAFE_TEXT, Builder
+from vt_pipeline.stix.enrichment.base import NAME_LIMIT, UNSAFE_TEXT, Addition, Builder, Target
 
 DESCRIPTION_LIMIT = 5000
 
@@ -147,3 +147,15 @@ def report(
         description=description,
         object_refs=object_refs,
     )
+
+
+def _count_dropped(builder: Builder, target: Target) -> None:
+    builder.stats["invalid_values"] += target.report.expansions.invalid
+
+
+# What the expansions' readers dropped as unusable (virustotal/expansions.py), counted once.
+EXPANSION_VALUES_DROPPED = Addition(
+    "expansion values dropped",
+    lambda options, target: getattr(target.report, "expansions", None) is not None,
+    _count_dropped,
+)

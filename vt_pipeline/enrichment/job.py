@@ -37,7 +37,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -65,6 +65,8 @@ from vt_pipeline.stix.enrichment import (
 )
 from vt_pipeline.storage.responses import ResponseStore
 from vt_pipeline.storage.store import StorageResource
+from vt_pipeline.virustotal.expansion_fetch import ExpansionFetcher, refresh
+from vt_pipeline.virustotal.reports import AnyReport, Report, read_report
 from vt_pipeline.virustotal.resource import (
     VirusTotalError,
     VirusTotalResource,
@@ -80,6 +82,7 @@ VT_OBJECT_TYPES: dict[str, str] = {
     "StixFile": "file",
     "Artifact": "file",
     "IPv4-Addr": "ip_address",
+    "IPv6-Addr": "ip_address",
     "Domain-Name": "domain",
     "Hostname": "domain",
     "Url": "url",
@@ -125,6 +128,7 @@ class _Trace:
     requested_at: datetime
     cache_hits: int = 0
     cached_at: list[datetime] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the expansions and rescans say
 
 
 class Enricher:
@@ -150,6 +154,9 @@ class Enricher:
         self.clock = clock
         self._rulesets: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
         self._send_lock = threading.Lock()
+        self.expansions = ExpansionFetcher(
+            vt_session, responses, timedelta(hours=settings.lookup_cache_hours), clock
+        )
 
     # -- one request -----------------------------------------------------------------------
 
@@ -252,6 +259,8 @@ class Enricher:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.stats.items()) if v)
         text = f"VirusTotal enrichment of {outcome.entity}: {score}"
         text += f"; {outcome.objects} objects sent" + (f" ({counts})" if counts else "")
+        for note in trace.notes:
+            text += f"; {note}"
         if trace.cached_at:
             oldest = min(trace.cached_at).strftime("%Y-%m-%d %H:%M UTC")
             text += f"; VirusTotal data reused from {oldest} (cache, no quota spent)"
@@ -330,8 +339,11 @@ class Enricher:
             if entity_type == "Url" and not self.settings.url_upload_unseen:
                 hint = " (VIRUSTOTAL_URL_UPLOAD_UNSEEN is off)"
             raise RequestFailed(f"VirusTotal has no record of {entity_type} {value}{hint}")
+        key = vt.url_id(value) if VT_OBJECT_TYPES[entity_type] == "url" else value
+        body = await self._refreshed(entity_type, key, body, trace)
+        report = await self._expanded(entity_type, key, body, body["data"], trace)
         return build_enrichment(
-            stix_entity, entity_type, body["data"], self.options, requested_at=trace.requested_at
+            stix_entity, entity_type, report, self.options, requested_at=trace.requested_at
         )
 
     async def _enrich_file(
@@ -357,11 +369,13 @@ class Enricher:
                 )
                 raise RequestFailed(f"VirusTotal has no record of file {file_hash}{hint}")
             body = await self._upload_artifact(entity, file_hash, trace)
+        body = await self._refreshed(entity_type, file_hash, body, trace)
         rulesets = await self._yara_rulesets(body["data"], trace)
+        report = await self._expanded(entity_type, file_hash, body, body["data"], trace)
         return build_enrichment(
             stix_entity,
             entity_type,
-            body["data"],
+            report,
             self.options,
             rulesets,
             requested_at=trace.requested_at,
@@ -469,6 +483,51 @@ class Enricher:
         if body is not None:
             self.responses.put(object_type, object_id, body, now=self.clock())
         return body
+
+    async def _refreshed(
+        self, entity_type: str, key: str, body: dict[str, Any], trace: _Trace
+    ) -> dict[str, Any]:
+        """The lookup, re-analysed first when VT's analysis is older than
+        VIRUSTOTAL_RESCAN_OLDER_THAN_DAYS (files and URLs; `expansion_fetch.refresh`)."""
+        kind = VT_OBJECT_TYPES[entity_type]
+        outcome = await refresh(
+            self.vt,
+            kind,
+            key,
+            body["data"],
+            self.settings.rescan_older_than_days,
+            trace.requested_at,
+            lambda: self._lookup(kind, key, trace, fresh=True),
+        )
+        if outcome.message:
+            trace.notes.append(outcome.message)
+        return outcome.body or body
+
+    async def _expanded(
+        self,
+        entity_type: str,
+        key: str,
+        body: dict[str, Any],
+        report: dict[str, Any] | AnyReport,
+        trace: _Trace,
+    ) -> dict[str, Any] | AnyReport:
+        """The report with the expansions the settings ask for (`expansion_fetch.py`: family,
+        Sigma and IDS from the lookup; ATT&CK, Sigma rules, comments, GTI context one call
+        each); an expansion that fails is left out, its reason in the work's message."""
+        options = self.settings.expansion_options()
+        wanted = options.any or any(
+            getattr(self.options, name)
+            for name in ("file_malware_family", "file_import_ids", "file_import_sigma")
+        )
+        kind = VT_OBJECT_TYPES[entity_type]
+        if not isinstance(report, Report):
+            report = read_report(kind, body["data"]) if wanted else None
+            if report is None:
+                return body["data"]
+        found = await self.expansions.expand(kind, key, body["data"], options)
+        trace.cache_hits += found.cache_hits
+        trace.notes += [f"{name} left out: {reason}" for name, reason in found.errors]
+        return replace(report, expansions=found)
 
     async def _yara_rulesets(
         self, vt_object: Mapping[str, Any], trace: _Trace

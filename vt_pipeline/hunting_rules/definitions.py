@@ -113,6 +113,8 @@ async def _apply(
     """Apply the events in order; the position after the last one handled, and the error
     that stopped the batch ("" when all were handled)."""
     handled, error = start, ""
+    if not read.events:  # heartbeats only: no VT session (no budget read, no quota check)
+        return Outcome(), read.position, CallLog.empty(), ""
     async with virustotal.session(kind="auto") as session:
         sync = RulesetSync(session, settings, state, virustotal.api_url)
         for event in read.events:

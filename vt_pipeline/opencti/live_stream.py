@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -167,7 +168,7 @@ def read_stream(
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         buffer = ""
         try:
-            for chunk in response.iter_content(chunk_size=None):
+            for chunk in _chunks(response):
                 buffer += decoder.decode(chunk)
                 while (found := _END_OF_EVENT.search(buffer)) is not None:
                     text, buffer = buffer[: found.start()], buffer[found.end() :]
@@ -182,6 +183,17 @@ def read_stream(
             # requests reports a read timeout on an open stream as a ConnectionError.
             result.stopped = "idle"
     return result
+
+
+def _chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives: chunk by chunk (chunked transfer, what OpenCTI sends), else
+    whatever bytes are there (`read1`, as filigran-sseclient does), never waiting for a full
+    buffer that an idle stream would not fill."""
+    if response.headers.get("transfer-encoding", "").lower() == "chunked":
+        yield from response.iter_content(chunk_size=None)
+        return
+    while chunk := response.raw.read1(65536):
+        yield chunk
 
 
 def _take(event: Event, result: StreamRead) -> bool:

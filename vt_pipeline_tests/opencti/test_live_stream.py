@@ -3,6 +3,7 @@ bounded reader (position, Last-Event-ID, recover, listen-delete, limits, refusal
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -146,3 +147,47 @@ def test_an_event_arriving_during_a_read_is_read(platform: OpenCTIEmulator) -> N
     finally:
         timer.join()
     assert [e.stix["name"] for e in read.events] == ["late"]
+
+
+def test_a_stream_without_chunked_encoding_is_read_as_it_arrives() -> None:
+    """A proxy may send the stream as a plain body until the connection closes: events are
+    read as they arrive, not when a buffer fills or the idle timeout fires."""
+    frames = b"".join(
+        f'id: 1700000000000-{n}\nevent: create\ndata: {{"data": {{"n": {n}}}}}\n\n'.encode()
+        for n in range(2)
+    )
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    release = threading.Event()
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        connection.recv(65536)
+        connection.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+            + frames
+        )
+        release.wait(10)  # then idle, connection open
+        connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        read = read_stream(
+            f"http://127.0.0.1:{port}",
+            "t",
+            StreamPosition("0-0", False),
+            live_stream_id="s",
+            max_events=2,
+            idle_seconds=5,
+        )
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        thread.join()
+        server.close()
+    assert read.stopped == "max_events" and [e.stix for e in read.events] == [{"n": 0}, {"n": 1}]
+    assert read.position == "1700000000000-1"

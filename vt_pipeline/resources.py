@@ -31,12 +31,13 @@ from vt_pipeline.storage.store import (
 )
 from vt_pipeline.virustotal.resource import VirusTotalResource
 
-# Upstream's names for the key: the enrichment connector's, the Livehunt connector's, then the
-# Livehunt rules stream connector's.
+# Upstream's names for the key: the enrichment connector's, the Livehunt connector's, the
+# Livehunt rules stream connector's, then the downloader's (README "Samples on request").
 API_KEY_ENV_NAMES = (
     "VIRUSTOTAL_TOKEN",
     "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_API_KEY",
     "VIRUSTOTAL_LIVEHUNT_TOKEN",
+    "VIRUSTOTAL_DOWNLOADER_API_KEY",
 )
 # The variables of each resource's fields (the token and the key travel as EnvVar, unread).
 VIRUSTOTAL_VARIABLES = {

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import dagster as dg
 import vt
 
+from vt_pipeline.enrichment.artifact import attach_sample
 from vt_pipeline.enrichment.recovery import record_answered
 from vt_pipeline.enrichment.requests import (
     ENRICHMENT_JOB,
@@ -209,6 +210,17 @@ class Enricher:
         self._check_tlp(entity, outcome.entity)
         stix_entity, context_objects = await self._stix_entity(request, entity)
         result = await self._enrich(entity_type, entity, stix_entity, trace)
+        if entity_type == "StixFile" and self.settings.file_download_artifact:
+            result = await attach_sample(
+                self.vt,
+                self.cti,
+                self.responses,
+                result,
+                stix_entity,
+                trace.requested_at,
+                self.settings.file_download_max_bytes,
+                trace.notes,
+            )
         outcome.score, outcome.objects, outcome.stats = (
             result.score,
             len(result.objects),

@@ -15,6 +15,7 @@ The values become the `enrichment_settings` resource, visible in the UI and over
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ from vt_pipeline.virustotal.expansions import ExpansionOptions
 ENV_PREFIX = "VIRUSTOTAL_"
 CACHE_HOURS_ENV = "VT_PIPELINE_ENRICHMENT_CACHE_HOURS"
 MAX_TLP_ENV = "VIRUSTOTAL_MAX_TLP"
+DOWNLOADER_KEY_ENV = "VIRUSTOTAL_DOWNLOADER_API_KEY"
 GTI_CONTEXT_LIMIT = 40  # GTI threat objects read per entity (one page)
 
 # OpenCTI's TLP order (TLP:CLEAR is TLP 2.0's name for TLP:WHITE).
@@ -130,6 +132,19 @@ class EnrichmentSettings(dg.ConfigurableResource):
         description="With a GTI-licensed key: threat actors, families, campaigns and reports "
         "GTI associates with the object (1 call, none without GTI).",
     )
+    # Samples on request (README: "Samples on request"); upstream's virustotal-downloader
+    file_download_artifact: bool = Field(
+        default=False,
+        description="StixFile enrichment also downloads the sample (premium key; 1 call) into "
+        "the sample store and uploads it as the File's Artifact unless OpenCTI holds it. On by "
+        f"default when {DOWNLOADER_KEY_ENV} (upstream downloader's key) is set.",
+    )
+    file_download_max_bytes: int = Field(
+        default=52_428_800,
+        ge=0,
+        description="Cap on one downloaded sample, checked while streaming (0 = none); "
+        "Livehunt's default cap.",
+    )
 
     @field_validator("max_tlp")
     @classmethod
@@ -151,6 +166,10 @@ class EnrichmentSettings(dg.ConfigurableResource):
                     values["max_tlp"] = normalize_tlp(str(raw))
                 except ValueError:
                     raise invalid(MAX_TLP_ENV, raw, _TLP_ACCEPTED) from None
+        # Upstream's downloader moved over (its one variable is its key): samples were wanted.
+        downloader = (os.environ if env is None else env).get(DOWNLOADER_KEY_ENV, "")
+        if downloader.strip() and "file_download_artifact" not in values:
+            values["file_download_artifact"] = True
         return cls(**values)
 
     @property

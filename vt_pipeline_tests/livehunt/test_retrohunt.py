@@ -293,3 +293,20 @@ def test_incidents_when_asked_and_the_age_filter_off_by_default(
     assert yara["name"] == "vt_pipeline_retro_probe"  # no Indicator in OpenCTI: the rule's own
     assert len(incidents) == len(kept)  # old files kept: looking back is the point
     assert "artifact" not in {o["type"] for o in bundle["objects"]}  # UPLOAD_ARTIFACT off
+
+
+@pytest.mark.integration
+def test_only_jobs_started_here_when_asked_and_an_unfinished_job_fails_saying_so(
+    loop: Loop, vt_corpus: Corpus
+) -> None:
+    files = sorted(vt_corpus.files)[:2]
+    by_hand = loop.vt.api.retrohunt.add(RULE, files, created=int(time.time()) - 10, run_seconds=1)
+    loop.resources["retrohunt_settings"] = RetrohuntSettings(import_all_jobs=False)
+    assert not loop.tick().run_requests  # finished, but not started from OpenCTI
+    assert loop.instance.get_dynamic_partitions(PARTITIONS_NAME) == []
+
+    running = loop.vt.api.retrohunt.add(TWO_RULES, files, run_seconds=3600)
+    loop.instance.add_dynamic_partitions(PARTITIONS_NAME, [running])  # an operator's mistake
+    with pytest.raises(dg.Failure, match=rf"Retrohunt job {running} is (starting|running)"):
+        loop.run(running)
+    assert by_hand != running

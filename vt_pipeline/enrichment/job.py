@@ -67,7 +67,15 @@ from vt_pipeline.stix.enrichment import (
 from vt_pipeline.storage.responses import ResponseStore
 from vt_pipeline.storage.store import StorageResource
 from vt_pipeline.virustotal.expansion_fetch import ExpansionFetcher, refresh
-from vt_pipeline.virustotal.reports import AnyReport, Report, read_report
+from vt_pipeline.virustotal.relations import describe as describe_relations
+from vt_pipeline.virustotal.relations import fetch_relations
+from vt_pipeline.virustotal.reports import (
+    AnyReport,
+    Relation,
+    Report,
+    read_report,
+    with_relations,
+)
 from vt_pipeline.virustotal.resource import (
     VirusTotalError,
     VirusTotalResource,
@@ -129,6 +137,7 @@ class _Trace:
     requested_at: datetime
     cache_hits: int = 0
     cached_at: list[datetime] = field(default_factory=list)
+    relations: tuple[Relation, ...] = ()  # the entity's VT relations, as fetched
     notes: list[str] = field(default_factory=list)  # what the expansions and rescans say
 
 
@@ -271,6 +280,8 @@ class Enricher:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.stats.items()) if v)
         text = f"VirusTotal enrichment of {outcome.entity}: {score}"
         text += f"; {outcome.objects} objects sent" + (f" ({counts})" if counts else "")
+        if trace.relations:
+            text += f"; VirusTotal relations: {describe_relations(trace.relations)}"
         for note in trace.notes:
             text += f"; {note}"
         if trace.cached_at:
@@ -351,9 +362,10 @@ class Enricher:
             if entity_type == "Url" and not self.settings.url_upload_unseen:
                 hint = " (VIRUSTOTAL_URL_UPLOAD_UNSEEN is off)"
             raise RequestFailed(f"VirusTotal has no record of {entity_type} {value}{hint}")
-        key = vt.url_id(value) if VT_OBJECT_TYPES[entity_type] == "url" else value
+        key = key_of(entity_type, value)
         body = await self._refreshed(entity_type, key, body, trace)
-        report = await self._expanded(entity_type, key, body, body["data"], trace)
+        report = await self._report(entity_type, key, body, trace)
+        report = await self._expanded(entity_type, key, body, report, trace)
         return build_enrichment(
             stix_entity, entity_type, report, self.options, requested_at=trace.requested_at
         )
@@ -383,7 +395,8 @@ class Enricher:
             body = await self._upload_artifact(entity, file_hash, trace)
         body = await self._refreshed(entity_type, file_hash, body, trace)
         rulesets = await self._yara_rulesets(body["data"], trace)
-        report = await self._expanded(entity_type, file_hash, body, body["data"], trace)
+        report = await self._report(entity_type, file_hash, body, trace)
+        report = await self._expanded(entity_type, file_hash, body, report, trace)
         return build_enrichment(
             stix_entity,
             entity_type,
@@ -431,7 +444,7 @@ class Enricher:
     ) -> dict[str, Any] | None:
         """The VT response for a network observable (URLs: VT's URL id, submitted if unseen)."""
         object_type = VT_OBJECT_TYPES[entity_type]
-        key = vt.url_id(value) if object_type == "url" else value
+        key = key_of(entity_type, value)
         body = await self._lookup(object_type, key, trace)
         if body is None and object_type == "url" and upload and self.settings.url_upload_unseen:
             analysis_id = await self.vt.submit_url(value)
@@ -491,10 +504,47 @@ class Enricher:
                 trace.cache_hits += 1
                 trace.cached_at.append(stored.fetched_at)
                 return stored.body
-        body = await self.vt.lookup(object_type, object_id)
+        relations = self.settings.relationships(object_type)  # embedded: no extra call
+        body = await self.vt.lookup(object_type, object_id, relations)
         if body is not None:
             self.responses.put(object_type, object_id, body, now=self.clock())
         return body
+
+    async def _report(
+        self, entity_type: str, key: str, body: dict[str, Any], trace: _Trace
+    ) -> dict[str, Any] | AnyReport:
+        """What the mapping reads: the lookup's data, with the configured VT relations when
+        there are (`virustotal/relations.py`: from the lookup, else one call per relation,
+        cached like lookups; a relation that fails is kept with its reason)."""
+        kind = VT_OBJECT_TYPES[entity_type]
+        wanted = self.settings.relationships(kind)
+        report = read_report(kind, body["data"]) if wanted else None
+        if report is None:
+            return body["data"]
+        window = timedelta(hours=self.settings.lookup_cache_hours)
+
+        def recent(stored_type: str, object_id: str) -> dict[str, Any] | None:
+            stored = self.responses.recent(stored_type, object_id, window, now=self.clock())
+            if stored is None:
+                return None
+            trace.cache_hits += 1
+            trace.cached_at.append(stored.fetched_at)
+            return stored.body
+
+        def store(stored_type: str, object_id: str, page: dict[str, Any]) -> None:
+            self.responses.put(stored_type, object_id, page, now=self.clock())
+
+        trace.relations = await fetch_relations(
+            self.vt,
+            kind,
+            key,
+            body,
+            wanted,
+            self.settings.relationships_limit,
+            recent=recent,
+            store=store,
+        )
+        return with_relations(report, trace.relations)
 
     async def _refreshed(
         self, entity_type: str, key: str, body: dict[str, Any], trace: _Trace
@@ -647,6 +697,11 @@ class Enricher:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return printable(text, 500)
+
+
+def key_of(entity_type: str, value: str) -> str:
+    """The id a network observable is looked up by on VT (a URL: VT's URL id)."""
+    return vt.url_id(value) if VT_OBJECT_TYPES[entity_type] == "url" else value
 
 
 def best_hash(stix_entity: Mapping[str, Any], entity: Mapping[str, Any]) -> str | None:

@@ -25,6 +25,8 @@ from pydantic import Field, field_validator
 from vt_pipeline.config import ConfigError, fields_from_env, invalid
 from vt_pipeline.stix.enrichment import EnrichmentMappingOptions
 from vt_pipeline.virustotal.expansions import ExpansionOptions
+from vt_pipeline.virustotal.relations import MAX_LIMIT, RELATIONSHIPS
+from vt_pipeline.virustotal.reports import ReportKind
 
 ENV_PREFIX = "VIRUSTOTAL_"
 CACHE_HOURS_ENV = "VT_PIPELINE_ENRICHMENT_CACHE_HOURS"
@@ -52,6 +54,34 @@ def normalize_tlp(value: str) -> str:
     if text not in TLP_RANKS:
         raise ValueError(f"{value!r} is not a TLP level: expected {_TLP_ACCEPTED}")
     return text
+
+
+# Settings field -> the VT object kind whose relations it lists.
+_RELATIONSHIP_FIELDS: dict[str, ReportKind] = {
+    "file_relationships": "file",
+    "domain_relationships": "domain",
+    "ip_relationships": "ip_address",
+    "url_relationships": "url",
+}
+
+
+def _relationship_variable(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _relationships(variable: str, names: Any, kind: ReportKind) -> list[str]:
+    """Relation names, lower-cased and deduplicated; a name VT has not for the kind fails at
+    load naming the variable, the value and what is accepted."""
+    accepted = RELATIONSHIPS[kind]
+    values = [str(name).strip().lower() for name in names or () if str(name).strip()]
+    unknown = [name for name in values if name not in accepted]
+    if unknown:
+        raise invalid(
+            variable,
+            ",".join(str(name) for name in names),
+            "a comma-separated list of " + ", ".join(accepted),
+        )
+    return list(dict.fromkeys(values))
 
 
 class EnrichmentSettings(dg.ConfigurableResource):
@@ -146,10 +176,39 @@ class EnrichmentSettings(dg.ConfigurableResource):
         "Livehunt's default cap.",
     )
 
+    # issue 19 section 1: related objects (README: the expansions' table)
+    file_relationships: list[str] = Field(
+        default_factory=list,
+        description="VT relations of a file to add (comma-separated): "
+        + ", ".join(RELATIONSHIPS["file"]),
+    )
+    domain_relationships: list[str] = Field(
+        default_factory=list,
+        description="VT relations of a domain or hostname to add: "
+        + ", ".join(RELATIONSHIPS["domain"]),
+    )
+    ip_relationships: list[str] = Field(
+        default_factory=list,
+        description="VT relations of an IP to add: " + ", ".join(RELATIONSHIPS["ip_address"]),
+    )
+    url_relationships: list[str] = Field(
+        default_factory=list,
+        description="VT relations of a URL to add: " + ", ".join(RELATIONSHIPS["url"]),
+    )
+    relationships_limit: int = Field(
+        default=10, ge=1, le=MAX_LIMIT, description="The most related objects per relation."
+    )
+
     @field_validator("max_tlp")
     @classmethod
     def _known_tlp(cls, value: str) -> str:
         return normalize_tlp(value)
+
+    @field_validator(*_RELATIONSHIP_FIELDS)
+    @classmethod
+    def _known_relationships(cls, value: list[str], info: Any) -> list[str]:
+        kind = _RELATIONSHIP_FIELDS[info.field_name]
+        return _relationships(_relationship_variable(info.field_name), value, kind)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EnrichmentSettings:
@@ -170,11 +229,20 @@ class EnrichmentSettings(dg.ConfigurableResource):
         downloader = (os.environ if env is None else env).get(DOWNLOADER_KEY_ENV, "")
         if downloader.strip() and "file_download_artifact" not in values:
             values["file_download_artifact"] = True
+        for field_name, kind in _RELATIONSHIP_FIELDS.items():
+            if field_name in values:
+                variable = _relationship_variable(field_name)
+                values[field_name] = _relationships(variable, values[field_name], kind)
         return cls(**values)
 
     @property
     def max_tlp_rank(self) -> int:
         return TLP_RANKS[normalize_tlp(self.max_tlp)]
+
+    def relationships(self, kind: str) -> list[str]:
+        """The VT relations configured for a VT object kind (`file`, `ip_address`...)."""
+        field_name = next((f for f, k in _RELATIONSHIP_FIELDS.items() if k == kind), None)
+        return list(getattr(self, field_name)) if field_name else []
 
     def to_options(self) -> EnrichmentMappingOptions:
         """The pure mapping's options (everything but the lookup and upload switches)."""

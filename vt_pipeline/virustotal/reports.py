@@ -16,8 +16,8 @@ related objects, each with its VT score inputs when VT sent them.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from vt_pipeline.virustotal import objects as vt
@@ -83,7 +83,8 @@ class Relation:
     objects: tuple[RelatedObject, ...] = ()
     invalid: int = 0
     error: str | None = None
-    calls: int = 0  # VT calls spent on this relation (0: it came with the object lookup)
+    calls: int = 0  # VT calls spent on this relation (0: with the lookup, or cached)
+    cached: bool = False  # its own page came from the response cache
 
 
 @dataclass(frozen=True)
@@ -245,11 +246,9 @@ def read_report(kind: ReportKind, vt_object: Any) -> AnyReport | None:
     raise ValueError(f"unknown VirusTotal report kind {kind!r}: not one of {REPORT_KINDS}")
 
 
-def with_relations(report: AnyReport, relations: tuple[Relation, ...]) -> AnyReport:
+def with_relations(report: AnyReport, relations: Sequence[Relation]) -> AnyReport:
     """The report with its relations (read separately: `read_relation`)."""
-    from dataclasses import replace
-
-    return replace(report, relations=relations)
+    return replace(report, relations=tuple(relations))
 
 
 def _engine(name: str, entry: Mapping[str, Any]) -> EngineResult:
@@ -303,39 +302,118 @@ def _list(value: Any) -> list[Any]:
 # -- relations ----------------------------------------------------------------------------------
 
 
-def read_related(descriptor: Any) -> RelatedObject | None:
+def read_relation(
+    name: str,
+    subject_kind: ReportKind,
+    subject_id: str,
+    data: Any,
+    *,
+    limit: int,
+    calls: int = 0,
+    cached: bool = False,
+) -> Relation:
+    """A relation from VT's `data` for it: a list of objects or descriptors (one-to-many), one
+    object or None (one-to-one, e.g. `last_serving_ip_address`). At most `limit` objects are
+    kept, in VT's order; unusable items are counted in `invalid`, never raised."""
+    items = data if isinstance(data, list) else [] if data is None else [data]
+    objects: dict[tuple[str, str], RelatedObject] = {}
+    invalid = 0
+    for item in items:
+        related = read_related(item, subject_kind, subject_id)
+        if related is None:
+            invalid += 1
+        elif len(objects) < limit:
+            objects.setdefault((related.kind, related.value), related)
+    return Relation(name, tuple(objects.values()), invalid=invalid, calls=calls, cached=cached)
+
+
+def read_related(
+    item: Any, subject_kind: ReportKind | None = None, subject_id: str = ""
+) -> RelatedObject | None:
     """One object of a relation (a descriptor `{type, id}` or a full object with attributes), or
-    None when its kind or value is not usable."""
-    if not isinstance(descriptor, dict):
+    None when its kind or value is not usable. A resolution (`{ip}{domain}`) is read as the
+    object at its other end from the subject (`subject_kind`, `subject_id`)."""
+    if not isinstance(item, dict):
         return None
-    kind = descriptor.get("type")
-    attrs = vt.attributes(descriptor)
-    raw_id = descriptor.get("id")
-    counts = vt.analysis_counts(descriptor)
+    kind = item.get("type")
+    attrs = vt.attributes(item)
+    raw_id = item.get("id")
+    if kind == "resolution":
+        return _resolution_end(item, attrs, subject_kind, subject_id)
     extras: dict[str, Any] = {
-        "counts": counts,
-        "gti_score": vt.gti_threat_score(descriptor),
-        "analysed_at": vt.analysis_timestamp(descriptor) if attrs else None,
+        "counts": vt.analysis_counts(item),
+        "gti_score": vt.gti_threat_score(item),
+        "analysed_at": vt.analysis_timestamp(item) if attrs else None,
     }
     if kind == "file":
-        hashes = vt.file_hashes(descriptor)
+        hashes = vt.file_hashes(item)
         sha256 = hashes.get("SHA-256")
         if sha256 is None:
             return None
         name = attrs.get("meaningful_name")
-        names = (name,) if isinstance(name, str) and name.strip() else ()
+        names = (name.strip(),) if isinstance(name, str) and name.strip() else ()
         return RelatedObject("file", sha256, hashes=hashes, names=names, **extras)
     if kind == "ip_address":
-        try:
-            address = ipaddress.ip_address(str(raw_id or "").strip())
-        except ValueError:
-            return None
-        return RelatedObject("ip_address", str(address), **extras)
+        address = _address(raw_id)
+        return None if address is None else RelatedObject("ip_address", address, **extras)
     if kind == "domain":
-        name = str(raw_id or "").strip().lower().rstrip(".")
-        return RelatedObject("domain", name, **extras) if vt.is_valid_domain(name) else None
+        name = _domain(raw_id)
+        return None if name is None else RelatedObject("domain", name, **extras)
     if kind == "url":
-        # A descriptor carries the URL in `context_attributes.url`; a full object in `url`.
-        url = attrs.get("url") or vt.context(descriptor).get("url")
+        # A descriptor names the URL in `context_attributes.url` (its id is a hash); an object
+        # in `attributes.url`.
+        url = attrs.get("url") or vt.context(item).get("url")
         return RelatedObject("url", url, **extras) if vt.is_valid_url(url) else None
     return None
+
+
+def _resolution_end(
+    item: dict[str, Any],
+    attrs: dict[str, Any],
+    subject_kind: ReportKind | None,
+    subject_id: str,
+) -> RelatedObject | None:
+    """The IP a domain resolved to, or the domain that resolved to an IP. A full resolution
+    object names both ends (`ip_address`, `host_name`, with their stats); a descriptor only has
+    the id, the IP followed by the domain, read with the subject's end removed."""
+    raw_id = str(item.get("id") or "")
+    if subject_kind == "domain":
+        value = attrs.get("ip_address")
+        if value is None and subject_id and raw_id.endswith(subject_id):
+            value = raw_id[: -len(subject_id)]
+        address = _address(value)
+        stats = attrs.get("ip_address_last_analysis_stats")
+        if address is None:
+            return None
+        return RelatedObject("ip_address", address, counts=_counts(stats), analysed_at=_date(attrs))
+    if subject_kind == "ip_address":
+        value = attrs.get("host_name")
+        if value is None and subject_id and raw_id.startswith(subject_id):
+            value = raw_id[len(subject_id) :]
+        name = _domain(value)
+        stats = attrs.get("host_name_last_analysis_stats")
+        if name is None:
+            return None
+        return RelatedObject("domain", name, counts=_counts(stats), analysed_at=_date(attrs))
+    return None
+
+
+def _address(value: Any) -> str | None:
+    try:
+        return str(ipaddress.ip_address(str(value or "").strip()))
+    except ValueError:
+        return None
+
+
+def _domain(value: Any) -> str | None:
+    name = str(value or "").strip().lower().rstrip(".")
+    return name if vt.is_valid_domain(name) else None
+
+
+def _counts(stats: Any) -> dict[str, int]:
+    """Sane analysis counts of a stats dict found elsewhere than `last_analysis_stats`."""
+    return vt.analysis_counts({"attributes": {"last_analysis_stats": stats}})
+
+
+def _date(attrs: Mapping[str, Any]) -> int | None:
+    return vt.safe_timestamp(attrs.get("date"))

@@ -32,7 +32,7 @@ import logging
 import random
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -617,17 +617,25 @@ class VirusTotalSession:
 
     # -- enrichment lookups ------------------------------------------------------------------
 
-    async def lookup(self, object_type: str, object_id: str) -> dict[str, Any] | None:
-        """The raw response for a file (by any hash), IP, domain or URL (VT's URL id).
+    async def lookup(
+        self, object_type: str, object_id: str, relationships: Sequence[str] = ()
+    ) -> dict[str, Any] | None:
+        """The raw response for a file (by any hash), IP, domain or URL (VT's URL id), with the
+        descriptors of `relationships` embedded (`?relationships=`, no extra call).
 
         None when VirusTotal has no record of it (404); any other failure raises.
         """
         path = LOOKUP_PATHS.get(object_type)
         if path is None:
             raise ValueError(f"no VirusTotal lookup for object type {object_type!r}")
+        params = {"relationships": ",".join(relationships)} if relationships else None
         try:
             body = await self.get_json(
-                object_type, path, object_id, what=f"VirusTotal {object_type} lookups"
+                object_type,
+                path,
+                object_id,
+                params=params,
+                what=f"VirusTotal {object_type} lookups",
             )
         except VirusTotalError as exc:
             if exc.code == "NotFoundError":

@@ -28,6 +28,7 @@ from typing import Any
 
 from pycti import Indicator
 
+from vt_pipeline.emulators.opencti import matrix
 from vt_pipeline.emulators.opencti.graphql import GraphQLFault
 
 Node = dict[str, Any]
@@ -459,6 +460,7 @@ class Store:
             )
         wanted = {t.lower() for t in entities_types or ()}
         result = IngestResult()
+        refused: list[str] = []  # relationships outside OpenCTI's matrix (matrix.py)
         with self.lock:
             for obj in data["objects"]:
                 if not isinstance(obj, Mapping) or "id" not in obj or "type" not in obj:
@@ -467,9 +469,38 @@ class Store:
                     )
                 if wanted and not self._type_wanted(obj, wanted):
                     continue
+                if (refusal := self._matrix_refusal(obj, data["objects"])) is not None:
+                    refused.append(refusal)
+                    continue
                 record, created = self.upsert(obj)
                 (result.created if created else result.updated).append(record)
+        if refused:  # the rest of the bundle is stored, as OpenCTI's worker does per element
+            raise GraphQLFault("; ".join(refused), "FUNCTIONAL_ERROR")
         return result
+
+    def _matrix_refusal(self, obj: Mapping[str, Any], bundle: list[Any]) -> str | None:
+        """OpenCTI's refusal of a core relationship outside its matrix, or None."""
+        if obj.get("type") != "relationship":
+            return None
+        source = self._end_type(obj.get("source_ref"), bundle)
+        target = self._end_type(obj.get("target_ref"), bundle)
+        if source is None or target is None:
+            return None  # an end OpenCTI would refuse anyway (missing reference)
+        (from_type, _), (to_type, to_parents) = source, target
+        relationship = str(obj.get("relationship_type"))
+        observable = "Stix-Cyber-Observable" in to_parents
+        if matrix.accepts(from_type, to_type, relationship, observable):
+            return None
+        return matrix.refusal(from_type, to_type, relationship)
+
+    def _end_type(self, ref: Any, bundle: list[Any]) -> tuple[str, list[str]] | None:
+        record = self.get(str(ref)) if ref else None
+        if record is not None:
+            return record.entity_type, record.parent_types
+        for item in bundle:
+            if isinstance(item, Mapping) and item.get("id") == ref and "type" in item:
+                return classify(item)
+        return None
 
     @staticmethod
     def _type_wanted(obj: Mapping[str, Any], wanted: set[str]) -> bool:

@@ -340,9 +340,12 @@ class VirusTotalAPI:
     # -- application -------------------------------------------------------------------------
 
     def application(self) -> web.Application:
+        from vt_pipeline.emulators.virustotal import relationships  # imports us
+
         app = web.Application(client_max_size=MAX_URL_UPLOAD + MIB)
         for method, path, endpoint, access, handler in _ROUTES:
-            gated = self._gate(endpoint, access, getattr(self, handler))
+            served = relationships.with_relationships(self, endpoint, getattr(self, handler))
+            gated = self._gate(endpoint, access, served)
             app.router.add_route(method, "/api/v3" + path, gated)
         for method, path, endpoint, access, handler in RETROHUNT_ROUTES:
             gated = self._gate(endpoint, access, getattr(self.retrohunt, handler))
@@ -350,6 +353,8 @@ class VirusTotalAPI:
         from vt_pipeline.emulators.virustotal.expansions import expansion_routes  # imports us
 
         for method, path, endpoint, access, route in expansion_routes(self):
+            app.router.add_route(method, "/api/v3" + path, self._gate(endpoint, access, route))
+        for method, path, endpoint, access, route in relationships.relationship_routes(self):
             app.router.add_route(method, "/api/v3" + path, self._gate(endpoint, access, route))
         unknown = self._gate("not_implemented", "key", self._unknown)
         app.router.add_route("*", "/api/{tail:.*}", unknown)

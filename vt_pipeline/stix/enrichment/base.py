@@ -99,6 +99,8 @@ STAT_KEYS = (
     "lookups_not_found",  # Indicator: values VT knows nothing about
     "invalid_observable_values",  # Indicator: values whose type or syntax is not usable
     "section_errors",  # unexpected failure of one part (a bug): that part dropped, counted
+    "related_objects",  # observables of VT relations (contacted_ips...) sent
+    "relations_failed",  # VT relations that could not be fetched (the reason is in the run)
     "malware_families",  # Malware families of VT's classification (and GTI's) added
     "attack_patterns",  # ATT&CK Attack-Patterns of VT's sandboxes added
     "sigma_indicators",  # crowdsourced Sigma Indicators created

@@ -22,6 +22,7 @@ from vt_pipeline.stix.enrichment import (
     file_properties,
     gti_context,
     network,
+    relations,
     report_notes,
     score,
     threat_objects,
@@ -69,6 +70,7 @@ ADDITIONS: tuple[Addition, ...] = (
     comment_notes.COMMENT_NOTE,
     network.AUTONOMOUS_SYSTEM_AND_COUNTRY,
     network.A_RECORDS,
+    relations.RELATED_OBJECTS,
     report_notes.NOTES,
 )
 

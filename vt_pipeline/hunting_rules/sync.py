@@ -254,13 +254,15 @@ class RulesetSync:
             return
         if entry is not None and entry.state == "disabled" and not delete:
             return
+        if entry is not None and entry.state == "rejected" and not entry.ruleset_id:
+            entry.state, entry.changed, entry.reason = "deleted", when, why
+            self.outcome.changes.append(f"{indicator.id}: {why}; its rule was never sent")
+            return
         if entry is not None and entry.ruleset_id:
             ruleset_id = entry.ruleset_id
         else:
             found = await self._find_on_vt(indicator)
             if found is None:
-                if entry is not None:  # a refused rule never sent: nothing on VT
-                    entry.state, entry.changed, entry.reason = "deleted", when, why
                 return
             ruleset_id = str(found["id"])
         if delete:

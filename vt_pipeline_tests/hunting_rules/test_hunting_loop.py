@@ -211,6 +211,13 @@ def test_a_rule_that_does_not_compile_is_reported_and_never_sent(
         good,
         fixed,
     }
+    # a rule never sent, its detection turned off: VT is not asked (the cursor knows)
+    opencti.edit_entity(cut, x_opencti_detection=False)
+    listings = vt_emulator.count("hunting_rulesets")
+    off = deployment.tick()
+    assert vt_emulator.count("hunting_rulesets") == listings
+    row = next(r for r in table(off) if r["indicator_id"] == cut)
+    assert (row["state"], row["reason"]) == ("deleted", "detection turned off")
 
 
 def test_a_crash_between_the_vt_call_and_the_cursor_save_creates_nothing_twice(

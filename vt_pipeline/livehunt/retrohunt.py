@@ -31,6 +31,7 @@ is recorded with the reason and not retried.
 import dataclasses
 import json
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -123,7 +124,8 @@ class RetrohuntSettings(dg.ConfigurableResource):
         return corpus
 
     @classmethod
-    def from_env(cls, env: Any = None) -> "RetrohuntSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "RetrohuntSettings":
+        """Settings from `VIRUSTOTAL_RETROHUNT_*`; a bad value fails naming its variable."""
         return settings_from_env(cls, ENV_PREFIX, env)
 
     def options(self, livehunt: LivehuntSettings) -> LivehuntOptions:
@@ -293,7 +295,7 @@ BUNDLES_KEY = retrohunt_stix_bundles.key
 def retrohunt_stix_bundle_is_valid(
     context: dg.AssetCheckExecutionContext,
     retrohunt_stix_bundles: dict[str, dict[str, Any]],
-) -> Any:
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
     """Each bundle parses with stix2 and every reference resolves inside it (as Livehunt's)."""
     targets = _materializations(context.instance, BUNDLES_KEY, set(retrohunt_stix_bundles))
     problems = validate_bundles(retrohunt_stix_bundles)

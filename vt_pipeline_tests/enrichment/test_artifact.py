@@ -53,16 +53,20 @@ def enrich_file(
     return run
 
 
-def sample_entity(corpus: Corpus, opencti: OpenCTIEmulator) -> tuple[str, str]:
-    """A StixFile in OpenCTI, of a corpus file VT knows and can serve the bytes of (under the
-    default cap): its SHA-256 and its id."""
-    sha256 = next(
+def downloadable(corpus: Corpus) -> str:
+    """A corpus file VT knows and can serve the bytes of, under the default cap."""
+    return next(
         sha
         for sha, obj in sorted(corpus.files.items())
         if (size := corpus.sample_size(sha)) is not None
         and 1000 < size < 5_000_000
         and obj["attributes"]["last_analysis_stats"]["malicious"] > 0
     )
+
+
+def sample_entity(corpus: Corpus, opencti: OpenCTIEmulator) -> tuple[str, str]:
+    """A StixFile in OpenCTI of a `downloadable` file: its SHA-256 and its id."""
+    sha256 = downloadable(corpus)
     return sha256, opencti.create_observable("StixFile", hashes={"SHA-256": sha256})
 
 
@@ -131,3 +135,16 @@ def test_off_by_default_and_on_with_the_downloaders_key() -> None:
     )
     both = {"VIRUSTOTAL_DOWNLOADER_API_KEY": "k", "VIRUSTOTAL_TOKEN": "t"}
     assert api_key_env_name(both) == "VIRUSTOTAL_TOKEN"
+
+
+def test_a_file_known_by_md5_only_gets_its_sample_by_the_sha256_vt_gives(
+    enrich_file: Callable[..., str],
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+) -> None:
+    sha256 = downloadable(vt_corpus)
+    md5 = vt_corpus.files[sha256]["attributes"]["md5"]
+    file_id = opencti.create_observable("StixFile", hashes={"MD5": md5})
+    assert "sample_uploaded" in enrich_file(file_id, file_download_artifact=True)
+    (uploaded,) = opencti.artifacts()
+    assert hashlib.sha256(uploaded.data).hexdigest() == sha256

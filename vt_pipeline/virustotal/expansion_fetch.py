@@ -8,7 +8,8 @@ accounting, stored raw before use and reused within the enrichment cache window 
 - `GET /{collection}/{id}/comments?limit=N`: the newest community comments;
 - `GET /{collection}/{id}/associations?limit=N`: GTI's threat actors, malware families,
   campaigns and reports, only when the lookup carried a `gti_assessment` (VT sends one only
-  to a key licensed for GTI): a key without GTI costs nothing extra.
+  to a key licensed for GTI) whose contributing factors name a Mandiant association: a key
+  without GTI costs nothing extra, a GTI key pays only for objects GTI ties to threats.
 A failing expansion (404, 403 without the licence, malformed answers after the retries) is
 left out with its reason in `Expansions.errors`; the base enrichment stands without it.
 
@@ -62,7 +63,7 @@ class ExpansionFetcher:
         """The expansions of one looked-up object (`kind`: file, url, domain, ip_address)."""
         base, invalid = read_attributes(vt_object)
         if kind != "file":  # only files carry families, Sigma and IDS results
-            base = Expansions(gti_licensed=base.gti_licensed)
+            base = Expansions(gti_licensed=base.gti_licensed, gti_associated=base.gti_associated)
             invalid = 0
         state = _State(invalid=invalid)
         collection = COLLECTIONS[kind]
@@ -87,7 +88,7 @@ class ExpansionFetcher:
                 params={"limit": limit},
             )
             comments = state.read("comments", body, lambda b: read_comments(b, limit))
-        if options.gti_limit and base.gti_licensed:
+        if options.gti_limit and base.gti_associated:
             body = await self._get(
                 state,
                 "gti_context",
@@ -118,6 +119,7 @@ class ExpansionFetcher:
             comments=comments,
             threat_objects=threats,
             gti_licensed=base.gti_licensed,
+            gti_associated=base.gti_associated,
             invalid=state.invalid,
             errors=tuple(state.errors),
             cache_hits=state.cache_hits,

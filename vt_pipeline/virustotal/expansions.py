@@ -112,6 +112,7 @@ class Expansions:
     comments: tuple[Comment, ...] | None = None
     threat_objects: tuple[ThreatObject, ...] | None = None
     gti_licensed: bool = False  # the lookup carried a gti_assessment
+    gti_associated: bool = False  # ...whose contributing factors name a Mandiant association
     invalid: int = 0  # entries dropped as unusable
     errors: tuple[tuple[str, str], ...] = ()  # (expansion, reason)
     cache_hits: int = 0
@@ -204,8 +205,20 @@ def read_attributes(vt_object: Mapping[str, Any]) -> tuple[Expansions, int]:
         sigma=tuple(sigma[:MAX_SIGMA]),
         ids=tuple(ids[:MAX_IDS]),
         gti_licensed=isinstance(attrs.get("gti_assessment"), dict),
+        gti_associated=gti_associated(attrs),
     )
     return expansions, invalid
+
+
+def gti_associated(attrs: Mapping[str, Any]) -> bool:
+    """Whether GTI's assessment says the object is tied to threat objects: a true
+    `contributing_factors.mandiant_association_*` (actor, malware, report), as real assessments
+    carry them (XSOAR's GTI test data). Only then are its associations worth a call."""
+    assessment = attrs.get("gti_assessment")
+    factors = assessment.get("contributing_factors") if isinstance(assessment, dict) else None
+    if not isinstance(factors, dict):
+        return False
+    return any(k.startswith("mandiant_association") and v is True for k, v in factors.items())
 
 
 def read_mitre_trees(body: Mapping[str, Any]) -> tuple[tuple[Technique, ...], int]:

@@ -17,8 +17,10 @@ from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.virustotal.behaviour import mitre_trees
 from vt_pipeline.emulators.virustotal.comments import comment_objects
 from vt_pipeline.emulators.virustotal.corpus import Corpus
+from vt_pipeline.emulators.virustotal.gti import gti_kind, has_associations
 from vt_pipeline.emulators.virustotal.gti_collections import associations
 from vt_pipeline.emulators.virustotal.keys import ApiKey
+from vt_pipeline.emulators.virustotal.objects import is_analysed
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.enrichment.definitions import defs as enrichment_defs
 from vt_pipeline.enrichment.job import vt_enrichment_job
@@ -187,6 +189,22 @@ def test_a_key_without_gti_costs_nothing_extra(
     assert result.success
     assert calls(vt_emulator) == {"file": 1}  # GTI context is on by default
     assert not opencti.objects("Intrusion-Set")
+
+
+def test_gti_context_is_asked_only_when_the_assessment_names_an_association(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_emulator: VirusTotalEmulator, vt_corpus: Corpus
+) -> None:
+    """A GTI key: the assessment comes with every lookup, the associations call only for the
+    objects whose contributing factors name a Mandiant association."""
+    scored = next(
+        sha256
+        for sha256, obj in sorted(vt_corpus.files.items())
+        if gti_kind(obj) == "full" and is_analysed(obj) and not has_associations(obj)
+    )
+    entity = opencti.create_observable("StixFile", hashes={"SHA-256": scored})
+    vt_emulator.reset_stats()
+    result, _ = enrich(entity)
+    assert result.success and calls(vt_emulator) == {"file": 1}
 
 
 def test_an_old_report_is_re_analysed_before_it_is_used(

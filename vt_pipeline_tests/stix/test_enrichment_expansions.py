@@ -13,6 +13,7 @@ from pycti import AttackPattern, IntrusionSet, Malware
 
 from vt_pipeline.emulators.opencti import matrix
 from vt_pipeline.stix.enrichment import EnrichmentMappingOptions, EnrichmentResult
+from vt_pipeline.stix.enrichment.detection_rules import sigma_yaml
 from vt_pipeline.virustotal.expansions import (
     Comment,
     Expansions,
@@ -299,3 +300,26 @@ def test_readers_take_vt_s_shapes_and_count_what_they_drop() -> None:
         }
     )
     assert [t.kind for t in threats] == ["report"] and invalid == 1
+
+
+def test_a_sigma_rule_gives_the_same_text_whatever_the_order_of_vt_s_json() -> None:
+    """Its Indicator's id comes from the text: a stored copy (keys sorted) must not give a
+    second Indicator."""
+    shuffled = SigmaRule(
+        SIGMA_ID,
+        {
+            "log_source": {"service": "", "product": "windows", "category": "process_creation"},
+            "detection": {"details": {"selection": {"b": 1, "a": 2}}, "condition": "selection"},
+            "title": "T",
+        },
+    )
+    ordered = SigmaRule(
+        SIGMA_ID,
+        {
+            "title": "T",
+            "detection": {"condition": "selection", "details": {"selection": {"a": 2, "b": 1}}},
+            "log_source": {"category": "process_creation", "product": "windows", "service": ""},
+        },
+    )
+    assert sigma_yaml(shuffled) == sigma_yaml(ordered)
+    assert sigma_yaml(SigmaRule(SIGMA_ID, {"title": "no detection"})) is None

@@ -39,6 +39,21 @@ def gti_kind(obj: Mapping[str, Any]) -> str:
     return "empty" if bucket < FULL_SHARE + EMPTY_SHARE else "none"
 
 
+ASSOCIATED_SHARE = 0.4  # of the detected objects with a scored assessment
+
+
+def has_associations(obj: Mapping[str, Any]) -> bool:
+    """Whether GTI ties a synthetic object to threat objects (an actor and a malware family,
+    served by `gti_collections`): 40 % of the detected objects with a scored assessment. Their
+    assessment then says so, as real ones do (`contributing_factors.mandiant_association_*`)."""
+    attrs = obj.get("attributes") or {}
+    malicious = int((attrs.get("last_analysis_stats") or {}).get("malicious") or 0)
+    if malicious <= 0 or gti_kind(obj) != "full":
+        return False
+    rng = random.Random(f"vt-associations:{obj.get('type')}:{obj.get('id')}")
+    return rng.random() < ASSOCIATED_SHARE
+
+
 def _verdict(score: int) -> tuple[str, str]:
     if score >= 70:
         return "VERDICT_MALICIOUS", "SEVERITY_HIGH"
@@ -66,6 +81,9 @@ def gti_assessment(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     rng = random.Random(f"gti-score:{obj.get('type')}:{obj.get('id')}")
     score = min(100, 5 + malicious * 6 + rng.randint(0, 9)) if malicious else rng.randint(0, 9)
     verdict, severity = _verdict(score)
+    associated = {}
+    if has_associations(obj):
+        associated = {"mandiant_association_actor": True, "mandiant_association_malware": True}
     return {
         "threat_score": {"value": score},
         "verdict": {"value": verdict},
@@ -74,6 +92,7 @@ def gti_assessment(obj: Mapping[str, Any]) -> dict[str, Any] | None:
             "gavs_detections": malicious,
             "mandiant_analyst_malicious": score >= 90,
             "normalised_categories": ["trojan"] if malicious else [],
+            **associated,
         },
         "description": f"This indicator was determined as {verdict[8:].lower()}.",
     }

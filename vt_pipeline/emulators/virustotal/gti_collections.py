@@ -15,7 +15,8 @@ Intelligence Enterprise (`keys.ApiKey.gti_enterprise`): any other key gets 403 F
 as VT answers a privilege a key lacks.
 
 A synthetic corpus associates threat objects with 40 % of the detected objects that carry a
-scored GTI assessment (`gti.gti_kind == "full"`), from a small fixed catalogue: the malware
+scored GTI assessment (`gti.has_associations`, which their assessment's contributing factors
+say: `mandiant_association_actor`/`_malware`), from a small fixed catalogue: the malware
 family is the object's own popular threat name when it has one, so GTI's family and VT's
 classification merge into one Malware in OpenCTI. A captured corpus has no associations.
 """
@@ -30,13 +31,12 @@ from aiohttp import web
 
 from vt_pipeline.emulators.virustotal.api import Handler, api_error, json_ok
 from vt_pipeline.emulators.virustotal.comments import object_listing
-from vt_pipeline.emulators.virustotal.gti import gti_kind
+from vt_pipeline.emulators.virustotal.gti import has_associations
 from vt_pipeline.emulators.virustotal.objects import API_ROOT, FAMILIES
 
 if TYPE_CHECKING:
     from vt_pipeline.emulators.virustotal.api import VirusTotalAPI
 
-ASSOCIATED_SHARE = 0.4
 _NAMESPACE = uuid.UUID("5b0f7a3e-2c1d-4a52-9d0b-6f1e8c4a7d21")
 _CREATED = 1_600_000_000  # the catalogue's own dates (fixed: objects GTI curated long ago)
 _ACTORS = ("APT28", "FIN7", "UNC2452", "TA505", "Lazarus Group")
@@ -89,12 +89,12 @@ for _entry in COLLECTIONS.values():
 
 
 def associations(collection: str, obj: dict[str, Any]) -> list[dict[str, Any]]:
-    """The threat objects GTI associates with a synthetic object (none for most)."""
+    """The threat objects GTI associates with a synthetic object (none for most:
+    `gti.has_associations`)."""
     attrs = obj.get("attributes") or {}
-    malicious = int((attrs.get("last_analysis_stats") or {}).get("malicious") or 0)
-    rng = random.Random(f"vt-associations:{collection}:{obj.get('id')}")
-    if malicious <= 0 or gti_kind(obj) != "full" or rng.random() >= ASSOCIATED_SHARE:
+    if not has_associations(obj):
         return []
+    rng = random.Random(f"vt-association-objects:{collection}:{obj.get('id')}")
     found = [rng.choice(_BY_KIND["threat-actor"])]
     names = (attrs.get("popular_threat_classification") or {}).get("popular_threat_name") or []
     family = str(names[0].get("value") or "").upper() if names else ""

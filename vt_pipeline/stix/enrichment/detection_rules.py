@@ -29,6 +29,7 @@ from vt_pipeline.virustotal.expansions import Expansions, IdsMatch, SigmaRule
 RULE_LIMIT = 100_000  # characters of one rule: more is not a rule
 _UNWRITABLE = re.compile("[\ud800-\udfff\x00]")
 _SIGMA_ORDER = ("title", "status", "description", "references", "author", "tags")
+_LOG_SOURCE_ORDER = ("category", "product", "service", "definition")
 
 
 def sigma_yaml(rule: SigmaRule) -> str | None:
@@ -42,14 +43,24 @@ def sigma_yaml(rule: SigmaRule) -> str | None:
     document: dict[str, Any] = {key: attrs[key] for key in _SIGMA_ORDER if attrs.get(key)}
     source = attrs.get("log_source")
     if isinstance(source, dict):
-        document["logsource"] = {k: v for k, v in source.items() if v}
-    document["detection"] = {**details, "condition": detection["condition"]}
+        document["logsource"] = {k: source[k] for k in _LOG_SOURCE_ORDER if source.get(k)}
+    # Keys sorted: the same rule gives the same text (its Indicator's id) whatever the order
+    # VT's JSON, or a stored copy of it, has.
+    document["detection"] = {**_sorted(details), "condition": detection["condition"]}
     for key, sigma_key in (("false_positives", "falsepositives"), ("fields", "fields")):
         if attrs.get(key):
             document[sigma_key] = attrs[key]
     if attrs.get("level"):
         document["level"] = attrs["level"]
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000)
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _sorted(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
 
 
 def add_sigma_indicators(builder: Builder, target: Target) -> None:

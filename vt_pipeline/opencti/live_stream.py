@@ -158,13 +158,14 @@ def read_stream(
     except requests.RequestException as exc:
         raise OpenCTIUnavailable(f"OpenCTI live stream unreachable: {type(exc).__name__}") from None
     with response:
-        if response.status_code in (401, 403, 404):
+        why = f"HTTP {response.status_code} {_clip(response.reason)}".strip()
+        if response.status_code in (401, 403, 404, 410):
             raise OpenCTIError(
-                f"OpenCTI refused the live stream {live_stream_id or '(raw)'} "
-                f"(HTTP {response.status_code}): check OPENCTI_TOKEN and CONNECTOR_LIVE_STREAM_ID"
+                f"OpenCTI refused the live stream {live_stream_id or '(raw)'} ({why}): check "
+                "OPENCTI_TOKEN and CONNECTOR_LIVE_STREAM_ID (a stream that exists and is started)"
             )
         if response.status_code != 200:
-            raise OpenCTIUnavailable(f"OpenCTI live stream answered HTTP {response.status_code}")
+            raise OpenCTIUnavailable(f"OpenCTI live stream answered {why}")
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         buffer = ""
         try:
@@ -194,6 +195,10 @@ def _chunks(response: requests.Response) -> Iterator[bytes]:
         return
     while chunk := response.raw.read1(65536):
         yield chunk
+
+
+def _clip(text: str | None, limit: int = 200) -> str:
+    return " ".join(str(text or "").split())[:limit]
 
 
 def _take(event: Event, result: StreamRead) -> bool:

@@ -60,18 +60,24 @@ def test_pycti_sse_client_reads_create_update_delete_with_opencti_ids(
     assert delete["data"]["id"] == indicator
 
 
-def test_reads_resume_from_the_position_and_stop_within_their_bounds(
+def test_reads_recover_resume_from_the_position_and_stop_within_their_bounds(
     platform: OpenCTIEmulator,
 ) -> None:
-    stream_id = platform.live_stream.create_stream()
+    stream_id = platform.live_stream.create_stream(entity_types=("Indicator",))
+    for number in range(2):  # before the first read: recovered (their current state)
+        platform.create_indicator(f"rule r{number} {{ condition: true }}", pattern_type="yara")
+    time.sleep(0.01)
     first = StreamPosition.from_state(None)
     assert first.start_from == "0-0" and str(first.recover_until).endswith("Z")
-    for number in range(5):
+    time.sleep(0.01)
+    for number in range(2, 5):  # after: live events
         platform.create_indicator(f"rule r{number} {{ condition: true }}", pattern_type="yara")
     started = time.monotonic()
     read = read_stream(platform.url, platform.token, first, live_stream_id=stream_id, max_events=3)
     assert read.stopped == "max_events" and len(read.events) == 3
     assert time.monotonic() - started < 2
+    origins = [e.message["origin"].get("referer") for e in read.events]
+    assert origins == ["init", "init", "emulator"]
     rest = read_stream(
         platform.url,
         platform.token,
@@ -82,7 +88,7 @@ def test_reads_resume_from_the_position_and_stop_within_their_bounds(
     assert rest.stopped == "idle" and len(rest.events) == 2
     names = [e.stix["pattern"] for e in read.events + rest.events]
     assert names == [f"rule r{n} {{ condition: true }}" for n in range(5)]
-    # nothing new: a heartbeat keeps the position where it was, never before it
+    # nothing new: a heartbeat carries the last event's id, never one before it
     platform.live_stream.heartbeat_seconds = 0.1
     idle = read_stream(
         platform.url,
@@ -110,11 +116,19 @@ def test_a_refused_or_unreachable_stream_says_so_without_the_token(
     platform: OpenCTIEmulator,
 ) -> None:
     position = StreamPosition("0-0", False)
-    with pytest.raises(OpenCTIError, match="CONNECTOR_LIVE_STREAM_ID") as unknown:
+    with pytest.raises(OpenCTIError, match=r"not authorized.*CONNECTOR_LIVE_STREAM_ID") as unknown:
         read_stream(platform.url, platform.token, position, live_stream_id="nope")
     assert platform.token not in str(unknown.value)
     with pytest.raises(OpenCTIError, match="HTTP 401"):
         read_stream(platform.url, "wrong-token", position, live_stream_id="x")
+    recover_without_start = StreamPosition("", "2026-01-01T00:00:00.000Z")
+    with pytest.raises(OpenCTIUnavailable, match="HTTP 500"):
+        read_stream(
+            platform.url,
+            platform.token,
+            recover_without_start,
+            live_stream_id=platform.live_stream.create_stream(),
+        )
     with pytest.raises(OpenCTIUnavailable):
         read_stream("http://127.0.0.1:9", platform.token, position, connect_timeout=1)
 

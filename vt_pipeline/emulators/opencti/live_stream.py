@@ -1,22 +1,27 @@
 """OpenCTI's live stream (server-sent events at `/stream/{id}`), fed by the emulator's store.
 
-What pycti's `ListenStream` (filigran-sseclient) reads, from the reference's section 11
-(opencti-graphql `sseMiddleware.js`, `stream-utils.ts`; pycti `ListenStream.run`):
+As opencti-graphql's `sseMiddleware.js` serves it (read at OpenCTI-Platform/opencti commit
+7af5740; the reference's section 11) and pycti's `ListenStream` reads it:
 - `GET /stream` (raw) and `GET /stream/{id}` (a live stream collection), `Authorization:
-  Bearer <token>`; the start position is `?from=` or the `Last-Event-ID` header; `?recover=`
-  is accepted; `listen-delete: false` leaves delete events out.
-- `Content-Type: text/event-stream; charset=utf-8`; first an `event: connected` (no id, so
-  pycti ignores it), then every event after the start position as
-  `id: <epoch_ms>-<seq>\\nevent: create|update|delete\\ndata: <json>\\n\\n`, then new events as
-  they happen and a `heartbeat` (id: the last event id sent, so resuming from it skips nothing)
-  every `heartbeat_seconds`.
+  Bearer <token>`. A bad token, or an unknown collection, is a 401 with a reason and no body.
+- The start is `?from=`, a `from` header or `Last-Event-ID`: `0`/`0-0`, `<epoch ms>-<seq>` or
+  an ISO date; none means from now on. `?recover=` (or `recover`/`recover-date` headers) after
+  the start is OpenCTI's recovery: the current state of what changed between the two, as
+  `create` events with ids from each object's update time (origin `init`), then the stream from
+  the recover date; a recover without a start is a 500, as OpenCTI's.
+- `Content-Type: text/event-stream; charset=utf-8`; first `event: connected` (no id, so pycti
+  ignores it), then the events after the start as `id: <epoch ms>-<seq>\nevent:
+  create|update|delete\ndata: <json>\n\n`, new ones as they happen, and every
+  `heartbeat_seconds` (5, HEARTBEAT_PERIOD) a `heartbeat` whose id is the last event of the
+  whole stream, matching or not (data: its date as a JSON string).
 - `data` is `{version: "4", type, scope: "external", message, origin, data: <STIX>, markings}`,
   STIX as OpenCTI exports it (its extension carries id, type, detection, score, ...);
   `update` adds `context: {patch, reverse_patch}` (JSON patch ops on top-level properties).
+  `listen-delete: false` leaves delete events out.
 
-Decisions (the reference says UNCONFIRMED): the emulator keeps its whole stream, so `recover`
-(a catch-up of the current state, server side) adds nothing to replaying from the position and
-is only checked to be a date; an unknown collection id is a 404; `merge` events are not made.
+Not emulated: collection filters beyond entity types (so no update turned into a create or a
+delete as an object enters or leaves a filter), dependencies (`no-dependencies: false`),
+inferences, `merge` events.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +46,7 @@ from vt_pipeline.emulators.opencti.store import (
 )
 
 EVENT_VERSION = "4"
-HEARTBEAT_SECONDS = 20.0  # KEEP_ALIVE_INTERVAL_MS
+HEARTBEAT_SECONDS = 5.0  # sseMiddleware's HEARTBEAT_PERIOD default
 _POLL_SECONDS = 0.05
 
 
@@ -152,38 +157,71 @@ class LiveStream:
         with self._lock:
             self._events.append(StreamEvent(self._next_id(), kind, record.entity_type, payload))
 
-    def _after(self, start: tuple[int, int], collection: dict[str, Any] | None, deletes: bool):
+    def _after(
+        self, start: tuple[int, int], collection: dict[str, Any] | None, deletes: bool
+    ) -> tuple[list[StreamEvent], tuple[int, int]]:
+        """The collection's events after `start`, and the id of the last event of the whole
+        stream (OpenCTI's heartbeat carries it, matching or not)."""
         with self._lock:
-            events = list(self._events)
+            events = [e for e in self._events if parse_event_id(e.id) > start]
         types = (collection or {}).get("entity_types") or ()
-        return [
+        last = parse_event_id(events[-1].id) if events else start
+        kept = [
             e
             for e in events
-            if parse_event_id(e.id) > start
-            and (deletes or e.type != "delete")
-            and (not types or e.entity_type in types)
+            if (deletes or e.type != "delete") and (not types or e.entity_type in types)
         ]
+        return kept, last
+
+    def _recovered(
+        self, start: tuple[int, int], until: tuple[int, int], collection: dict[str, Any] | None
+    ) -> list[StreamEvent]:
+        """Recovery: the current state of what changed in (start, until], as `create` events
+        with ids from their update time, origin `init` (sseMiddleware's recovery mode)."""
+        types = (collection or {}).get("entity_types") or ()
+        found = []
+        for record in self.store.records():
+            updated = _ms(record.updated_at)
+            if not start[0] < updated <= until[0] or (types and record.entity_type not in types):
+                continue
+            stix = stream_stix(record, self.store.export_stix(record))
+            payload = {
+                "version": EVENT_VERSION,
+                "type": "create",
+                "scope": "external",
+                "message": f"creates a {record.entity_type} `{_label(stix)}`",
+                "origin": {"referer": "init"},
+                "data": stix,
+            }
+            found.append(StreamEvent(f"{updated}-0", "create", record.entity_type, payload))
+        return sorted(found, key=lambda e: parse_event_id(e.id))
 
     # -- HTTP -------------------------------------------------------------------------------
     async def handle(self, request: web.Request, token: str) -> web.StreamResponse:
+        """`GET /stream[/{id}]`; refusals as OpenCTI's: 401 with a reason and no body (a bad
+        token, an unknown collection), 500 for a recover without a start."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or given.strip() != token:
-            return web.json_response({"message": "You are not authorized"}, status=401)
+            return _refused(401, "You are not authenticated, please check your credentials")
         stream_id = request.match_info.get("id")
         collection = None
         if stream_id is not None:
             collection = self._collections.get(stream_id)
             if collection is None:
-                return web.json_response({"message": "Stream collection not found"}, status=404)
-        start_text = request.query.get("from") or request.headers.get("Last-Event-ID") or ""
-        recover = request.query.get("recover")
-        try:
-            start = parse_event_id(start_text) if start_text else self._last
-            if recover:
-                datetime.fromisoformat(recover.replace("Z", "+00:00"))
-        except ValueError:
-            return web.json_response({"message": "Invalid start or recover"}, status=400)
-        deletes = request.headers.get("listen-delete", "true").lower() != "false"
+                return _refused(401, "You are not authorized, please check your credentials")
+        headers = request.headers
+        start = stream_position(
+            request.query.get("from") or headers.get("from") or headers.get("Last-Event-ID")
+        )
+        recover_text = (
+            request.query.get("recover") or headers.get("recover") or headers.get("recover-date")
+        )
+        recover = stream_position(recover_text)
+        if recover is not None and start is None:
+            return _refused(500, "Recovery mode is only possible with a start date.")
+        if start is None:
+            start = self._last  # no position: from now on
+        deletes = headers.get("listen-delete", "true").lower() != "false"
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -192,20 +230,24 @@ class LiveStream:
             }
         )
         await response.prepare(request)
-        info = {"connectionId": str(uuid.uuid4()), "clients": 1, "collection": stream_id}
+        info = {"connectionId": str(uuid.uuid4()), "collection": stream_id}
         await response.write(f"event: connected\ndata: {json.dumps(info)}\n\n".encode())
-        last_sent, beat = start, time.monotonic()
+        position, beat = start, time.monotonic()
         try:
+            if recover is not None and recover > start:
+                for event in self._recovered(start, recover, collection):
+                    await response.write(event.frame())
+                position = recover
             while not self._closed:
-                pending = self._after(last_sent, collection, deletes)
+                pending, position = self._after(position, collection, deletes)
                 for event in pending:
                     await response.write(event.frame())
-                    last_sent = parse_event_id(event.id)
                 if pending:
                     beat = time.monotonic()
-                elif time.monotonic() - beat >= self.heartbeat_seconds:
-                    stamp = datetime.now().astimezone().isoformat()
-                    last_id = f"{last_sent[0]}-{last_sent[1]}"
+                elif time.monotonic() - beat >= self.heartbeat_seconds and position > (0, 0):
+                    moment = datetime.fromtimestamp(position[0] / 1000, UTC).isoformat()
+                    last_id = f"{position[0]}-{position[1]}"
+                    stamp = json.dumps(moment.replace("+00:00", "Z"))
                     frame = f"id: {last_id}\nevent: heartbeat\ndata: {stamp}\n\n"
                     await response.write(frame.encode())
                     beat = time.monotonic()
@@ -215,6 +257,35 @@ class LiveStream:
         except (ConnectionResetError, asyncio.CancelledError):
             return response
         return response
+
+
+def stream_position(value: str | None) -> tuple[int, int] | None:
+    """A start or recover parameter as a stream position (sseMiddleware's
+    `convertParameterToStreamId`): `0`/`0-0`, `<ms>-<seq>`, or an ISO date; None otherwise."""
+    if not value:
+        return None
+    if value in ("0", "0-0"):
+        return (0, 0)
+    if value.count("-") == 1:
+        try:
+            return parse_event_id(value)
+        except ValueError:
+            return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (int(moment.timestamp() * 1000), 0)
+
+
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def _refused(status: int, reason: str) -> web.Response:
+    return web.Response(status=status, reason=reason)
 
 
 def _label(stix: dict[str, Any]) -> str:

@@ -19,11 +19,11 @@ answer) is a `Relation` with its `error`: the enrichment goes on without it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from vt_pipeline.virustotal.objects import safe_text
 from vt_pipeline.virustotal.reports import Relation, ReportKind, read_relation
-from vt_pipeline.virustotal.resource import VirusTotalError
+from vt_pipeline.virustotal.resource import VirusTotalError, VirusTotalSession
 
 # The relations each object kind may be expanded with (VIRUSTOTAL_{KIND}_RELATIONSHIPS).
 RELATIONSHIPS: dict[ReportKind, tuple[str, ...]] = {
@@ -61,19 +61,6 @@ COLLECTIONS: dict[ReportKind, str] = {
 MAX_LIMIT = 40  # the largest page VT serves on a relationship endpoint
 
 
-class Session(Protocol):
-    """What a relation fetch needs of `VirusTotalSession`."""
-
-    async def get_json(
-        self,
-        endpoint: str,
-        path: str,
-        *path_args: str,
-        params: dict[str, Any] | None = None,
-        what: str = "",
-    ) -> dict[str, Any]: ...
-
-
 # The response cache: (stored response type, object id) -> a stored page or None; its writer.
 Recent = Callable[[str, str], dict[str, Any] | None]
 Store = Callable[[str, str, dict[str, Any]], None]
@@ -90,7 +77,7 @@ def lookup_relationships(kind: ReportKind, wanted: Sequence[str]) -> list[str]:
 
 
 async def fetch_relations(
-    session: Session,
+    session: VirusTotalSession,
     kind: ReportKind,
     object_id: str,
     lookup: Mapping[str, Any],
@@ -158,7 +145,7 @@ def _named(item: Any) -> bool:
 
 
 async def _own_call(
-    session: Session,
+    session: VirusTotalSession,
     kind: ReportKind,
     object_id: str,
     subject: str,

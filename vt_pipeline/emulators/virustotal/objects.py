@@ -655,18 +655,23 @@ def ip_object(address: str, seed: int, seen: int) -> dict:
 
 def resolution_objects(domain: str, seed: int, seen: int) -> list[dict]:
     rng = random.Random(f"vt-resolutions:{seed}:{domain}")
-    resolutions = []
-    for address in domain_addresses(seed, domain):
-        attrs = {
-            "date": seen - rng.randint(0, 30 * DAY),
-            "host_name": domain,
-            "ip_address": address,
-            "resolver": "VirusTotal",
-            "host_name_last_analysis_stats": network_analysis(rng, rng.randint(0, 5))[0],
-            "ip_address_last_analysis_stats": network_analysis(rng, rng.randint(0, 5))[0],
-        }
-        resolutions.append(object_envelope("resolution", address + domain, "resolutions", attrs))
-    return resolutions
+    return [
+        resolution_object(rng, domain, address, seen - rng.randint(0, 30 * DAY))
+        for address in domain_addresses(seed, domain)
+    ]
+
+
+def resolution_object(rng: random.Random, domain: str, address: str, date: int) -> dict:
+    """A resolution of `domain` to `address` seen at `date` (its id: the IP, then the domain)."""
+    attrs = {
+        "date": date,
+        "host_name": domain,
+        "ip_address": address,
+        "resolver": "VirusTotal",
+        "host_name_last_analysis_stats": network_analysis(rng, rng.randint(0, 5))[0],
+        "ip_address_last_analysis_stats": network_analysis(rng, rng.randint(0, 5))[0],
+    }
+    return object_envelope("resolution", address + domain, "resolutions", attrs)
 
 
 def random_ipv4(rng: random.Random) -> str:

@@ -39,8 +39,7 @@ from vt_pipeline.emulators.virustotal.ioc_stream import StreamQueryError, parse_
 from vt_pipeline.emulators.virustotal.objects import (
     API_ROOT,
     DAY,
-    network_analysis,
-    object_envelope,
+    resolution_object,
 )
 
 if TYPE_CHECKING:
@@ -184,15 +183,8 @@ class Relationships:
         seen = int((subject.get("attributes") or {}).get("last_modification_date") or 0)
         found = []
         for domain in rng.sample(domains, min(len(domains), rng.randint(2, 14))):
-            attrs = {
-                "date": seen - rng.randint(0, 400 * DAY),
-                "host_name": domain,
-                "ip_address": address,
-                "resolver": "VirusTotal",
-                "host_name_last_analysis_stats": network_analysis(rng, rng.randint(0, 5))[0],
-                "ip_address_last_analysis_stats": network_analysis(rng, rng.randint(0, 5))[0],
-            }
-            found.append(object_envelope("resolution", address + domain, "resolutions", attrs))
+            date = seen - rng.randint(0, 400 * DAY)
+            found.append(resolution_object(rng, domain, address, date))
         return found
 
     # -- shapes ----------------------------------------------------------------------------

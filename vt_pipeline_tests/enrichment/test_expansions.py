@@ -227,6 +227,37 @@ def test_an_old_report_is_re_analysed_before_it_is_used(
     assert again.success and calls(vt_emulator)["file_analyse"] == 1
 
 
+def test_a_url_is_re_analysed_and_gets_its_comments_and_gti_context(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_emulator: VirusTotalEmulator, vt_corpus: Corpus
+) -> None:
+    """A network entity: the URL re-analysed by its VT id, the comments note and GTI's threat
+    objects (Malware `communicates-with` the URL), each call counted."""
+    obj = next(
+        o
+        for _, o in sorted(vt_corpus.urls.items())
+        if is_analysed(o) and comment_objects("urls", o) and has_associations(o)
+    )
+    url = obj["attributes"]["url"]
+    entity = opencti.create_observable("Url", url)
+    vt_emulator.reset_stats()
+    result, (request,) = enrich(entity, create_note_comments=True, rescan_older_than_days=1)
+    assert result.success
+    _, _, message = work_message(opencti, request.work_id)
+    assert "re-analysed" in message
+    stats = calls(vt_emulator)
+    assert (stats["url"], stats["url_analyse"], stats["url_comments"]) == (2, 1, 1)
+    assert stats["url_associations"] == 1
+    notes = [n["abstract"] for n in opencti.notes_about(entity)]
+    assert "VirusTotal community comments" in notes
+    family = next(
+        t
+        for t in associations("urls", obj)
+        if t["attributes"]["collection_type"] == "malware-family"
+    )
+    talking = opencti.related(entity, "communicates-with", "to")
+    assert Malware.generate_id(family["attributes"]["name"]) in {m["id"] for m in talking}
+
+
 def test_a_re_analysis_that_does_not_finish_falls_back_to_the_stored_report(
     enrich: Enrich, opencti: OpenCTIEmulator, vt_emulator: VirusTotalEmulator, vt_corpus: Corpus
 ) -> None:

@@ -45,13 +45,18 @@ def test_list_every_page_create_edit_in_place_delete(
         await rulesets.add_editors(session, made[0]["id"], ["alice", "bob"])
         first = await rulesets.delete_ruleset(session, made[1]["id"])
         again = await rulesets.delete_ruleset(session, made[1]["id"])
+        # VT's filter: full words ("team" but not "tea"), enabled, combined
+        assert len(await rulesets.list_rulesets(session, "name:team")) == 44
+        assert await rulesets.list_rulesets(session, "name:tea") == []
+        assert len(await rulesets.list_rulesets(session, "name:team enabled:false")) == 1
         return listed, made[0], edited, await rulesets.list_rulesets(session), first, again
 
     vt_emulator.reset_stats()
     listed, made, edited, after, first, again = run(virustotal, work)
     total = corpus_rulesets + 45
     assert len(listed) == total and len({r["id"] for r in listed}) == total
-    assert vt_emulator.count("hunting_rulesets") == 2 + 2  # 40 a page, listed twice
+    # 40 a page: 50 rulesets (2 pages), 44 "team" (2), none (1), 1 (1), 49 (2)
+    assert vt_emulator.count("hunting_rulesets") == 2 + 2 + 1 + 1 + 2
     attrs = made["attributes"]
     assert attrs["enabled"] is True and attrs["limit"] == 100
     assert attrs["notification_emails"] == ["a@example.com"] and attrs["rule_names"] == ["team_0"]

@@ -10,8 +10,9 @@ edited like created ones; the corpus itself is never modified (edits live here).
 
 Decisions where the reference says UNCONFIRMED: rules VirusTotal cannot compile are refused
 with 400 `InvalidArgumentError` (plyara stands in for libyara's compiler); the list's page size
-is at most 40 (as `/ioc_stream`); `filter` accepts `name:`, `enabled:`, `rules:` and `tag:`
-terms, matched as whole words (case-insensitive); editors are users (`type: "user"`).
+is at most 40 (as `/ioc_stream`); a ruleset created without `limit` gets 100; `filter` accepts
+`name:`, `enabled:`, `rules:` and `tag:` terms, matched as full words (case-insensitive); editors
+are users or groups. List links point at the request's URL (VT's at `/users/{user}/...`).
 
 `notify(ruleset_id, file_id)` is what Livehunt does when a managed ruleset matches a file: a
 notification on `/ioc_stream` whose context names the ruleset and its first rule.
@@ -123,6 +124,7 @@ class HuntingRulesets:
         if not isinstance(attrs.get("name"), str) or not attrs["name"].strip():
             raise RulesetError(400, "InvalidArgumentError", "name is required")
         check_rules(attrs.get("rules"))
+        _check_object_type(attrs)
         now = int(self._clock())
         with self._lock:
             self._next += 1
@@ -153,6 +155,7 @@ class HuntingRulesets:
             raise RulesetError(400, "InvalidArgumentError", f"read-only: {sorted(unknown)}")
         if "rules" in attrs:
             check_rules(attrs["rules"])
+        _check_object_type(attrs)
         with self._lock:
             obj = self._rulesets.get(ruleset_id)
             if obj is None:
@@ -171,8 +174,7 @@ class HuntingRulesets:
     def add_editors(self, ruleset_id: str, body: Any) -> None:
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list) or not all(
-            isinstance(d, dict) and d.get("type") in {"user", "group"} and d.get("id")
-            for d in data
+            isinstance(d, dict) and d.get("type") in {"user", "group"} and d.get("id") for d in data
         ):
             raise RulesetError(400, "InvalidArgumentError", "data must be a list of users")
         with self._lock:
@@ -195,6 +197,13 @@ class HuntingRulesets:
         names = attrs.get("rule_names") or ["unknown"]
         when = int(self._clock()) if date is None else int(date)
         return self._add_notification(ruleset_id, str(attrs["name"]), names[0], file_id, when)
+
+
+def _check_object_type(attrs: dict[str, Any]) -> None:
+    """The documented values (`file`, `url`, `domain`, `ip`) and vt-py's `ip_address`."""
+    kind = attrs.get("match_object_type", "file")
+    if kind not in {"file", "url", "domain", "ip", "ip_address"}:
+        raise RulesetError(400, "InvalidArgumentError", f"invalid match_object_type {kind!r}")
 
 
 def _derived(values: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +241,9 @@ def _parse_filter(text: str) -> list[Callable[[dict], bool]]:
 
 
 def _has_word(text: str, word: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text, re.IGNORECASE) is not None
+    """A full word, "delimited by non-alphanumeric characters" (VT's filter documentation)."""
+    pattern = rf"(?<![A-Za-z0-9]){re.escape(word)}(?![A-Za-z0-9])"
+    return re.search(pattern, text, re.IGNORECASE) is not None
 
 
 def _encode_cursor(offset: int) -> str:

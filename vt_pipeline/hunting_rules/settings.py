@@ -95,9 +95,9 @@ class HuntingRulesSettings(dg.ConfigurableResource):
         description="VT_PIPELINE_HUNTING_RULES_MAX_EVENTS: live stream events read per tick.",
     )
     tick_seconds: int = Field(
-        default=20,
+        default=10,
         ge=1,
-        le=50,
+        le=20,
         description="VT_PIPELINE_HUNTING_RULES_TICK_SECONDS: longest read of the stream per tick.",
     )
 

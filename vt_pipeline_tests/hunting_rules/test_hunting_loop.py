@@ -10,6 +10,7 @@ import pytest
 
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
+from vt_pipeline.hunting_rules import definitions as hunting_definitions
 from vt_pipeline.hunting_rules.definitions import hunting_rules_sensor, hunting_rulesets
 from vt_pipeline.hunting_rules.settings import HuntingRulesSettings
 from vt_pipeline.stix.hunting_rules import marked_indicator
@@ -302,3 +303,28 @@ def test_upstream_made_rulesets_are_adopted_and_found_past_the_first_page(
     rows = {r["indicator_id"]: r for r in table(result)}
     assert rows[indicator_id]["ruleset_id"] == upstream["id"]
     assert rows[other]["ruleset_id"] == copies[0]["id"]
+
+
+def test_a_tick_cut_short_by_slow_vt_calls_goes_on_next_tick_and_creates_nothing_twice(
+    dagster_instance: dg.DagsterInstance,
+    opencti: OpenCTIEmulator,
+    vt_emulator: VirusTotalEmulator,
+    livehunt_resources: ResourcesFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hunting_definitions, "APPLY_SECONDS", 1.0)
+    deployment = Deployment(dagster_instance, opencti, livehunt_resources())
+    for number in range(3):
+        opencti.create_indicator(
+            RULE.replace("analyst", f"slow{number}"),
+            pattern_type="yara",
+            name=f"Slow {number}",
+            detection=True,
+        )
+    vt_emulator.set_latency(600)  # a listing and a create: more than the tick's VT time
+    slow = deployment.tick()
+    assert "took the tick's 1 s" in slow.skip_reason.skip_message
+    vt_emulator.set_latency(0)
+    deployment.tick()
+    names = sorted(r["attributes"]["name"].split(" [")[0] for r in managed(vt_emulator))
+    assert names == ["Slow 0", "Slow 1", "Slow 2"]  # each once, whatever was cut short

@@ -416,6 +416,8 @@ def daemon_clicks(
         )
         with resource.connector("enrichment"):
             pass
+        with dg.DagsterInstance.from_config(str(home)):
+            pass  # storages migrated once, not by the daemon and its code server at once
         daemon = Path(sys.executable).parent / "dagster-daemon"
         log = (home / "daemon.log").open("ab")
         up = time.time()

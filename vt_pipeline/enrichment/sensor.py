@@ -482,14 +482,14 @@ def evaluate_drain(
             skip_reason="OpenCTI is not configured: set OPENCTI_URL and OPENCTI_TOKEN"
         )
     why_not = drain_wait_reason(context.instance, settings.drain, time.time())
-    if why_not is None and settings.drain.idle_seconds:
-        deadline = time.monotonic() + settings.tick_seconds
-        with (
-            opencti.connector("enrichment", deadline=deadline) as cti,
-            ListenQueue.of(cti) as queue,
-        ):  # a drain run may idle out: the next one starts when a request waits
-            if not queue.depth():
-                why_not = "no drain run is reading and the queue is empty"
+    deadline = time.monotonic() + settings.tick_seconds
+    # Registering on every tick (as the batch sensor does) keeps the connector known to
+    # OpenCTI, its queue included, whether or not a drain run is up: clicks are never refused.
+    with opencti.connector("enrichment", deadline=deadline) as cti:
+        if why_not is None and settings.drain.idle_seconds:
+            with ListenQueue.of(cti) as queue:  # idled out: the next starts when one waits
+                if not queue.depth():
+                    why_not = "no drain run is reading and the queue is empty"
     if why_not is not None:
         return dg.SensorResult(skip_reason=why_not)
     return dg.SensorResult(run_requests=[drain_run_request(settings.drain, time.time())])

@@ -31,7 +31,7 @@ from vt_pipeline.emulators.rabbitmq import RabbitMQ
 from vt_pipeline.emulators.virustotal.corpus import Corpus
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.enrichment import recovery
-from vt_pipeline.enrichment.requests import ENRICHMENT_JOB
+from vt_pipeline.enrichment.requests import DRAIN_JOB, ENRICHMENT_JOB
 from vt_pipeline.opencti.listen_queue import ListenQueue
 from vt_pipeline.opencti.resource import OpenCTIResource
 from vt_pipeline_tests.conftest import PREMIUM_KEY
@@ -63,6 +63,11 @@ class Deployment:
         self.log = home / "daemon.log"
 
     def start(self) -> None:
+        # The instance's SQLite storages created and migrated here, once: the daemon and its
+        # code server starting together on a fresh home can both stamp the migration
+        # ("alembic_version has more than one head") and the code location then fails to load.
+        with self.instance():
+            pass
         daemon = Path(sys.executable).parent / "dagster-daemon"
         self.process, self.watchdog = spawn_logged(
             [str(daemon), "run", "-w", str(self.home / "workspace.yaml")],
@@ -123,6 +128,7 @@ def deployment(
         "OPENCTI_TOKEN": opencti.token,
         "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector_id,
         "VT_PIPELINE_STORAGE_DIR": str(tmp_path / "storage"),
+        "VT_PIPELINE_ENRICHMENT_MODE": "batch",  # what these tests are about; drain: below
         "VT_PIPELINE_ENRICHMENT_BATCH_SIZE": "3",
     }
     running = Deployment(home, env)
@@ -282,6 +288,7 @@ def test_poison_messages_429_and_500_bursts_and_a_broker_restart_leave_every_wor
         "OPENCTI_TOKEN": opencti.token,
         "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector,
         "VT_PIPELINE_STORAGE_DIR": str(tmp_path / "storage"),
+        "VT_PIPELINE_ENRICHMENT_MODE": "batch",
     }
     deployment = Deployment(home, env)
     vt_emulator.set_faults("domain:429:1.0:5,url:500:1.0")
@@ -316,5 +323,65 @@ def test_poison_messages_429_and_500_bursts_and_a_broker_restart_leave_every_wor
         summaries = assert_every_request_answered_once(opencti, deployment, more, 300)
         assert all(not s["errors"] for s in summaries), [s["errors"] for s in summaries]
         assert all(s["expected"] == s["processed"] > 0 for s in summaries), summaries
+    finally:
+        deployment.stop()
+
+
+def test_drain_mode_a_killed_drain_run_is_replaced_and_loses_no_request(
+    tmp_path: Path,
+    vt_emulator: VirusTotalEmulator,
+    opencti: OpenCTIEmulator,
+    vt_corpus: Corpus,
+) -> None:
+    """The default mode through the daemon: the drain sensor keeps a drain run reading; a click
+    is answered by it; the drain run's worker SIGKILLed while it answers is swept, replaced,
+    and every request is answered exactly once, the queue empty."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    connector = str(uuid.uuid4())
+    env = {
+        **environ_without(("DAGSTER_", "VIRUSTOTAL_", "OPENCTI_", "CONNECTOR_", "VT_PIPELINE_")),
+        "PYTHONPATH": str(REPO_ROOT),
+        "VIRUSTOTAL_API_URL": vt_emulator.url,
+        "VIRUSTOTAL_TOKEN": PREMIUM_KEY,
+        "OPENCTI_URL": opencti.url,
+        "OPENCTI_TOKEN": opencti.token,
+        "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector,
+        "VT_PIPELINE_STORAGE_DIR": str(tmp_path / "storage"),
+        "VT_PIPELINE_ENRICHMENT_MODE": "drain",
+    }
+    deployment = Deployment(home, env)
+    deployment.start()
+    try:
+        with deployment.instance() as instance:
+
+            def reading() -> str | None:
+                runs = instance.get_runs(
+                    filters=dg.RunsFilter(
+                        job_name=DRAIN_JOB, statuses=[dg.DagsterRunStatus.STARTED]
+                    )
+                )
+                return runs[0].run_id if runs else None
+
+            first = deployment.wait_for(reading, "a drain run to start", 180)
+            assert connector in opencti.connectors  # registered by the drain sensor's ticks
+            [work] = click(opencti, deployment, sorted(vt_corpus.domains)[:1])
+            assert not opencti.wait_for_work(work, timeout=60).in_error
+            vt_emulator.set_latency(3000)  # the next clicks are held on VirusTotal
+            works = click(opencti, deployment, sorted(vt_corpus.domains)[1:5])
+            deployment.wait_for(
+                lambda: all((w := opencti.work(x)) and w.received_time for x in works),
+                "the drain run to take the clicks",
+                60,
+            )
+            pid = worker_pid(instance, first)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            vt_emulator.set_latency(0)
+            summaries = assert_every_request_answered_once(opencti, deployment, [work, *works], 240)
+            assert all(not s["errors"] for s in summaries), [s["errors"] for s in summaries]
+            dead = instance.get_run_by_id(first)
+            assert dead is not None and dead.status == dg.DagsterRunStatus.FAILURE
+            assert reading() not in (None, first)  # its successor reads now
     finally:
         deployment.stop()

@@ -14,6 +14,7 @@ from vt_pipeline.emulators.opencti.store import classify
 from vt_pipeline.stix import (
     EnrichmentMappingOptions,
     build_enrichment,
+    common,
     enrichment_bundle,
     serialize_bundle,
     validate_bundle,
@@ -69,6 +70,14 @@ def items_of(relation: str, subject_kind: str, subject_id: str) -> list[dict[str
     return out
 
 
+def ipv6_entity(value: str) -> dict[str, Any]:
+    """An IPv6-Addr as pycti exports it (the factories' IPv4 one, retyped)."""
+    entity = ef.opencti_value_observable("IPv4-Addr", value)
+    entity.update(type="ipv6-addr", id=common.sco_id("ipv6-addr", {"value": value}))
+    entity["x_opencti_type"] = "IPv6-Addr"
+    return entity
+
+
 ENTITIES = {
     "StixFile": (lambda: ef.opencti_file(), lambda: ef.vt_file(), "file"),
     "Artifact": (lambda: ef.opencti_file(artifact=True), lambda: ef.vt_file(), "file"),
@@ -85,6 +94,11 @@ ENTITIES = {
     "IPv4-Addr": (
         lambda: ef.opencti_value_observable("IPv4-Addr", "203.0.113.7"),
         lambda: ef.vt_ip("203.0.113.7"),
+        "ip_address",
+    ),
+    "IPv6-Addr": (
+        lambda: ipv6_entity("2001:db8::7"),
+        lambda: ef.vt_ip("2001:db8::7"),
         "ip_address",
     ),
     "Url": (
@@ -131,7 +145,8 @@ def test_every_relationship_the_mapping_sends_is_in_opencti_s_matrix(entity_type
     """Every relation of the entity's kind, every kind of object it can hold: the relationship
     built is one the OpenCTI emulator (OpenCTI's stixCoreRelationshipsMapping) accepts."""
     kind = ENTITIES[entity_type][2]
-    subject = {"file": "", "domain": "evil.example.com", "ip_address": "203.0.113.7"}.get(kind, "")
+    entity = ENTITIES[entity_type][0]()
+    subject = entity.get("value", "") if kind in ("domain", "ip_address") else ""
     relations = [
         read_relation(name, kind, subject, items_of(name, kind, subject), limit=10)  # type: ignore[arg-type]
         for name in RELATIONSHIPS[kind]  # type: ignore[index]

@@ -473,22 +473,25 @@ class Enricher:
                 f"(supported: {', '.join(VT_OBJECT_TYPES)})"
             )
 
-        async def one(kind: str, value: str) -> tuple[str, str, dict[str, Any] | None]:
+        async def one(kind: str, value: str) -> tuple[str, str, dict[str, Any] | None, Any]:
             if kind in FILE_TYPES:
                 body = await self._lookup("file", value, trace)
             else:
                 body = await self._observable(kind, value, trace, upload=False)
-            return kind, value, body
+            if body is None:
+                return kind, value, None, None
+            key = vt.url_id(value) if VT_OBJECT_TYPES[kind] == "url" else value
+            return kind, value, body, await self._expanded(kind, key, body, body["data"], trace)
 
         found = await asyncio.gather(*(one(kind, value) for kind, value in wanted))
-        lookups = [(kind, value, body["data"] if body else None) for kind, value, body in found]
+        lookups = [(kind, value, data) for kind, value, _, data in found]
         if all(data is None for _, _, data in lookups):
             listed = ", ".join(value for _, value in wanted)
             raise RequestFailed(f"VirusTotal has no record of the Indicator's values: {listed}")
         rulesets: dict[str, dict[str, Any]] = {}
-        for kind, _, data in lookups:
-            if data is not None and kind in FILE_TYPES:
-                rulesets.update(await self._yara_rulesets(data, trace))
+        for kind, _, body, _ in found:
+            if body is not None and kind in FILE_TYPES:
+                rulesets.update(await self._yara_rulesets(body["data"], trace))
         return build_indicator_enrichment(
             stix_entity, lookups, self.options, rulesets, requested_at=trace.requested_at
         )

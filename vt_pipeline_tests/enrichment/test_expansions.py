@@ -158,6 +158,31 @@ def test_a_fully_expanded_file_builds_the_graph_at_its_documented_cost(
     assert fresh.success and opencti.counts() == before
 
 
+def test_an_indicator_s_file_value_gets_its_family_and_techniques(
+    enrich: Enrich, opencti: OpenCTIEmulator, vt_emulator: VirusTotalEmulator, vt_corpus: Corpus
+) -> None:
+    """An Indicator is enriched through its values: the file's family and ATT&CK techniques
+    hang on the file observable, `based-on` from the Indicator."""
+    sha256 = fully_expanded_file(vt_corpus)
+    indicator = opencti.create_indicator(
+        f"[file:hashes.'SHA-256' = '{sha256}']",
+        observable_values=[{"type": "StixFile", "value": sha256, "hashes": {"SHA-256": sha256}}],
+        name=sha256,
+    )
+    vt_emulator.reset_stats()
+    result, (request,) = enrich(indicator, file_malware_family=True, file_attack_patterns=True)
+    assert result.success
+    status, in_error, message = work_message(opencti, request.work_id)
+    assert status == "complete" and not in_error, message
+    (observable,) = opencti.related(indicator, "based-on")
+    family = vt_corpus.files[sha256]["attributes"]["popular_threat_classification"]
+    malware_id = Malware.generate_id(family["popular_threat_name"][0]["value"])
+    assert malware_id in {m["id"] for m in opencti.related(observable["id"], "related-to")}
+    assert opencti.related(malware_id, "uses")
+    stats = calls(vt_emulator)
+    assert stats["file"] == 1 and stats["file_behaviour_mitre_trees"] == 1
+
+
 def test_failing_expansions_leave_the_base_enrichment_with_their_reasons(
     enrich: Enrich, opencti: OpenCTIEmulator, vt_emulator: VirusTotalEmulator, vt_corpus: Corpus
 ) -> None:

@@ -19,7 +19,9 @@ As opencti-graphql's `sseMiddleware.js` serves it (read at OpenCTI-Platform/open
   `update` adds `context: {patch, reverse_patch}` (JSON patch ops on top-level properties).
   `listen-delete: false` leaves delete events out.
 
-Not emulated: collection filters beyond entity types (so no update turned into a create or a
+Changes are recorded once a collection exists (`create_stream`) or the raw stream has had a
+reader, as if OpenCTI's stream started then (recovery still serves what came before). Not
+emulated: collection filters beyond entity types (so no update turned into a create or a
 delete as an object enters or leaves a filter), dependencies (`no-dependencies: false`),
 inferences, `merge` events.
 """
@@ -114,7 +116,16 @@ class LiveStream:
         self._last = (0, 0)
         self._collections: dict[str, dict[str, Any]] = {}
         self._closed = False
-        store.listeners.append(self._on_change)
+        self._enabled = False
+
+    def _enable(self) -> None:
+        """Record changes from now on. Only once a live stream exists: recording copies every
+        object a bundle changes, which the emulator's other users (Livehunt and enrichment
+        benchmarks) would pay for nothing."""
+        with self._lock:
+            if not self._enabled:
+                self._enabled = True
+                self.store.listeners.append(self._on_change)
 
     # -- collections and events -------------------------------------------------------------
     def create_stream(self, name: str = "vt_pipeline", entity_types: tuple[str, ...] = ()) -> str:
@@ -122,6 +133,7 @@ class LiveStream:
         stream_id = str(uuid.uuid4())
         with self._lock:
             self._collections[stream_id] = {"name": name, "entity_types": entity_types}
+        self._enable()
         return stream_id
 
     def events(self) -> list[StreamEvent]:
@@ -139,8 +151,6 @@ class LiveStream:
         return f"{self._last[0]}-{self._last[1]}"
 
     def _on_change(self, kind: str, record: Record, before: dict[str, Any] | None) -> None:
-        if record.entity_type == "Marking-Definition" and kind == "create" and not self._events:
-            return  # the markings OpenCTI creates at install are not news
         after = stream_stix(record, self.store.export_stix(record))
         payload: dict[str, Any] = {
             "version": EVENT_VERSION,
@@ -205,7 +215,9 @@ class LiveStream:
             return _refused(401, "You are not authenticated, please check your credentials")
         stream_id = request.match_info.get("id")
         collection = None
-        if stream_id is not None:
+        if stream_id is None:
+            self._enable()  # the raw stream: recorded from its first reader on
+        else:
             collection = self._collections.get(stream_id)
             if collection is None:
                 return _refused(401, "You are not authorized, please check your credentials")

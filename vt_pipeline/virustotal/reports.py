@@ -56,16 +56,14 @@ class YaraMatch:
 @dataclass(frozen=True)
 class RelatedObject:
     """One object of a relation: its VT kind, its validated value (a file's SHA-256, an IP, a
-    domain, a URL), a file's other hashes, and VT's analysis counts when the descriptor or the
-    full object carried them (`counts` empty when it did not)."""
+    domain, a URL), a file's other hashes, and VT's analysis counts (and GTI score) when the
+    full object carried them (`counts` empty for a descriptor)."""
 
     kind: ReportKind
     value: str
     hashes: Mapping[str, str] = field(default_factory=dict)
     counts: Mapping[str, int] = field(default_factory=dict)
     gti_score: int | None = None
-    analysed_at: int | None = None
-    names: tuple[str, ...] = ()
 
     @property
     def vt_score(self) -> int | None:
@@ -343,16 +341,13 @@ def read_related(
     extras: dict[str, Any] = {
         "counts": vt.analysis_counts(item),
         "gti_score": vt.gti_threat_score(item),
-        "analysed_at": vt.analysis_timestamp(item) if attrs else None,
     }
     if kind == "file":
         hashes = vt.file_hashes(item)
         sha256 = hashes.get("SHA-256")
         if sha256 is None:
             return None
-        name = attrs.get("meaningful_name")
-        names = (name.strip(),) if isinstance(name, str) and name.strip() else ()
-        return RelatedObject("file", sha256, hashes=hashes, names=names, **extras)
+        return RelatedObject("file", sha256, hashes=hashes, **extras)
     if kind == "ip_address":
         address = _address(raw_id)
         return None if address is None else RelatedObject("ip_address", address, **extras)
@@ -385,7 +380,7 @@ def _resolution_end(
         stats = attrs.get("ip_address_last_analysis_stats")
         if address is None:
             return None
-        return RelatedObject("ip_address", address, counts=_counts(stats), analysed_at=_date(attrs))
+        return RelatedObject("ip_address", address, counts=_counts(stats))
     if subject_kind == "ip_address":
         value = attrs.get("host_name")
         if value is None and subject_id and raw_id.startswith(subject_id):
@@ -394,7 +389,7 @@ def _resolution_end(
         stats = attrs.get("host_name_last_analysis_stats")
         if name is None:
             return None
-        return RelatedObject("domain", name, counts=_counts(stats), analysed_at=_date(attrs))
+        return RelatedObject("domain", name, counts=_counts(stats))
     return None
 
 
@@ -413,7 +408,3 @@ def _domain(value: Any) -> str | None:
 def _counts(stats: Any) -> dict[str, int]:
     """Sane analysis counts of a stats dict found elsewhere than `last_analysis_stats`."""
     return vt.analysis_counts({"attributes": {"last_analysis_stats": stats}})
-
-
-def _date(attrs: Mapping[str, Any]) -> int | None:
-    return vt.safe_timestamp(attrs.get("date"))

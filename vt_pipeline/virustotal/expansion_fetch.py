@@ -21,6 +21,7 @@ report is used, with the reason.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,7 +56,9 @@ class ExpansionFetcher:
     responses: ResponseStore
     cache: timedelta
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    _rules: dict[str, Any] = field(default_factory=dict)
+    _rules: dict[str, asyncio.Future[tuple[Mapping[str, Any] | None, _State]]] = field(
+        default_factory=dict
+    )
 
     async def expand(
         self, kind: str, object_id: str, vt_object: Mapping[str, Any], options: ExpansionOptions
@@ -67,48 +70,55 @@ class ExpansionFetcher:
             invalid = 0
         state = _State(invalid=invalid)
         collection = COLLECTIONS[kind]
-        techniques = comments = threats = None
-        if kind == "file" and options.attack_patterns:
-            body = await self._get(
-                state,
-                "attack_patterns",
-                "file_behaviour_mitre_trees",
-                object_id,
-                "/files/{}/behaviour_mitre_trees",
-            )
-            techniques = state.read("attack_patterns", body, read_mitre_trees)
-        if options.comments_limit:
-            limit = options.comments_limit
-            body = await self._get(
-                state,
-                "comments",
-                f"{kind}_comments",
-                object_id,
-                f"/{collection}/{{}}/comments",
-                params={"limit": limit},
-            )
-            comments = state.read("comments", body, lambda b: read_comments(b, limit))
-        if options.gti_limit and base.gti_associated:
-            body = await self._get(
-                state,
-                "gti_context",
-                f"{kind}_associations",
-                object_id,
-                f"/{collection}/{{}}/associations",
-                params={"limit": options.gti_limit},
-            )
-            threats = state.read("gti_context", body, read_associations)
-        rules: dict[str, SigmaRule] = {}
+
+        async def fetch(
+            name: str, endpoint: str, path: str, reader: Any, params: dict[str, Any] | None = None
+        ) -> Any:
+            body = await self._get(state, name, endpoint, object_id, path, params)
+            return state.read(name, body, reader)
+
+        async def nothing() -> None:
+            return None
+
+        limit = options.comments_limit
+        wanted: list[str] = []
         if options.sigma_rules and base.sigma:
             wanted = sorted(
                 {m.rule_id for m in base.sigma if _SIGMA_ID.match(m.rule_id)},
                 key=lambda rule_id: _sigma_rank(base.sigma, rule_id),
             )
             state.invalid += len({m.rule_id for m in base.sigma}) - len(wanted)
-            for rule_id in wanted[:MAX_SIGMA_RULES]:
-                rule = await self._sigma_rule(state, rule_id)
-                if rule is not None:
-                    rules[rule_id] = rule
+        # Concurrently: a request waits for its slowest call, not their sum.
+        techniques, comments, threats, *found = await asyncio.gather(
+            fetch(
+                "attack_patterns",
+                "file_behaviour_mitre_trees",
+                "/files/{}/behaviour_mitre_trees",
+                read_mitre_trees,
+            )
+            if kind == "file" and options.attack_patterns
+            else nothing(),
+            fetch(
+                "comments",
+                f"{kind}_comments",
+                f"/{collection}/{{}}/comments",
+                lambda b: read_comments(b, limit),
+                {"limit": limit},
+            )
+            if limit
+            else nothing(),
+            fetch(
+                "gti_context",
+                f"{kind}_associations",
+                f"/{collection}/{{}}/associations",
+                read_associations,
+                {"limit": options.gti_limit},
+            )
+            if options.gti_limit and base.gti_associated
+            else nothing(),
+            *(self._sigma_rule(state, rule_id) for rule_id in wanted[:MAX_SIGMA_RULES]),
+        )
+        rules = {rule.rule_id: rule for rule in found if rule is not None}
         return Expansions(
             threat_label=base.threat_label,
             families=base.families,
@@ -121,7 +131,7 @@ class ExpansionFetcher:
             gti_licensed=base.gti_licensed,
             gti_associated=base.gti_associated,
             invalid=state.invalid,
-            errors=tuple(state.errors),
+            errors=tuple(sorted(state.errors)),
             cache_hits=state.cache_hits,
         )
 
@@ -156,16 +166,24 @@ class ExpansionFetcher:
         return body
 
     async def _sigma_rule(self, state: _State, rule_id: str) -> SigmaRule | None:
+        """The rule, fetched once per run: concurrent requests matching it share one call
+        (counted for the first one), each told of its failure."""
         if rule_id not in self._rules:
-            self._rules[rule_id] = await self._get(
-                state, "sigma_rules", "sigma_rule", rule_id, "/sigma_rules/{}"
-            )
-        body = self._rules[rule_id]
+            self._rules[rule_id] = asyncio.ensure_future(self._fetch_rule(rule_id))
+        body, fetched = await asyncio.shield(self._rules[rule_id])
+        if fetched.errors:
+            state.errors += fetched.errors
+        state.cache_hits += fetched.cache_hits  # the stored copy served this request too
         data = body.get("data") if isinstance(body, Mapping) else None
         if body is not None and (not isinstance(data, dict) or not vt.attributes(data)):
             state.errors.append(("sigma_rules", f"Sigma rule {rule_id}: no data.attributes"))
             return None
         return SigmaRule(rule_id, vt.attributes(data)) if data else None
+
+    async def _fetch_rule(self, rule_id: str) -> tuple[Mapping[str, Any] | None, _State]:
+        state = _State()
+        body = await self._get(state, "sigma_rules", "sigma_rule", rule_id, "/sigma_rules/{}")
+        return body, state
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any
 
 import dagster as dg
 
+from vt_pipeline.config import env_int
 from vt_pipeline.hunting_rules.settings import HuntingRulesSettings
 from vt_pipeline.hunting_rules.sync import (
     Managed,
@@ -39,7 +40,9 @@ from vt_pipeline.virustotal.resource import CallLog, VirusTotalError, VirusTotal
 
 log = logging.getLogger(__name__)
 
-INTERVAL_SECONDS = 30
+INTERVAL_ENV = "VT_PIPELINE_HUNTING_RULES_INTERVAL_SECONDS"
+# How often the sensor reads the stream (Dagster's minimum interval between two ticks).
+INTERVAL_SECONDS = env_int(INTERVAL_ENV, 30, minimum=5, maximum=3600)
 IDLE_SECONDS = 2.0
 TELL_SECONDS = 15.0  # longest wait for OpenCTI to take the links and notes, per tick
 # Longest time a tick spends on VT calls: with the stream read and OpenCTI's part it stays

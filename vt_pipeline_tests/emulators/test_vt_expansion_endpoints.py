@@ -155,3 +155,21 @@ def test_a_captured_corpus_gets_no_invented_expansions() -> None:
         assert client.get_json(f"/files/{REAL_FILE}/behaviour_mitre_trees")["data"] == {}
         assert client.get_json(f"/files/{REAL_FILE}/comments")["data"] == []
         assert client.get_json(f"/files/{REAL_FILE}/associations")["data"] == []
+
+
+def test_a_second_re_analysis_replaces_the_first(vt_corpus: Corpus) -> None:
+    now = [2_000_000_000.0]
+    emulator = VirusTotalEmulator(vt_corpus, api_keys={GTI_KEY: True}, clock=lambda: now[0])
+    emulator.api.set_analysis_time(polls=0)
+    target = vt_corpus.targets().old_file
+    with emulator.serve(), vt.Client(GTI_KEY, host=emulator.url) as client:
+        dates = []
+        for _ in range(2):
+            analysis = client.post(f"/files/{target}/analyse").json()["data"]["id"]
+            assert client.get_json(f"/analyses/{analysis}")["data"]["attributes"]["status"] == (
+                "completed"
+            )
+            dates.append(client.get_json(f"/files/{target}")["data"]["attributes"])
+            now[0] += 86400
+        assert dates[1]["last_analysis_date"] == dates[0]["last_analysis_date"] + 86400
+        assert dates[1]["times_submitted"] == dates[0]["times_submitted"] + 1

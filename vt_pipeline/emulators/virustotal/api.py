@@ -778,14 +778,18 @@ class VirusTotalAPI:
         return json_ok({"data": data, "meta": analysis.meta})
 
     def _register(self, analysis: _Analysis) -> None:
-        """A completed analysis makes its file or URL known to the lookups."""
+        """A completed analysis makes its file or URL known to the lookups; a later analysis
+        (a re-analysis, `reanalysis.py`) replaces an earlier one, never the other way."""
         target = analysis.target
         if analysis.kind == "url":
-            self._submitted_urls.setdefault(target["id"], target)
-            return
-        attrs = target["attributes"]
-        for key in (attrs["sha256"], attrs["md5"], attrs["sha1"]):
-            self._submitted_files.setdefault(key, target)
+            keys, known = [target["id"]], self._submitted_urls
+        else:
+            attrs = target["attributes"]
+            keys, known = [attrs["sha256"], attrs["md5"], attrs["sha1"]], self._submitted_files
+        for key in keys:
+            held = known.get(key)
+            if held is None or analysed_date(held) < analysed_date(target):
+                known[key] = target
 
     async def _overall_quotas(self, request: web.Request) -> web.Response:
         user = request.match_info["id"]
@@ -870,6 +874,10 @@ def _ruleset_ids(entries: Iterable[StreamEntry]) -> list[str]:
         if not sources and entry.context.get("ruleset_id"):
             found.setdefault(str(entry.context["ruleset_id"]), None)
     return list(found)
+
+
+def analysed_date(obj: dict) -> int:
+    return int((obj.get("attributes") or {}).get("last_analysis_date") or 0)
 
 
 def _b64(text: str) -> str:

@@ -191,8 +191,8 @@ class RulesetSync:
                 ruleset = current
                 verb = "unchanged"
                 if edits:
-                    ruleset = await self._patch(indicator, str(current["id"]), edits, name)
-                    verb = "created" if ruleset.get("_created") else "updated"
+                    ruleset, made = await self._patch(indicator, str(current["id"]), edits, name)
+                    verb = "created" if made else "updated"
                     if verb == "updated" and entry is None:
                         verb = "adopted and updated"
         except VirusTotalError as exc:
@@ -236,17 +236,17 @@ class RulesetSync:
 
     async def _patch(
         self, indicator: YaraIndicator, ruleset_id: str, edits: dict[str, Any], name: str
-    ) -> dict[str, Any]:
-        """Edit in place; a ruleset deleted on VT meanwhile is made again."""
+    ) -> tuple[dict[str, Any], bool]:
+        """Edit in place; a ruleset deleted on VT meanwhile is made again (then True)."""
         try:
             ruleset = await vt_rulesets.update_ruleset(self.session, ruleset_id, edits)
         except VirusTotalError as exc:
             if exc.code != "NotFoundError":
                 raise
             self._forget(ruleset_id)
-            return {**await self._create(indicator, name), "_created": True}
+            return await self._create(indicator, name), True
         self._remember(ruleset)
-        return ruleset
+        return ruleset, False
 
     async def _remove(self, indicator: YaraIndicator, when: str, why: str, *, delete: bool) -> None:
         entry = self.state.get(indicator.key)

@@ -244,6 +244,13 @@ def test_a_crash_between_the_vt_call_and_the_cursor_save_creates_nothing_twice(
     # with no cursor at all (a reset): still one ruleset
     deployment.tick(cursor=None)
     assert len(managed(vt_emulator)) == 1 and vt_emulator.count("hunting_ruleset_create") == 1
+    # deleted on VT behind the deployment's back, then renamed in OpenCTI: made again
+    vt_emulator.api.hunting.delete(ruleset["id"])
+    opencti.edit_entity(indicator_id, name="A renamed")
+    deployment.tick()
+    (again,) = managed(vt_emulator)
+    assert again["id"] != ruleset["id"]
+    assert again["attributes"]["name"] == f"A renamed [OpenCTI {indicator_id}]"
 
 
 def test_upstream_made_rulesets_are_adopted_and_found_past_the_first_page(

@@ -34,7 +34,6 @@ cache window (no quota spent).
 
 import asyncio
 import re
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -163,7 +162,6 @@ class Enricher:
         self.log = log
         self.clock = clock
         self._rulesets: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
-        self._send_lock = threading.Lock()
         self.expansions = ExpansionFetcher(
             vt_session, responses, timedelta(hours=settings.lookup_cache_hours), clock
         )
@@ -648,7 +646,7 @@ class Enricher:
         if not applicant_id:
             return self.cti.send_into_work(bundle, work_id)
         helper = self.cti.helper
-        with self._send_lock:
+        with self.cti.applicant_lock:  # one per connector: every enricher of a drain shares it
             default = helper.applicant_id
             helper.applicant_id = applicant_id
             try:

@@ -421,6 +421,9 @@ class OpenCTIConnector:
         self._backoff = backoff or _Backoff(1, 0.0, 0.0)
         _watch_status(api)
         self._tally = _count_sends(helper) if helper is not None else _SendTally()
+        # pycti keeps the applicant (the user a bundle is sent for) on the helper: whoever sets
+        # it holds this lock until the send is done, so concurrent sends never swap users.
+        self.applicant_lock = threading.Lock()
 
     @property
     def helper(self) -> Any:

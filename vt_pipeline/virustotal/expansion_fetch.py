@@ -4,7 +4,7 @@ One call each, only when asked (`ExpansionOptions`), through the session's retri
 accounting, stored raw before use and reused within the enrichment cache window like lookups:
 - `GET /files/{id}/behaviour_mitre_trees`: the ATT&CK techniques of VT's sandboxes;
 - `GET /sigma_rules/{id}`: one per distinct Sigma rule matched (the rule to rebuild its text),
-  once per run whatever the number of files matching it;
+  shared by the requests waiting for it, then read from the stored answer;
 - `GET /{collection}/{id}/comments?limit=N`: the newest community comments;
 - `GET /{collection}/{id}/associations?limit=N`: GTI's threat actors, malware families,
   campaigns and reports, only when the lookup carried a `gti_assessment` (VT sends one only
@@ -50,7 +50,7 @@ from vt_pipeline.virustotal.resource import VirusTotalError, VirusTotalSession
 class ExpansionFetcher:
     """Fetches the expansions of looked-up objects for one run: through `session`, each raw
     answer stored in `responses` before use and reused while younger than `cache`. Sigma rules
-    are fetched once per run whatever the number of files matching them."""
+    are fetched once for all the requests waiting for them."""
 
     session: VirusTotalSession
     responses: ResponseStore
@@ -166,8 +166,8 @@ class ExpansionFetcher:
         return body
 
     async def _sigma_rule(self, state: _State, rule_id: str) -> SigmaRule | None:
-        """The rule, fetched once per run: concurrent requests matching it share one call
-        (counted for the first one), each told of its failure."""
+        """The rule: concurrent requests matching it share one call (counted for the first
+        one), each told of its failure; later ones read the stored answer (cache window)."""
         if rule_id not in self._rules:
             self._rules[rule_id] = asyncio.ensure_future(self._fetch_rule(rule_id))
         body, fetched = await asyncio.shield(self._rules[rule_id])
@@ -181,8 +181,14 @@ class ExpansionFetcher:
         return SigmaRule(rule_id, vt.attributes(data)) if data else None
 
     async def _fetch_rule(self, rule_id: str) -> tuple[Mapping[str, Any] | None, _State]:
+        """One fetch shared by the requests waiting for it; once done it is forgotten (a drain
+        run lives for hours): the next request finds the stored answer, or asks again after a
+        failure, instead of inheriting it."""
         state = _State()
-        body = await self._get(state, "sigma_rules", "sigma_rule", rule_id, "/sigma_rules/{}")
+        try:
+            body = await self._get(state, "sigma_rules", "sigma_rule", rule_id, "/sigma_rules/{}")
+        finally:
+            self._rules.pop(rule_id, None)
         return body, state
 
 

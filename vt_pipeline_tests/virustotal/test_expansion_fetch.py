@@ -51,7 +51,7 @@ def sigma_files(corpus: Corpus) -> list[str]:
     ]
 
 
-def test_a_sigma_rule_is_fetched_once_per_run_and_stored_answers_are_reused(
+def test_a_sigma_rule_is_fetched_once_for_concurrent_requests_and_stored_answers_reused(
     vt_emulator: VirusTotalEmulator, vt_corpus: Corpus, tmp_path: Path
 ) -> None:
     files = sigma_files(vt_corpus)[:30]

@@ -46,6 +46,7 @@ def test_definitions_hold_the_livehunt_chain() -> None:
         "livehunt_files",
         "livehunt_rulesets",
         "livehunt_artifacts",
+        "livehunt_file_relations",
         "livehunt_stix_bundles",
         "livehunt_opencti_delivery",
         "virustotal_quota",

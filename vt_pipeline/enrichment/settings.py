@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from vt_pipeline.config import ConfigError, fields_from_env, invalid
 from vt_pipeline.stix.enrichment import EnrichmentMappingOptions
 from vt_pipeline.virustotal.expansions import ExpansionOptions
-from vt_pipeline.virustotal.relations import MAX_LIMIT, RELATIONSHIPS
+from vt_pipeline.virustotal.relations import MAX_LIMIT, RELATIONSHIPS, relationship_names
 from vt_pipeline.virustotal.reports import ReportKind
 
 ENV_PREFIX = "VIRUSTOTAL_"
@@ -67,21 +67,6 @@ _RELATIONSHIP_FIELDS: dict[str, ReportKind] = {
 
 def _relationship_variable(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
-
-
-def _relationships(variable: str, names: Any, kind: ReportKind) -> list[str]:
-    """Relation names, lower-cased and deduplicated; a name VT has not for the kind fails at
-    load naming the variable, the value and what is accepted."""
-    accepted = RELATIONSHIPS[kind]
-    values = [str(name).strip().lower() for name in names or () if str(name).strip()]
-    unknown = [name for name in values if name not in accepted]
-    if unknown:
-        raise invalid(
-            variable,
-            ",".join(str(name) for name in names),
-            "a comma-separated list of " + ", ".join(accepted),
-        )
-    return list(dict.fromkeys(values))
 
 
 class EnrichmentSettings(dg.ConfigurableResource):
@@ -208,7 +193,7 @@ class EnrichmentSettings(dg.ConfigurableResource):
     @classmethod
     def _known_relationships(cls, value: list[str], info: Any) -> list[str]:
         kind = _RELATIONSHIP_FIELDS[info.field_name]
-        return _relationships(_relationship_variable(info.field_name), value, kind)
+        return relationship_names(_relationship_variable(info.field_name), value, kind)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EnrichmentSettings:
@@ -232,7 +217,7 @@ class EnrichmentSettings(dg.ConfigurableResource):
         for field_name, kind in _RELATIONSHIP_FIELDS.items():
             if field_name in values:
                 variable = _relationship_variable(field_name)
-                values[field_name] = _relationships(variable, values[field_name], kind)
+                values[field_name] = relationship_names(variable, values[field_name], kind)
         return cls(**values)
 
     @property

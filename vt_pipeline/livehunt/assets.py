@@ -28,7 +28,7 @@ entries.
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -37,9 +37,15 @@ import pandas as pd
 from vt_pipeline.livehunt.filters import MALFORMED, filter_notifications
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
+from vt_pipeline.livehunt.relations import (
+    FileRelations,
+    file_relations,
+    related_bundle_objects,
+)
 from vt_pipeline.livehunt.schedules import LIVEHUNT_FRESHNESS
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
+from vt_pipeline.stix.common import make_bundle
 from vt_pipeline.stix.livehunt import build_livehunt_bundle
 from vt_pipeline.storage.store import StorageResource, dumps_json, sniff_mime_type
 from vt_pipeline.virustotal import objects as n
@@ -460,6 +466,44 @@ def sample_artifacts(
     return artifacts
 
 
+@dg.asset(kinds={"virustotal", "json"}, **LIVEHUNT_ASSET, **_VT)
+def livehunt_file_relations(
+    context: dg.AssetExecutionContext,
+    livehunt_files: Partitioned[pd.DataFrame],
+    livehunt_settings: LivehuntSettings,
+    virustotal: VirusTotalResource,
+) -> Partitioned[FileRelations]:
+    """Each window's kept files with their VT relations, raw (`livehunt/relations.py`); nothing
+    and no call unless VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_FILE_RELATIONSHIPS is set."""
+    wanted = list(livehunt_settings.file_relationships)
+    limit = livehunt_settings.relationships_limit
+    files: dict[str, list[str]] = {}
+    for key in sorted(livehunt_files):  # one window's table at a time
+        frame = livehunt_files[key]
+        kept = frame[frame["kept"] & (frame["object_type"] == "file")]
+        files[key] = sorted(set(kept["subject"].astype(str))) if wanted else []
+    lines: dict[str, list[str]] = {key: [] for key in files}
+
+    async def fetch(session: VirusTotalSession, key: str) -> FileRelations:
+        return {
+            sha256: await file_relations(session, sha256, wanted, limit, lines[key])
+            for sha256 in files[key]
+        }
+
+    session: VirusTotalSession | None = None
+    fetched: dict[str, FileRelations] = {key: {} for key in files}
+    if any(files.values()):
+        fetched, session = run_vt(virustotal, for_each_partition(list(files), fetch))
+    for key in files:  # a window's record is small: hashes and descriptors
+        metadata: dict[str, Any] = {}
+        if session is not None and fetched[key]:  # figures only when relations were asked
+            metadata.update(files_expanded=len(fetched[key]), **vt_calls_metadata(session, [key]))
+        if lines[key]:
+            metadata["relations"] = dg.MetadataValue.md("\n".join(f"- {x}" for x in lines[key]))
+        context.add_asset_metadata(metadata, partition_key=key)
+    return fetched
+
+
 @dg.asset(kinds={"stix", "json"}, **LIVEHUNT_ASSET)
 def livehunt_stix_bundles(
     context: dg.AssetExecutionContext,
@@ -467,6 +511,7 @@ def livehunt_stix_bundles(
     livehunt_files: Partitioned[pd.DataFrame],
     livehunt_rulesets: Partitioned[dict[str, dict[str, Any]]],
     livehunt_artifacts: Partitioned[list[dict[str, Any]]],
+    livehunt_file_relations: Partitioned[FileRelations],
     livehunt_settings: LivehuntSettings,
 ) -> Partitioned[dict[str, Any]]:
     """One STIX 2.1 bundle per window; pure mapping of stored inputs, no VirusTotal call."""
@@ -478,6 +523,9 @@ def livehunt_stix_bundles(
         livehunt_rulesets,
         livehunt_artifacts,
         options,
+        relations=livehunt_file_relations,
+        file_relationships=livehunt_settings.file_relationships,
+        relationships_limit=livehunt_settings.relationships_limit,
     )
 
 
@@ -488,20 +536,32 @@ def stix_bundles(
     rulesets: Mapping[str, dict[str, dict[str, Any]]],
     artifacts: Mapping[str, list[dict[str, Any]]],
     options: LivehuntOptions,
+    *,
+    relations: Mapping[str, FileRelations] | None = None,
+    file_relationships: Sequence[str] = (),
+    relationships_limit: int = 10,
 ) -> Partitioned[dict[str, Any]]:
-    """Each partition's bundle and its metadata (Livehunt windows, Retrohunt jobs)."""
+    """Each partition's bundle and its metadata (Livehunt windows, Retrohunt jobs); with
+    `relations` (`livehunt_file_relations`), the kept files' related objects too."""
     bundles: dict[str, dict[str, Any]] = {}
     for key, items in notifications.items():
         stored = {r["sha256"]: r for r in artifacts[key] if r["status"] in AVAILABLE}
-        result = build_livehunt_bundle(_kept(items, files[key]), rulesets[key], stored, options)
-        bundles[key] = result.bundle
-        types = Counter(obj["type"] for obj in result.bundle["objects"])
+        kept = _kept(items, files[key])
+        result = build_livehunt_bundle(kept, rulesets[key], stored, options)
+        bundle, stats = result.bundle, Counter(result.stats)
+        if relations is not None and file_relationships and key in relations:
+            related, counts = related_bundle_objects(
+                bundle["objects"], relations[key], kept, file_relationships, relationships_limit
+            )
+            bundle, stats = make_bundle([*bundle["objects"], *related]), stats + counts
+        bundles[key] = bundle
+        types = Counter(obj["type"] for obj in bundle["objects"])
         context.add_asset_metadata(
             {
-                "stix_objects": len(result.bundle["objects"]),
+                "stix_objects": len(bundle["objects"]),
                 "stix_objects_by_type": counts_table("type", types, "objects"),
                 # What the mapping met (mapped, duplicates, YARA rules missing...), when it met it
-                "mapping": counts_table("event", result.stats, "count"),
+                "mapping": counts_table("event", stats, "count"),
             },
             partition_key=key,
         )
@@ -544,5 +604,6 @@ livehunt_assets = [
     livehunt_files,
     livehunt_rulesets,
     livehunt_artifacts,
+    livehunt_file_relations,
     livehunt_stix_bundles,
 ]

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from vt_pipeline.config import invalid, is_env_reference, settings_from_env
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.stix.livehunt import TlpLevel
+from vt_pipeline.virustotal.relations import MAX_LIMIT, RELATIONSHIPS, relationship_names
 
 ENV_PREFIX = "VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_"
 TLP_LEVELS: tuple[str, ...] = get_args(TlpLevel)
@@ -75,6 +76,22 @@ class LivehuntSettings(dg.ConfigurableResource):
         description="Fetch each ruleset once per run. False re-fetches it per notification, as "
         "upstream does; only the benchmark's baseline turns it off.",
     )
+
+    # issue 19 section 5: a matched file's VT relations, by enrichment's code (README)
+    file_relationships: list[str] = Field(
+        default_factory=list,
+        description="VT relations of a kept file to add to its window's bundle: "
+        + ", ".join(RELATIONSHIPS["file"])
+        + " (1 lookup per kept file, + 1 per relation its descriptors do not cover)",
+    )
+    relationships_limit: int = Field(
+        default=10, ge=1, le=MAX_LIMIT, description="The most related objects per relation."
+    )
+
+    @field_validator("file_relationships")
+    @classmethod
+    def _known_relationships(cls, value: list[str]) -> list[str]:
+        return relationship_names(ENV_PREFIX + "FILE_RELATIONSHIPS", value, "file")
 
     @field_validator("tlp_level", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from vt_pipeline.config import invalid
 from vt_pipeline.virustotal.objects import safe_text
 from vt_pipeline.virustotal.reports import Relation, ReportKind, read_relation
 from vt_pipeline.virustotal.resource import VirusTotalError, VirusTotalSession
@@ -64,6 +65,17 @@ MAX_LIMIT = 40  # the largest page VT serves on a relationship endpoint
 # The response cache: (stored response type, object id) -> a stored page or None; its writer.
 Recent = Callable[[str, str], dict[str, Any] | None]
 Store = Callable[[str, str, dict[str, Any]], None]
+
+
+def relationship_names(variable: str, names: Any, kind: ReportKind) -> list[str]:
+    """Relation names for a kind, lower-cased and deduplicated; a name VT has not for the kind
+    fails (`ConfigError`) naming the variable, the value and what is accepted."""
+    accepted = RELATIONSHIPS[kind]
+    values = [str(name).strip().lower() for name in names or () if str(name).strip()]
+    if any(name not in accepted for name in values):
+        listed = ",".join(str(name) for name in names)
+        raise invalid(variable, listed, "a comma-separated list of " + ", ".join(accepted))
+    return list(dict.fromkeys(values))
 
 
 def endpoint_name(kind: ReportKind, relation: str) -> str:
@@ -171,7 +183,24 @@ async def _own_call(
             return Relation(name, error=safe_text(exc, 300), calls=calls)
         if store is not None:
             store(endpoint, object_id, body)
-    cached = calls == 0
+    return _from_page(name, kind, subject, body, limit, calls=calls, cached=calls == 0)
+
+
+def _from_page(
+    name: str,
+    kind: ReportKind,
+    subject: str,
+    body: Any,
+    limit: int,
+    *,
+    calls: int,
+    cached: bool,
+) -> Relation:
+    """A relation from the answer of its own call (checked: VT's shape or a reason)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):  # a failure stored as VT's error envelope
+        reason = safe_text(error.get("message") or error.get("code"), 300)
+        return Relation(name, error=reason, calls=calls, cached=cached)
     if not isinstance(body, dict) or "data" not in body:
         return Relation(name, error="VirusTotal answered without data", calls=calls, cached=cached)
     items = body["data"]
@@ -179,6 +208,34 @@ async def _own_call(
         error = f"data is a {type(items).__name__}"
         return Relation(name, error=error, calls=calls, cached=cached)
     return read_relation(name, kind, subject, items, limit=limit, calls=calls, cached=cached)
+
+
+def stored_relations(
+    kind: ReportKind,
+    object_id: str,
+    lookup: Mapping[str, Any],
+    pages: Mapping[str, Any],
+    wanted: Sequence[str],
+    limit: int,
+) -> tuple[Relation, ...]:
+    """The relations `fetch_relations` gave, read again from what it stored (the lookup and
+    `pages`, its own calls' answers by endpoint name), without a call: a relation neither
+    holds is one with the reason."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    data = lookup.get("data") if isinstance(lookup, Mapping) else None
+    embedded = data.get("relationships") if isinstance(data, dict) else None
+    subject = _subject(kind, object_id, data)
+    relations = []
+    for name in lookup_relationships(kind, wanted):
+        part = embedded.get(name) if isinstance(embedded, dict) else None
+        page = pages.get(endpoint_name(kind, name))
+        if _enough(part, limit):
+            relations.append(read_relation(name, kind, subject, part["data"], limit=limit))
+        elif page is not None:
+            relations.append(_from_page(name, kind, subject, page, limit, calls=1, cached=False))
+        else:
+            relations.append(Relation(name, error="not fetched from VirusTotal"))
+    return tuple(relations)
 
 
 def _covers(body: Any, limit: int) -> bool:

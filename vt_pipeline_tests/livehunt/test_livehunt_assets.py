@@ -326,6 +326,7 @@ def test_samples_are_stored_only_by_hash(
         "livehunt_files",
         "livehunt_rulesets",
         "livehunt_artifacts",
+        "livehunt_file_relations",
         "livehunt_stix_bundles",
     }
 
@@ -577,6 +578,7 @@ def test_what_the_ui_plots_is_what_an_operator_watches(
         "livehunt_files": ["dropped", "kept", "notifications"],
         "livehunt_rulesets": ["rulesets", "run_vt_calls", "vt_calls"],
         "livehunt_artifacts": ["artifact_bytes", "artifacts", "run_vt_calls", "vt_calls"],
+        "livehunt_file_relations": [],  # nothing without VIRUSTOTAL_..._FILE_RELATIONSHIPS
         "livehunt_stix_bundles": ["stix_objects"],
     }
     for event in result.get_asset_materialization_events():

@@ -250,6 +250,6 @@ def test_every_livehunt_asset_declares_the_schedules_freshness() -> None:
 
     graph = defs.resolve_asset_graph()
     livehunt = [k for k in graph.get_all_asset_keys() if graph.get(k).group_name == "livehunt"]
-    assert len(livehunt) == 6
+    assert len(livehunt) == 7
     for key in livehunt:
         assert graph.get(key).freshness_policy == schedules.LIVEHUNT_FRESHNESS, key

@@ -20,12 +20,19 @@ A new relation is one entry in `RELATIONS`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from vt_pipeline.stix import common
 from vt_pipeline.stix.common import StixObject
-from vt_pipeline.stix.enrichment.base import Addition, Builder, Target
-from vt_pipeline.virustotal.reports import RelatedObject
+from vt_pipeline.stix.enrichment.base import (
+    STAT_KEYS,
+    Addition,
+    Builder,
+    EnrichmentMappingOptions,
+    Target,
+)
+from vt_pipeline.virustotal.reports import RelatedObject, Relation, ReportKind
 
 
 class Link(NamedTuple):
@@ -70,11 +77,48 @@ _OBSERVABLE_TYPES = {"file": "file", "domain": "domain-name", "url": "url"}
 
 def add_related(builder: Builder, target: Target) -> None:
     """Each relation's objects as observables linked to the entity (see the module docstring)."""
-    kind = target.report.kind
-    for relation in target.report.relations:
-        link = _EXCEPTIONS.get((target.entity_type, relation.name)) or RELATIONS.get(
-            (kind, relation.name)
-        )
+    add_relations(
+        builder,
+        target.entity["id"],
+        target.entity_type,
+        target.report.kind,
+        target.report.relations,
+        target.created,
+    )
+
+
+def related_objects(
+    entity_id: str,
+    entity_type: str,
+    kind: ReportKind,
+    relations: Sequence[Relation],
+    created: str,
+    markings: Sequence[str] = (),
+    options: EnrichmentMappingOptions | None = None,
+) -> tuple[list[StixObject], dict[str, int]]:
+    """The objects of `relations` for an entity known by its id alone (Livehunt's files): the
+    observables, their relationships (with `markings`) and the author; and the counters."""
+    entity = {"id": entity_id, "object_marking_refs": list(markings)}
+    builder = Builder(options or EnrichmentMappingOptions(), {}, entity)
+    with builder.section():
+        add_relations(builder, entity_id, entity_type, kind, relations, created)
+    stats = {key: builder.stats[key] for key in STAT_KEYS if builder.stats[key]}
+    if not builder.objects:
+        return [], stats
+    return [builder.author, *builder.objects.values()], stats
+
+
+def add_relations(
+    builder: Builder,
+    entity_id: str,
+    entity_type: str,
+    kind: ReportKind,
+    relations: Sequence[Relation],
+    created: str,
+) -> None:
+    """Each relation's objects as observables linked to the entity `entity_id`."""
+    for relation in relations:
+        link = _EXCEPTIONS.get((entity_type, relation.name)) or RELATIONS.get((kind, relation.name))
         if link is None:
             builder.stats["invalid_values"] += 1  # a relation this mapping does not know
             continue
@@ -87,13 +131,13 @@ def add_related(builder: Builder, target: Target) -> None:
             if observable is None:
                 builder.stats["invalid_values"] += 1
                 continue
-            if observable["id"] == target.entity["id"]:
+            if observable["id"] == entity_id:
                 continue  # VT relating an object to itself
             _keep_score(builder, observable)
             builder.add_counted(observable, "related_objects")
-            ends = (observable["id"], target.entity["id"])
+            ends = (observable["id"], entity_id)
             source, dest = ends if link.from_related else ends[::-1]
-            builder.relate(link.relationship, source, dest, target.created)
+            builder.relate(link.relationship, source, dest, created)
 
 
 def _keep_score(builder: Builder, observable: StixObject) -> None:

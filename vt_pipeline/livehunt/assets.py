@@ -4,8 +4,12 @@
                                              -> livehunt_artifacts  -> livehunt_stix_bundles
 
 Every asset is partitioned by hour (`partitions.py`) and exchanges `{partition_key: value}`
-dicts, so a run covers one window or, in a backfill, up to a day of windows at once (bounded
-memory, one process start per day instead of per hour). VirusTotal is called only by the
+mappings, so a run covers one window or, in a backfill, up to a day of windows at once (one
+process start per day instead of per hour). Memory follows the window, not the run: a step
+reads its inputs one window at a time (`PartitionMap`), the notifications are spooled to a
+temporary file per window as their pages arrive, and the files tables and the bundles are made
+one window at a time while the IO manager writes them. What a step keeps for the whole run is
+small: ruleset ids, sample hashes and their download records. VirusTotal is called only by the
 first asset, the rulesets and the artifacts; every raw response is stored before use, so the
 bundles can be rebuilt after a mapping change without spending quota.
 
@@ -27,8 +31,9 @@ entries.
 """
 
 import asyncio
+import json
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -37,17 +42,19 @@ import pandas as pd
 from vt_pipeline.livehunt.filters import MALFORMED, filter_notifications
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
-from vt_pipeline.livehunt.relations import (
-    FileRelations,
-    file_relations,
-    related_bundle_objects,
-)
 from vt_pipeline.livehunt.schedules import LIVEHUNT_FRESHNESS
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
-from vt_pipeline.stix.common import make_bundle
 from vt_pipeline.stix.livehunt import build_livehunt_bundle
-from vt_pipeline.storage.store import StorageResource, dumps_json, sniff_mime_type
+from vt_pipeline.storage.store import (
+    EncodedList,
+    PartitionMap,
+    Partitions,
+    Spool,
+    StorageResource,
+    dumps_json,
+    sniff_mime_type,
+)
 from vt_pipeline.virustotal import objects as n
 from vt_pipeline.virustotal.resource import (
     CallLog,
@@ -60,7 +67,8 @@ from vt_pipeline.virustotal.resource import (
 T = TypeVar("T")
 # Artifact statuses whose sample exists (locally or in OpenCTI) and so appears in the bundle.
 AVAILABLE = frozenset({"downloaded", "already_stored", "in_opencti"})
-Partitioned = dict[str, T]
+# {partition_key: value}: inputs read one window at a time, outputs made one at a time.
+Partitioned = Partitions
 
 # Waiting for quota budget is shown from this long on: the budget's own transactions take
 # milliseconds on every run, which would be a plot of noise.
@@ -207,45 +215,68 @@ def livehunt_notifications(
     """
     windows = partition_windows(context)
     tag, limit = livehunt_settings.filter_with_tag.strip(), max(0, livehunt_settings.limit)
+    # A window's pages go to an unnamed temporary file as they arrive (gone when closed, or
+    # with the process): the windows are read concurrently, and held in memory until the last
+    # page a day of them would all be in memory at once.
+    spools: dict[str, Spool] = {}
 
-    async def fetch(session: VirusTotalSession, key: str) -> tuple[list[dict[str, Any]], bool]:
-        window = windows[key]
-        return await session.livehunt_notifications(window.start, window.end, tag, limit)
+    async def fetch(session: VirusTotalSession, key: str) -> bool:
+        window, spool = windows[key], spools.setdefault(key, Spool())
+        return await session.stream_livehunt_notifications(
+            window.start, window.end, spool.add, tag, limit
+        )
 
-    fetched, session = run_vt(virustotal, for_each_partition(list(windows), fetch))
-    merged: dict[str, list[dict[str, Any]]] = {}
-    for key, (items, truncated) in fetched.items():
-        if truncated:
+    try:
+        truncated, session = run_vt(virustotal, for_each_partition(list(windows), fetch))
+    except BaseException:
+        for spool in spools.values():
+            spool.close()
+        raise
+
+    def merged(key: str) -> EncodedList:
+        """The window's record, made while the IO manager writes it (once per window), one
+        notification parsed at a time: the record stays encoded (a fifth of its parsed size)."""
+        if truncated[key]:
             context.log.warning(f"{key}: stopped at limit={limit}; later notifications not read")
         known = storage.stored_json(context.asset_key.path, key) or []
-        merged[key], new = merge_notifications(known, items)
-        types = Counter(n.safe_text(item.get("type"), 64) for item in merged[key])
+        record, types, read = merge_notifications(known, spools.pop(key).lines())
         metadata: dict[str, Any] = {
-            "notifications": len(merged[key]),
-            "notifications_new": new,
-            "notifications_read": len(items),
+            "notifications": len(record),
+            "notifications_new": len(record) - len(known),
+            "notifications_read": read,
             "notifications_by_type": counts_table("type", types, "notifications"),
             **vt_calls_metadata(session, [key]),
         }
-        metadata["limit_reached"] = truncated  # a yes/no: shown, never plotted
+        metadata["limit_reached"] = truncated[key]  # a yes/no: shown, never plotted
         context.add_asset_metadata(metadata, partition_key=key)
-    return merged
+        return record
+
+    return PartitionMap(windows, merged)
 
 
 def merge_notifications(
-    known: list[Any], fetched: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], int]:
-    """The stored items, unchanged and in order, then the fetched ones they lack; and how many
-    were added. Identity is the notification id (the canonical JSON for an item without one,
-    as the VT session deduplicates), so an earlier stored item is never replaced by a re-read."""
-    merged = list(known)
+    known: list[Any], fetched: Iterable[bytes]
+) -> tuple[EncodedList, Counter[str], int]:
+    """The stored items, unchanged and in order, then the fetched ones (canonical JSON, one at
+    a time) they lack, all encoded; the record's notifications by type; how many were read.
+    Identity is the notification id (the canonical JSON for an item without one, as the VT
+    session deduplicates), so an earlier stored item is never replaced by a re-read."""
+    record = [dumps_json(item) for item in known]
     seen = {_identity(item) for item in known}
-    for item in fetched:
+    types = Counter(_type(item) for item in known)
+    read = 0
+    for line in fetched:
+        item, read = json.loads(line), read + 1
         identity = _identity(item)
         if identity not in seen:
             seen.add(identity)
-            merged.append(item)
-    return merged, len(merged) - len(known)
+            types[_type(item)] += 1
+            record.append(line)
+    return EncodedList(record), types, read
+
+
+def _type(item: Any) -> str:
+    return n.safe_text(item.get("type") if isinstance(item, dict) else None, 64)
 
 
 def _identity(item: Any) -> str:
@@ -271,10 +302,10 @@ def files_tables(
     options: LivehuntOptions,
 ) -> Partitioned[pd.DataFrame]:
     """Each partition's filters table and its metadata (Livehunt windows, Retrohunt jobs)."""
-    frames: dict[str, pd.DataFrame] = {}
-    for key, items in notifications.items():
-        frame = filter_notifications(items, options)
-        frames[key] = frame
+
+    def files(key: str) -> pd.DataFrame:
+        """The window's table, made while the IO manager writes it."""
+        frame = filter_notifications(notifications[key], options)
         reasons = frame["drop_reason"].dropna().value_counts().sort_index()
         malformed = frame[frame["drop_reason"] == MALFORMED]
         for row in malformed.itertuples():
@@ -309,7 +340,9 @@ def files_tables(
                 ),
             )
         context.add_asset_metadata(metadata, partition_key=key)
-    return frames
+        return frame
+
+    return PartitionMap(notifications, files)
 
 
 @dg.asset(kinds={"virustotal", "yara"}, **LIVEHUNT_ASSET, **_VT)
@@ -420,7 +453,8 @@ def sample_artifacts(
     store = storage.artifact_store()
     targets: dict[str, list[str]] = {}
     sizes: dict[str, int | None] = {}  # every distinct sample of the run, with VT's size
-    for key, frame in sorted(livehunt_files.items()):
+    for key in sorted(livehunt_files):  # one window's table at a time
+        frame = livehunt_files[key]
         kept = frame[frame["kept"] & (frame["object_type"] == "file")]
         unique = kept.drop_duplicates("subject") if options.upload_artifact else kept.iloc[:0]
         targets[key] = [str(row.subject) for row in unique.itertuples()]
@@ -466,44 +500,6 @@ def sample_artifacts(
     return artifacts
 
 
-@dg.asset(kinds={"virustotal", "json"}, **LIVEHUNT_ASSET, **_VT)
-def livehunt_file_relations(
-    context: dg.AssetExecutionContext,
-    livehunt_files: Partitioned[pd.DataFrame],
-    livehunt_settings: LivehuntSettings,
-    virustotal: VirusTotalResource,
-) -> Partitioned[FileRelations]:
-    """Each window's kept files with their VT relations, raw (`livehunt/relations.py`); nothing
-    and no call unless VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_FILE_RELATIONSHIPS is set."""
-    wanted = list(livehunt_settings.file_relationships)
-    limit = livehunt_settings.relationships_limit
-    files: dict[str, list[str]] = {}
-    for key in sorted(livehunt_files):  # one window's table at a time
-        frame = livehunt_files[key]
-        kept = frame[frame["kept"] & (frame["object_type"] == "file")]
-        files[key] = sorted(set(kept["subject"].astype(str))) if wanted else []
-    lines: dict[str, list[str]] = {key: [] for key in files}
-
-    async def fetch(session: VirusTotalSession, key: str) -> FileRelations:
-        return {
-            sha256: await file_relations(session, sha256, wanted, limit, lines[key])
-            for sha256 in files[key]
-        }
-
-    session: VirusTotalSession | None = None
-    fetched: dict[str, FileRelations] = {key: {} for key in files}
-    if any(files.values()):
-        fetched, session = run_vt(virustotal, for_each_partition(list(files), fetch))
-    for key in files:  # a window's record is small: hashes and descriptors
-        metadata: dict[str, Any] = {}
-        if session is not None and fetched[key]:  # figures only when relations were asked
-            metadata.update(files_expanded=len(fetched[key]), **vt_calls_metadata(session, [key]))
-        if lines[key]:
-            metadata["relations"] = dg.MetadataValue.md("\n".join(f"- {x}" for x in lines[key]))
-        context.add_asset_metadata(metadata, partition_key=key)
-    return fetched
-
-
 @dg.asset(kinds={"stix", "json"}, **LIVEHUNT_ASSET)
 def livehunt_stix_bundles(
     context: dg.AssetExecutionContext,
@@ -511,7 +507,6 @@ def livehunt_stix_bundles(
     livehunt_files: Partitioned[pd.DataFrame],
     livehunt_rulesets: Partitioned[dict[str, dict[str, Any]]],
     livehunt_artifacts: Partitioned[list[dict[str, Any]]],
-    livehunt_file_relations: Partitioned[FileRelations],
     livehunt_settings: LivehuntSettings,
 ) -> Partitioned[dict[str, Any]]:
     """One STIX 2.1 bundle per window; pure mapping of stored inputs, no VirusTotal call."""
@@ -523,9 +518,6 @@ def livehunt_stix_bundles(
         livehunt_rulesets,
         livehunt_artifacts,
         options,
-        relations=livehunt_file_relations,
-        file_relationships=livehunt_settings.file_relationships,
-        relationships_limit=livehunt_settings.relationships_limit,
     )
 
 
@@ -536,36 +528,28 @@ def stix_bundles(
     rulesets: Mapping[str, dict[str, dict[str, Any]]],
     artifacts: Mapping[str, list[dict[str, Any]]],
     options: LivehuntOptions,
-    *,
-    relations: Mapping[str, FileRelations] | None = None,
-    file_relationships: Sequence[str] = (),
-    relationships_limit: int = 10,
 ) -> Partitioned[dict[str, Any]]:
-    """Each partition's bundle and its metadata (Livehunt windows, Retrohunt jobs); with
-    `relations` (`livehunt_file_relations`), the kept files' related objects too."""
-    bundles: dict[str, dict[str, Any]] = {}
-    for key, items in notifications.items():
+    """Each partition's bundle and its metadata (Livehunt windows, Retrohunt jobs), made one
+    window at a time as the IO manager writes them (the window before is written and let go)."""
+
+    def bundle(key: str) -> dict[str, Any]:
         stored = {r["sha256"]: r for r in artifacts[key] if r["status"] in AVAILABLE}
-        kept = _kept(items, files[key])
-        result = build_livehunt_bundle(kept, rulesets[key], stored, options)
-        bundle, stats = result.bundle, Counter(result.stats)
-        if relations is not None and file_relationships and key in relations:
-            related, counts = related_bundle_objects(
-                bundle["objects"], relations[key], kept, file_relationships, relationships_limit
-            )
-            bundle, stats = make_bundle([*bundle["objects"], *related]), stats + counts
-        bundles[key] = bundle
-        types = Counter(obj["type"] for obj in bundle["objects"])
+        result = build_livehunt_bundle(
+            _kept(notifications[key], files[key]), rulesets[key], stored, options
+        )
+        types = Counter(obj["type"] for obj in result.bundle["objects"])
         context.add_asset_metadata(
             {
-                "stix_objects": len(bundle["objects"]),
+                "stix_objects": len(result.bundle["objects"]),
                 "stix_objects_by_type": counts_table("type", types, "objects"),
                 # What the mapping met (mapped, duplicates, YARA rules missing...), when it met it
-                "mapping": counts_table("event", stats, "count"),
+                "mapping": counts_table("event", result.stats, "count"),
             },
             partition_key=key,
         )
-    return bundles
+        return result.bundle
+
+    return PartitionMap(notifications, bundle)
 
 
 def _held_by_opencti(
@@ -604,6 +588,5 @@ livehunt_assets = [
     livehunt_files,
     livehunt_rulesets,
     livehunt_artifacts,
-    livehunt_file_relations,
     livehunt_stix_bundles,
 ]

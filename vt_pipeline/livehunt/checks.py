@@ -12,6 +12,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 from vt_pipeline.livehunt.assets import livehunt_stix_bundles
 from vt_pipeline.livehunt.partitions import livehunt_partitions
 from vt_pipeline.stix.validation import validate_bundles
+from vt_pipeline.storage.store import PartitionMap, Partitions
 
 CHECK_NAME = "livehunt_stix_bundle_is_valid"
 PROBLEMS_SHOWN = 20
@@ -22,7 +23,7 @@ BUNDLES_KEY = livehunt_stix_bundles.key
 @dg.asset_check(asset=livehunt_stix_bundles, partitions_def=livehunt_partitions, blocking=True)
 def livehunt_stix_bundle_is_valid(
     context: dg.AssetCheckExecutionContext,
-    livehunt_stix_bundles: dict[str, dict[str, Any]],
+    livehunt_stix_bundles: Partitions[dict[str, Any]],
 ) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
     """Each bundle parses with stix2 and every `*_ref` / `*_refs` resolves inside the bundle.
 
@@ -30,31 +31,42 @@ def livehunt_stix_bundle_is_valid(
     can only name the step's single partition, so a multi-window run would leave every planned
     window "Skipped". The evaluations are emitted per partition instead, each tied to that
     window's materialization. Blocking: an invalid bundle stops the run before anything
-    downstream (delivery) uses it.
+    downstream (delivery) uses it. Bundles are read one window at a time; their object counts
+    are noted as they are read, so no bundle is read again for its result.
     """
     asset_key = BUNDLES_KEY
-    targets = _materializations(context.instance, asset_key, set(livehunt_stix_bundles))
-    problems_by_window = validate_bundles(livehunt_stix_bundles)
-    for key, bundle in sorted(livehunt_stix_bundles.items()):
+    keys = sorted(livehunt_stix_bundles)
+    targets = _materializations(context.instance, asset_key, set(keys))
+    counted: dict[str, int] = {}
+
+    def counting(key: str) -> dict[str, Any]:
+        bundle = livehunt_stix_bundles[key]
+        counted[key] = len(bundle.get("objects") or [])
+        return bundle
+
+    problems_by_window = validate_bundles(PartitionMap(keys, counting))
+    for key in keys:
         problems = problems_by_window[key]
+        if key not in counted:
+            counting(key)
         yield dg.AssetCheckEvaluation(
             asset_key=asset_key,
             check_name=CHECK_NAME,
             passed=not problems,
             partition=key,
             blocking=True,
-            metadata=check_metadata(bundle, problems),
+            metadata=check_metadata(counted[key], problems),
             target_materialization_data=targets.get(key),
         )
     # The check's own output: what the blocking dependency of delivery waits for.
     yield dg.Output(None, output_name=context.op_execution_context.op_def.output_defs[0].name)
 
 
-def check_metadata(bundle: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+def check_metadata(stix_objects: int, problems: list[str]) -> dict[str, Any]:
     """The counts, and each problem as a line of text (the first `PROBLEMS_SHOWN`), so a failed
     window says what OpenCTI would have rejected without opening a JSON blob."""
     metadata: dict[str, Any] = {
-        "stix_objects": len(bundle.get("objects") or []),
+        "stix_objects": stix_objects,
         "problem_count": len(problems),
     }
     if problems:

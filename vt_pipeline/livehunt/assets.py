@@ -41,7 +41,7 @@ import pandas as pd
 
 from vt_pipeline.livehunt.filters import MALFORMED, filter_notifications
 from vt_pipeline.livehunt.options import LivehuntOptions
-from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows
+from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows, windows_per_run
 from vt_pipeline.livehunt.schedules import LIVEHUNT_FRESHNESS
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
@@ -79,11 +79,11 @@ LIVEHUNT_OWNERS = ["team:threat-intel"]
 # The upstream OpenCTI connector the Livehunt assets replace, as an asset tag.
 REPLACES_TAG = {"replaces": "virustotal-livehunt-notifications"}
 
-# What every Livehunt asset shares: the hourly windows, the group, a day of windows per run.
+# What every Livehunt asset shares: the hourly windows, the group, the windows per backfill run.
 LIVEHUNT_ASSET: dict[str, Any] = {
     "partitions_def": livehunt_partitions,
     "group_name": "livehunt",
-    "backfill_policy": dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
+    "backfill_policy": dg.BackfillPolicy.multi_run(max_partitions_per_run=windows_per_run()),
     "owners": LIVEHUNT_OWNERS,
     "tags": REPLACES_TAG,
     # Stale in the UI when the schedule stops materializing them (see `livehunt_freshness`).

@@ -11,7 +11,9 @@ from vt_pipeline.livehunt.partitions import (
     RANGE_END_TAG,
     RANGE_START_TAG,
     START_ENV,
+    WINDOWS_PER_RUN_ENV,
     livehunt_start,
+    windows_per_run,
 )
 from vt_pipeline.livehunt.schedules import interval_to_cron, livehunt_interval, tick_period
 from vt_pipeline.livehunt.settings import ENV_PREFIX as PREFIX
@@ -253,3 +255,14 @@ def test_every_livehunt_asset_declares_the_schedules_freshness() -> None:
     assert len(livehunt) == 7
     for key in livehunt:
         assert graph.get(key).freshness_policy == schedules.LIVEHUNT_FRESHNESS, key
+
+
+def test_windows_per_run_default_a_good_value_and_bad_ones() -> None:
+    assert windows_per_run({}) == 24  # a day
+    assert windows_per_run({WINDOWS_PER_RUN_ENV: " 6 "}) == 6
+    for value in ("0", "169", "a day", "2.5"):
+        with pytest.raises(ConfigError) as caught:
+            windows_per_run({WINDOWS_PER_RUN_ENV: value})
+        message = str(caught.value)
+        assert f"{WINDOWS_PER_RUN_ENV}={value!r} is not accepted: expected" in message
+        assert "168" in message

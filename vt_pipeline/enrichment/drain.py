@@ -18,10 +18,11 @@ Never lose, never double:
   error instead of being tried again;
 - a second copy of a message in the same run is acknowledged at once: its first copy is the one
   being answered;
-- RabbitMQ unreachable, or OpenCTI not taking an answer, stops the run (it ends failed, saying
-  so) instead of holding requests it cannot answer: what it read and did not answer goes back
+- RabbitMQ or OpenCTI unreachable stops the run (it ends failed, saying so) instead of holding
+  requests it cannot answer: what it read and did not answer goes back
   to the queue when its channel closes, and the sensor's next drain run (after a back-off)
-  takes over.
+  takes over. A request OpenCTI answers and refuses (a work it deleted) is logged and dropped:
+  asking again would never succeed.
 
 Clicks first: the run reads ahead up to `backlog` messages (so a click behind 2,000 automatic
 requests in the queue is seen within one poll) and starts the waiting requests by kind:
@@ -336,11 +337,18 @@ class Drain:
         enricher = self.enrichers.get(request.kind) or self.enrichers[KIND_AUTO]
         outcome = await enricher.answer(request)
         self.report.outcomes.append(outcome)
-        if not outcome.reported:  # OpenCTI did not take it: the next drain run answers it
+        if not outcome.reported and outcome.unreachable:  # the next drain run answers it
             self.report.unreported += 1
             self.report.stopped = self.report.stopped or (
-                f"OpenCTI did not take the answer of {request.request_id}: {outcome.message}"
+                f"OpenCTI unreachable when answering {request.request_id}: {outcome.message}"
             )
+            return
+        if not outcome.reported:  # OpenCTI answered and refused (a work it no longer knows)
+            self.report.refused += 1
+            self.log.warning(
+                printable(f"{request.request_id}: dropped, OpenCTI refused it: {outcome.message}")
+            )
+            self._ack(message)
             return
         self.on_answered(outcome)
         self._ack(message)

@@ -54,7 +54,12 @@ from vt_pipeline.enrichment.requests import (
     printable,
 )
 from vt_pipeline.enrichment.settings import TLP_RANKS, EnrichmentSettings
-from vt_pipeline.opencti.resource import OpenCTIConnector, OpenCTIError, OpenCTIResource
+from vt_pipeline.opencti.resource import (
+    OpenCTIConnector,
+    OpenCTIError,
+    OpenCTIResource,
+    OpenCTIUnavailable,
+)
 from vt_pipeline.stix.enrichment import (
     EnrichmentResult,
     build_enrichment,
@@ -126,6 +131,9 @@ class Outcome:
     objects: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     reported: bool = False  # OpenCTI took the answer (work closed, playbook step answered)
+    # Not reported because OpenCTI could not be reached (worth trying again later), rather
+    # than because it answered and refused (a work it no longer knows: never worth it).
+    unreachable: bool = False
 
 
 @dataclass
@@ -681,6 +689,7 @@ class Enricher:
                 )
         except Exception as exc:
             outcome.message += f" (and reporting it to OpenCTI failed: {self._reason(exc)})"
+            outcome.unreachable = isinstance(exc, OpenCTIUnavailable)
             return False
         return True
 

@@ -621,12 +621,7 @@ def build_enrichment_sensor(
     else STOPPED; started without OpenCTI it skips, saying so.
     """
     settings = settings or SensorSettings.from_env()
-    if default_status is None:
-        default_status = (
-            dg.DefaultSensorStatus.RUNNING
-            if os.environ.get("OPENCTI_URL", "").strip()
-            else dg.DefaultSensorStatus.STOPPED
-        )
+    default_status = default_status or _running_with_opencti()
 
     @dg.sensor(
         name=name,
@@ -649,12 +644,7 @@ def build_drain_sensor(
     """The sensor that keeps one drain run reading the queue (drain mode); its default status
     is the enrichment sensor's (RUNNING when `OPENCTI_URL` is set)."""
     settings = settings or SensorSettings.from_env()
-    if default_status is None:
-        default_status = (
-            dg.DefaultSensorStatus.RUNNING
-            if os.environ.get("OPENCTI_URL", "").strip()
-            else dg.DefaultSensorStatus.STOPPED
-        )
+    default_status = default_status or _running_with_opencti()
     idle = settings.drain.idle_seconds
 
     @dg.sensor(
@@ -678,6 +668,13 @@ def build_drain_sensor(
         return evaluate_drain(context, opencti, settings)
 
     return _sensor
+
+
+def _running_with_opencti() -> dg.DefaultSensorStatus:
+    """RUNNING when `OPENCTI_URL` is set (what an enrichment connector does), else STOPPED."""
+    if os.environ.get("OPENCTI_URL", "").strip():
+        return dg.DefaultSensorStatus.RUNNING
+    return dg.DefaultSensorStatus.STOPPED
 
 
 def _description(settings: SensorSettings) -> str:

@@ -4,11 +4,13 @@ Real RabbitMQ, the OpenCTI and VirusTotal emulators, the real `vt_enrichment_dra
 process (and, for the crash, in a process of its own that is killed half way).
 """
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,20 @@ def make_redelivered(cti_resource: OpenCTIResource, count: int) -> None:
         assert len(queue.read(count, 5.0)) == count
 
 
+def own_connector(opencti: OpenCTIEmulator, **settings: Any) -> OpenCTIResource:
+    """An enrichment connector (and listen queue) of the test's own, registered."""
+    connector = OpenCTIResource(
+        url=opencti.url,
+        token=opencti.token,
+        enrichment_connector_id=str(uuid.uuid4()),
+        work_timeout_seconds=30,
+        **settings,
+    )
+    with connector.connector("enrichment"):
+        pass
+    return connector
+
+
 @pytest.fixture
 def entities(opencti: OpenCTIEmulator, vt_corpus: Corpus) -> list[str]:
     """Observables VT knows: files, domains and IPv4 addresses."""
@@ -111,11 +127,7 @@ def test_clicks_are_answered_before_automatic_requests_and_bad_ones_leave_the_qu
     dagster_instance: dg.DagsterInstance,
     vt_emulator: VirusTotalEmulator,
 ) -> None:
-    connector = OpenCTIResource(
-        url=opencti.url, token=opencti.token, connector_auto=True, work_timeout_seconds=30
-    )
-    with connector.connector("enrichment"):
-        pass
+    connector = own_connector(opencti, connector_auto=True)
     auto = [
         opencti.platform.ask_enrichment(e, connector.enrichment_connector_id, mode="auto").id
         for e in entities[:6]
@@ -426,10 +438,11 @@ def test_the_demo_driver_answers_through_a_drain_run(
 
     settings = SensorSettings(mode=MODE_DRAIN)
     sensors = (build_enrichment_sensor(settings), build_drain_sensor(settings))
+    connector = own_connector(opencti)  # the broker outlives tests: a queue of its own
     entity = opencti.create_observable("Domain-Name", vt_corpus.targets().domain)
-    work = opencti.ask_enrichment(entity, ENRICHMENT_CONNECTOR_ID)
+    work = opencti.ask_enrichment(entity, connector.enrichment_connector_id)
     results = answer_enrichment_requests(
-        dagster_instance, job_resources(), expected=1, sensors=sensors
+        dagster_instance, {**job_resources(), "opencti": connector}, expected=1, sensors=sensors
     )
     assert [(r.job_def.name, r.success) for r in results] == [(DRAIN_JOB, True)]
     assert not opencti.wait_for_work(work, timeout=20).in_error
@@ -476,3 +489,29 @@ def test_a_broker_restart_ends_the_drain_run_and_the_next_one_answers_the_rest(
     for work_id in works:
         assert not opencti.wait_for_work(work_id, timeout=20).in_error
     assert queued(rabbitmq, listen_queue(ENRICHMENT_CONNECTOR_ID)) == 0
+
+
+def test_a_request_whose_work_opencti_no_longer_knows_is_dropped_the_rest_answered(
+    opencti: OpenCTIEmulator,
+    rabbitmq: RabbitMQ,
+    entities: list[str],
+    job_resources: Callable[..., dict[str, Any]],
+    dagster_instance: dg.DagsterInstance,
+) -> None:
+    """OpenCTI refusing (WORK_NOT_ALIVE: the work was deleted) is not OpenCTI being down: the
+    message is dropped with the reason and the drain run goes on; it never comes back."""
+    connector = own_connector(opencti)
+    connector_id = connector.enrichment_connector_id
+    gone = {
+        "internal": {"work_id": "work_deleted_meanwhile", "applicant_id": None},
+        "event": {"entity_id": entities[0], "entity_type": "StixFile"},
+    }
+    opencti.publish_raw(connector_id, json.dumps(gone).encode())
+    work = opencti.ask_enrichment(entities[4], connector_id)
+
+    result = drain_once(dagster_instance, {**job_resources(), "opencti": connector})
+
+    assert answered_order(dagster_instance, result.run_id) == [work]
+    assert not opencti.wait_for_work(work, timeout=20).in_error
+    assert metadata(result)["requests_refused"] == 1
+    assert queued(rabbitmq, listen_queue(connector_id)) == 0

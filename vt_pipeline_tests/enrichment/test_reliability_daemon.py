@@ -112,6 +112,28 @@ class Deployment:
             time.sleep(0.5)
 
 
+def deployment_env(
+    tmp_path: Path,
+    vt_emulator: VirusTotalEmulator,
+    opencti: OpenCTIEmulator,
+    connector: str,
+    **extra: str,
+) -> dict[str, str]:
+    """A deployment's environment: the emulators, a connector (and queue) of its own, nothing
+    of this process's vt_pipeline, Dagster, VirusTotal or OpenCTI settings."""
+    return {
+        **environ_without(("DAGSTER_", "VIRUSTOTAL_", "OPENCTI_", "CONNECTOR_", "VT_PIPELINE_")),
+        "PYTHONPATH": str(REPO_ROOT),
+        "VIRUSTOTAL_API_URL": vt_emulator.url,
+        "VIRUSTOTAL_TOKEN": PREMIUM_KEY,
+        "OPENCTI_URL": opencti.url,
+        "OPENCTI_TOKEN": opencti.token,
+        "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector,
+        "VT_PIPELINE_STORAGE_DIR": str(tmp_path / "storage"),
+        **extra,
+    }
+
+
 @pytest.fixture
 def deployment(
     tmp_path: Path, vt_emulator: VirusTotalEmulator, opencti: OpenCTIEmulator
@@ -119,18 +141,14 @@ def deployment(
     home = tmp_path / "dagster_home"
     home.mkdir()
     connector_id = str(uuid.uuid4())  # the broker outlives the test: a queue of its own
-    env = {
-        **environ_without(("DAGSTER_", "VIRUSTOTAL_", "OPENCTI_", "CONNECTOR_", "VT_PIPELINE_")),
-        "PYTHONPATH": str(REPO_ROOT),
-        "VIRUSTOTAL_API_URL": vt_emulator.url,
-        "VIRUSTOTAL_TOKEN": PREMIUM_KEY,
-        "OPENCTI_URL": opencti.url,
-        "OPENCTI_TOKEN": opencti.token,
-        "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector_id,
-        "VT_PIPELINE_STORAGE_DIR": str(tmp_path / "storage"),
-        "VT_PIPELINE_ENRICHMENT_MODE": "batch",  # what these tests are about; drain: below
-        "VT_PIPELINE_ENRICHMENT_BATCH_SIZE": "3",
-    }
+    env = deployment_env(
+        tmp_path,
+        vt_emulator,
+        opencti,
+        connector_id,
+        VT_PIPELINE_ENRICHMENT_MODE="batch",  # what these tests are about; drain: below
+        VT_PIPELINE_ENRICHMENT_BATCH_SIZE="3",
+    )
     running = Deployment(home, env)
     running.start()
     try:
@@ -278,18 +296,14 @@ def test_poison_messages_429_and_500_bursts_and_a_broker_restart_leave_every_wor
     home = tmp_path / "dagster_home"
     home.mkdir()
     connector = str(uuid.uuid4())
-    env = {
-        **environ_without(("DAGSTER_", "VIRUSTOTAL_", "OPENCTI_", "CONNECTOR_", "VT_PIPELINE_")),
-        "PYTHONPATH": str(REPO_ROOT),
-        "VIRUSTOTAL_API_URL": vt_emulator.url,
-        "VIRUSTOTAL_TOKEN": PREMIUM_KEY,
-        "VIRUSTOTAL_RETRY_DEADLINE_SECONDS": "5",
-        "OPENCTI_URL": opencti.url,
-        "OPENCTI_TOKEN": opencti.token,
-        "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector,
-        "VT_PIPELINE_STORAGE_DIR": str(tmp_path / "storage"),
-        "VT_PIPELINE_ENRICHMENT_MODE": "batch",
-    }
+    env = deployment_env(
+        tmp_path,
+        vt_emulator,
+        opencti,
+        connector,
+        VIRUSTOTAL_RETRY_DEADLINE_SECONDS="5",
+        VT_PIPELINE_ENRICHMENT_MODE="batch",
+    )
     deployment = Deployment(home, env)
     vt_emulator.set_faults("domain:429:1.0:5,url:500:1.0")
     deployment.start()
@@ -339,17 +353,9 @@ def test_drain_mode_a_killed_drain_run_is_replaced_and_loses_no_request(
     home = tmp_path / "dagster_home"
     home.mkdir()
     connector = str(uuid.uuid4())
-    env = {
-        **environ_without(("DAGSTER_", "VIRUSTOTAL_", "OPENCTI_", "CONNECTOR_", "VT_PIPELINE_")),
-        "PYTHONPATH": str(REPO_ROOT),
-        "VIRUSTOTAL_API_URL": vt_emulator.url,
-        "VIRUSTOTAL_TOKEN": PREMIUM_KEY,
-        "OPENCTI_URL": opencti.url,
-        "OPENCTI_TOKEN": opencti.token,
-        "VIRUSTOTAL_ENRICHMENT_CONNECTOR_ID": connector,
-        "VT_PIPELINE_STORAGE_DIR": str(tmp_path / "storage"),
-        "VT_PIPELINE_ENRICHMENT_MODE": "drain",
-    }
+    env = deployment_env(
+        tmp_path, vt_emulator, opencti, connector, VT_PIPELINE_ENRICHMENT_MODE="drain"
+    )
     deployment = Deployment(home, env)
     deployment.start()
     try:

@@ -27,7 +27,11 @@ What runs: a real RabbitMQ, the OpenCTI emulator and the VirusTotal emulator (`-
    p95 <= 10 s. Printed with where the time goes (the drain run's start: sensor, run queue,
    process start, resources; a click: read from the queue, answered) and the daemon's memory
    (its process group's RSS) before and after the flood.
-3. `--with-batch`: the batch mode (a sensor tick makes runs of `--batch-size`, each a NEW
+3. `--expansions N` (200): N requests answered by the drain run with the base enrichment, then
+   with every expansion on (README "Expansions" and "Related objects": every relation of every
+   kind, families, ATT&CK, Sigma, IDS, YARA, comments, GTI context, a rescan of reports older
+   than a year): seconds and VT calls per request, and the calls by endpoint.
+4. `--with-batch`: the batch mode (a sensor tick makes runs of `--batch-size`, each a NEW
    PROCESS, `--max-concurrent-runs` at a time): the design before the drain, kept for the
    record.
 """
@@ -45,7 +49,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -95,6 +99,7 @@ class Measure:
     vt_calls: int
     latencies: list[float]
     in_error: int
+    by_endpoint: dict[str, int] = field(default_factory=dict)
 
     def row(self) -> str:
         ordered = sorted(self.latencies)
@@ -337,6 +342,7 @@ def drain_burst(design: str, limits: Any, opencti: Any, vt: Any, targets: Sequen
             calls,
             found,
             in_error,
+            by_endpoint,
         )
 
 
@@ -528,6 +534,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--silence", type=float, default=65.0, help="seconds before a cold click")
     parser.add_argument("--flood", type=int, default=2000, help="auto requests under the clicks")
     parser.add_argument("--latency-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--expansions", type=int, default=200, help="requests with every expansion on (0: none)"
+    )
     parser.add_argument("--with-batch", action="store_true", help="also the batch mode (slow)")
     parser.add_argument("--requests", type=int, default=200, help="--with-batch: requests")
     parser.add_argument("--batch-size", type=int, default=20)
@@ -538,6 +547,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--execute-drain", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
+
+# Every enrichment expansion on (README, "Expansions" and "Related objects"), every relation.
+EVERY_EXPANSION = {
+    "VIRUSTOTAL_FILE_RELATIONSHIPS": "contacted_domains,contacted_ips,contacted_urls,"
+    "dropped_files,execution_parents,bundled_files,itw_urls",
+    "VIRUSTOTAL_DOMAIN_RELATIONSHIPS": "resolutions,communicating_files,downloaded_files,"
+    "referrer_files,subdomains",
+    "VIRUSTOTAL_IP_RELATIONSHIPS": "resolutions,communicating_files,downloaded_files",
+    "VIRUSTOTAL_URL_RELATIONSHIPS": "last_serving_ip_address,downloaded_files,redirects_to,"
+    "contacted_domains,contacted_ips",
+    "VIRUSTOTAL_FILE_MALWARE_FAMILY": "true",
+    "VIRUSTOTAL_FILE_ATTACK_PATTERNS": "true",
+    "VIRUSTOTAL_FILE_IMPORT_SIGMA": "true",
+    "VIRUSTOTAL_FILE_IMPORT_IDS": "true",
+    "VIRUSTOTAL_FILE_IMPORT_YARA": "true",
+    "VIRUSTOTAL_CREATE_NOTE_COMMENTS": "true",
+    "VIRUSTOTAL_GTI_CONTEXT": "true",
+    "VIRUSTOTAL_RESCAN_OLDER_THAN_DAYS": "365",
+}
 
 HEADER = (
     "| design | first request -> last work complete | runs | VT calls / request "
@@ -558,9 +586,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
     from vt_pipeline.enrichment.drain import DrainLimits
 
-    bursts = [int(n) for n in args.bursts.split(",") if n.strip()]
+    bursts = [int(n) for n in args.bursts.split(",") if n.strip() and int(n) > 0]
     needed = max(
-        [*bursts, args.requests if args.with_batch else 0, 2 * args.clicks + 2 + args.flood]
+        [
+            *bursts,
+            args.requests if args.with_batch else 0,
+            args.expansions,
+            2 * args.clicks + 2 + args.flood,
+        ]
     )
     start = datetime(2026, 11, 20, tzinfo=UTC)
     corpus = generate_corpus(
@@ -611,6 +644,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"drain run {baseline.seconds / drained.seconds:.1f}x faster than the "
                     "sequential consumer (target >= 3x)"
                 )
+        if args.expansions:
+            size = min(args.expansions, len(targets))
+            base = drain_burst(
+                "drain run, base enrichment",
+                DrainLimits(idle_seconds=3),
+                opencti,
+                vt,
+                targets[:size],
+            )
+            saved = {name: os.environ.get(name) for name in EVERY_EXPANSION}
+            os.environ.update(EVERY_EXPANSION)
+            try:
+                expanded = drain_burst(
+                    "drain run, every expansion on",
+                    DrainLimits(idle_seconds=3),
+                    opencti,
+                    vt,
+                    targets[:size],
+                )
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+            report += [f"\nEvery expansion on, {size} mixed requests", HEADER, base.row()]
+            report.append(expanded.row())
+            report.append(
+                f"per request: {base.seconds / size:.3f} s and {base.vt_calls / size:.2f} VT "
+                f"calls (base) against {expanded.seconds / size:.3f} s and "
+                f"{expanded.vt_calls / size:.2f} VT calls (every expansion on); by endpoint: "
+                + json.dumps(expanded.by_endpoint)
+            )
         if args.with_batch:
             os.environ["VT_PIPELINE_ENRICHMENT_MODE"] = "batch"
             batch = measure(

@@ -731,6 +731,7 @@ def summarize(size: int, variant: Variant, child: dict[str, Any]) -> dict[str, A
         "peak_rss_mib": run["peak_rss_mib"],
         "setup_peak_rss_mib": child["setup_peak_rss_mib"],
         "steps_seconds": steps,
+        "steps_peak_rss_mib": run.get("steps_peak_rss_mib", {}),
         "run_overhead_seconds": round(run["seconds"] - sum(steps.values()), 3),
     }
 
@@ -992,10 +993,10 @@ def report(
             f"{peaks}"
         )
     for row in rows.values():
-        calls = ", ".join(f"{k} {v}" for k, v in row["vt_api_calls_by_endpoint"].items())
+        endpoints = ", ".join(f"{k} {v}" for k, v in row["vt_api_calls_by_endpoint"].items())
         steps = ", ".join(f"{_short_step(k)} {v:.1f}" for k, v in row["steps_seconds"].items())
         print(
-            f"  {row['variant']}: API calls {row['vt_api_calls']} ({calls}); "
+            f"  {row['variant']}: API calls {row['vt_api_calls']} ({endpoints}); "
             f"HTTP requests {row['http_requests']} ({row['http_errors']} errors)"
         )
         overhead = row["run_overhead_seconds"]

@@ -201,3 +201,75 @@ def test_the_floor_of_a_real_emulator_log() -> None:
     wide = bench.latency_floor(log, 64, L)
     assert wide.rounds >= pages  # the chain of pages bounds it
     assert wide.longest_chain <= wide.rounds <= floor.rounds
+
+
+def _row(seconds: float, peak_rss: float, calls: int, size: int) -> dict[str, Any]:
+    """A pipeline row as `summarize` + `fastest` make it, with made-up figures."""
+    return {
+        "variant": "pipeline",
+        "max_concurrency": 32,
+        "cache_rulesets": True,
+        "success": True,
+        "seconds": seconds,
+        "seconds_each": [seconds],
+        "seconds_max": seconds,
+        "repeats": 1,
+        "notifications_per_second": size / seconds,
+        "notifications_seen": size,
+        "kept": size // 2,
+        "artifacts": size // 4,
+        "artifact_bytes": size * 1000,
+        "stix_objects": size * 3,
+        "vt_api_calls": calls,
+        "vt_api_calls_by_endpoint": {"ioc_stream": calls},
+        "vt_api_calls_per_notification": calls / size,
+        "http_requests": calls,
+        "http_requests_per_notification": calls / size,
+        "http_errors": 0,
+        "peak_rss_mib": peak_rss,
+        "setup_peak_rss_mib": 240.0,
+        "steps_seconds": {"livehunt_notifications": seconds / 2},
+        "steps_peak_rss_mib": {"livehunt_notifications": peak_rss},
+        "run_overhead_seconds": 0.5,
+    }
+
+
+FLOOR = {
+    "seconds": 100.0,
+    "rounds": 334,
+    "lower_bound_seconds": 100.0,
+    "longest_chain": 140,
+    "round_trips": {"ioc_stream": 2630},
+    "windows": 24,
+    "concurrency": 32,
+    "latency_ms": 300.0,
+    "log_dropped": 0,
+    "measured_vt_seconds": 110.0,
+    "measured_mean_in_flight": 30.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "peak_rss", "calls", "met"),
+    [
+        (140.0, 900.0, 40_000, True),
+        (160.0, 900.0, 40_000, False),  # 1.6x the floor
+        (140.0, 1100.0, 40_000, False),  # above 1 GiB
+        (140.0, 900.0, 46_000, False),  # 0.46 VT calls per notification
+    ],
+)
+def test_the_300_ms_targets_at_100000_without_a_baseline(
+    seconds: float, peak_rss: float, calls: int, met: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 100,000 the sequential baseline is not measured (hours): the verdicts are the floor,
+    the run's peak RSS and the VT calls per notification, printed with PASS/FAIL."""
+    size, goals = 100_000, bench.TARGETS[300.0]
+    rows = {"pipeline": bench.fastest([_row(seconds, peak_rss, calls, size)])}
+    targets = bench.verdicts(size, goals, rows["pipeline"], None, FLOOR)
+    ok, summary = bench.report(size, 300.0, goals, rows, FLOOR, targets, True, None)
+    printed = capsys.readouterr().out
+    assert ok is met
+    assert "sequential baseline: not measured at this size" in printed
+    assert "peak RSS MiB while each step ran" in printed
+    assert ("FAIL" in summary) is not met
+    assert f"end to end / floor {seconds / 100:.2f}" in summary

@@ -2,7 +2,7 @@
 
 vt-pipeline emulate virustotal --port 8765 --seed 7 --notifications 500
 vt-pipeline emulate postgres   # a private PostgreSQL for deploy/dagster.yaml
-vt-pipeline demo [--notifications 300] [--windows 3]
+vt-pipeline demo [--notifications 300] [--windows 3] [--graph]
 vt-pipeline ui [--port 3000]
 vt-pipeline sweep-runs   # end the runs whose process died, free their slots (no daemon needed)
 """
@@ -52,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--notifications", type=int, default=300, help="in the 24 h corpus")
     demo.add_argument("--windows", type=int, default=3, help="hourly windows to materialize")
     demo.add_argument("--seed", type=int, default=DEMO_SEED)
+    demo.add_argument(
+        "--graph",
+        action="store_true",
+        help="then enrich one file with every expansion on and print the graph OpenCTI holds "
+        "around it",
+    )
 
     ui = commands.add_parser("ui", help="dagster dev against the VirusTotal and OpenCTI emulators")
     ui.add_argument("--port", type=int, default=3000)
@@ -82,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with interrupt_on_sigterm():
         try:
             if args.command == "demo":
-                return run_demo(args.notifications, args.windows, args.seed)
+                return run_demo(args.notifications, args.windows, args.seed, args.graph)
             return run_ui(args.port, args.notifications, args.seed, args.windows)
         except KeyboardInterrupt:
             return 130
@@ -115,9 +121,9 @@ def demo_home() -> Path:
     return home
 
 
-def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> tuple[str, Any]:
-    """Start the VT emulator with the last 24 hours of synthetic notifications; return its URL
-    and its corpus."""
+def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> tuple[str, Any, Any]:
+    """Start the VT emulator with the last 24 hours of synthetic notifications; return its URL,
+    its corpus and the emulator (its call counts)."""
     from vt_pipeline.emulators.virustotal.corpus import generate_corpus
     from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 
@@ -130,7 +136,7 @@ def demo_emulator(stack: ExitStack, notifications: int, seed: int) -> tuple[str,
     url = stack.enter_context(emulator.serve())
     os.environ.update({"VIRUSTOTAL_API_URL": url, "VIRUSTOTAL_TOKEN": "demo"})
     os.environ.setdefault("VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_UPLOAD_ARTIFACT", "true")
-    return url, corpus
+    return url, corpus, emulator
 
 
 def demo_opencti(stack: ExitStack) -> Any:
@@ -158,10 +164,10 @@ def opencti_summary(opencti: Any) -> str:
     )
 
 
-def run_demo(notifications: int, windows: int, seed: int) -> int:
+def run_demo(notifications: int, windows: int, seed: int, graph: bool = False) -> int:
     home = demo_home()
     with ExitStack() as stack:
-        url, corpus = demo_emulator(stack, notifications, seed)
+        url, corpus, vt = demo_emulator(stack, notifications, seed)
         print("Starting RabbitMQ and the OpenCTI emulator...", flush=True)
         opencti = demo_opencti(stack)
         from vt_pipeline.livehunt.summary import livehunt_summary
@@ -173,7 +179,11 @@ def run_demo(notifications: int, windows: int, seed: int) -> int:
             print(livehunt_summary(result))
             print(opencti_summary(opencti))
             print()
-            enriched = demo_enrichment(instance, opencti, corpus, build_resources())
+            resources = build_resources()
+            enriched = demo_enrichment(instance, opencti, corpus, resources)
+            if graph:
+                print()
+                enriched = demo_graph(instance, opencti, vt, corpus, resources) and enriched
     print()
     print(
         "See these runs in the Dagster UI (same Dagster home, emulators started again with the "
@@ -270,6 +280,180 @@ def demo_enrichment(
     return ok
 
 
+# The graph demo (`demo --graph`, issue 19): one file enriched with every expansion on.
+GRAPH_RELATIONSHIPS_LIMIT = 5  # per relation: a readable tree, and the cap shows
+
+
+def graph_settings(base: Any) -> Any:
+    """`base` (the deployment's enrichment settings) with every file expansion on: all the
+    file's VT relations (capped), family, ATT&CK, Sigma, IDS, YARA, comments and GTI context.
+    A resource of its own for the graph's run: the environment is left as it is."""
+    from vt_pipeline.enrichment.settings import EnrichmentSettings
+    from vt_pipeline.virustotal.relations import RELATIONSHIPS
+
+    values = {name: getattr(base, name) for name in EnrichmentSettings.model_fields}
+    values.update(
+        file_relationships=list(RELATIONSHIPS["file"]),
+        relationships_limit=GRAPH_RELATIONSHIPS_LIMIT,
+        file_malware_family=True,
+        file_attack_patterns=True,
+        file_import_sigma=True,
+        file_import_ids=True,
+        file_import_yara=True,
+        create_note_comments=True,
+        gti_context=True,
+    )
+    return EnrichmentSettings(**values)
+
+
+def graph_file(corpus: Any, min_engines: int) -> tuple[str, list[str]]:
+    """The corpus file that shows the most expansions, and what VT's answers for it lack (a
+    small corpus may have no file with all). Issue 19's own options count first (family,
+    ATT&CK, Sigma, IDS, comments, a GTI actor), then YARA and GTI's campaign and report; the
+    first file in sorted order among the richest."""
+    from vt_pipeline.emulators.virustotal.behaviour import mitre_trees
+    from vt_pipeline.emulators.virustotal.comments import comment_objects
+    from vt_pipeline.emulators.virustotal.gti_collections import associations
+    from vt_pipeline.emulators.virustotal.objects import is_analysed
+
+    def features(obj: dict[str, Any]) -> dict[str, tuple[int, bool]]:
+        attrs = obj["attributes"]
+        names = (attrs.get("popular_threat_classification") or {}).get("popular_threat_name")
+        family = max((int(n.get("count") or 0) for n in names or ()), default=0)
+        threats = {t["attributes"]["collection_type"] for t in associations("files", obj)}
+        return {  # name: (weight, present)
+            f"a family of >= {min_engines} engines": (10, family >= min_engines),
+            "ATT&CK techniques": (10, bool(mitre_trees(obj))),
+            "crowdsourced Sigma": (10, bool(attrs.get("sigma_analysis_results"))),
+            "crowdsourced IDS": (10, bool(attrs.get("crowdsourced_ids_results"))),
+            "community comments": (10, bool(comment_objects("files", obj))),
+            "a GTI threat actor": (10, "threat-actor" in threats),
+            "crowdsourced YARA": (1, bool(attrs.get("crowdsourced_yara_results"))),
+            "a GTI campaign": (1, "campaign" in threats),
+            "a GTI report": (1, "report" in threats),
+        }
+
+    best: tuple[int, str, list[str]] | None = None
+    for sha256, obj in sorted(corpus.files.items()):
+        if not is_analysed(obj):
+            continue
+        found = features(obj)
+        missing = sum(weight for weight, present in found.values() if not present)
+        if best is None or missing < best[0]:
+            absent = [name for name, (_, present) in found.items() if not present]
+            best = (missing, sha256, absent)
+    if best is None:
+        raise LookupError("the corpus has no analysed file")
+    return best[1], best[2]
+
+
+def graph_node(opencti: Any, obj: dict[str, Any]) -> str:
+    """One object of the graph on a line: its OpenCTI type, what names it, its score."""
+    record = opencti.record(obj["id"])
+    kind = record.entity_type if record is not None else obj["type"]
+    if obj["type"] == "file":
+        text = (obj.get("hashes") or {}).get("SHA-256") or obj.get("name") or obj["id"]
+    elif obj["type"] == "indicator":
+        text = f"[{obj.get('pattern_type')}] {obj.get('name')}"
+    elif obj["type"] == "attack-pattern":
+        text = f"{obj.get('x_mitre_id')} {obj.get('name')}"
+    elif obj["type"] == "malware":
+        text = str(obj.get("name")) + (" (family)" if obj.get("is_family") else "")
+    else:
+        text = str(obj.get("value") or obj.get("name") or obj["id"])
+    score = opencti.score_of(obj["id"]) if record is not None else None
+    return f"{kind:15s} {text}" + ("" if score is None else f"  score {score}")
+
+
+def graph_lines(opencti: Any, entity_id: str) -> list[str]:
+    """What OpenCTI holds around an entity, as a tree: its relationships grouped by type and
+    direction (a Malware with the Attack-Patterns it `uses`), the Reports containing it and
+    the Notes about it."""
+    summary = opencti.entity_summary(entity_id)
+    ids = set(opencti.record(entity_id).all_ids())
+    lines = [f"{summary['entity_type']} {summary['observable_value']}  score {summary['score']}"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rel in summary["relationships"]:
+        outgoing = rel["source_ref"] in ids
+        other = opencti.get(str(rel["target_ref" if outgoing else "source_ref"]))
+        if other is not None:
+            label = rel["relationship_type"]
+            groups.setdefault(f"{label} ->" if outgoing else f"<- {label}", []).append(other)
+    for group, items in sorted(groups.items(), key=lambda kv: kv[0].startswith("<-")):
+        lines.append(f"  {group} ({len(items)})")
+        for line, item in sorted((graph_node(opencti, i), i) for i in items):
+            lines.append(f"    {line}")
+            if item["type"] == "malware":
+                lines += [
+                    f"      uses -> {graph_node(opencti, pattern)}"
+                    for pattern in sorted(
+                        opencti.related(item["id"], "uses"), key=lambda p: str(p.get("x_mitre_id"))
+                    )
+                ]
+    reports = opencti.containers_of(entity_id, "Report")
+    lines.append(f"  in Reports ({len(reports)})")
+    lines += [f"    Report          {r.get('name')}" for r in reports]
+    lines.append(f"  Notes about it ({len(summary['notes'])})")
+    lines += [f"    Note            {n.get('abstract')}" for n in summary["notes"]]
+    return lines
+
+
+def demo_graph(
+    instance: dg.DagsterInstance,
+    opencti: Any,
+    vt: Any,
+    corpus: Any,
+    resources: dict[str, Any],
+    sensors: Sequence[dg.SensorDefinition] | None = None,
+) -> bool:
+    """Ask OpenCTI to enrich one file with every expansion on, let the sensor and the job
+    answer (the same path as `demo_enrichment`; `sensors`: the code location's unless given),
+    and print the graph OpenCTI then holds around the file and the VT calls it cost per
+    endpoint (as the VT emulator counted them). True when the work completed without error."""
+    from vt_pipeline.enrichment.summary import answer_enrichment_requests
+
+    settings = graph_settings(resources["enrichment_settings"])
+    sha256, absent = graph_file(corpus, settings.file_malware_family_min_engines)
+    cti = resources["opencti"].process_config_and_initialize()
+    with cti.connector("enrichment"):
+        pass  # registered: OpenCTI now has the connector's listen queue
+    entity = opencti.create_observable("StixFile", hashes={"SHA-256": sha256})
+    before = vt.stats()
+    work_id = opencti.ask_enrichment(entity, cti.enrichment_connector_id)
+    print(
+        "Enriching one file with every expansion on (its VT relations, at most "
+        f"{settings.relationships_limit} each; family, ATT&CK, Sigma, IDS, YARA, comments, GTI "
+        "context); the sensor and the job answer..."
+    )
+    if absent:
+        print(f"  (the corpus's richest file; VT has nothing for it on: {', '.join(absent)})")
+    runs = answer_enrichment_requests(
+        instance,
+        {**resources, "enrichment_settings": settings},
+        expected=1,
+        log_level="WARNING",
+        **({"sensors": sensors} if sensors is not None else {}),
+    )
+    calls = {
+        endpoint: spent
+        for endpoint, codes in sorted(vt.stats().items())
+        if (spent := sum(codes.values()) - sum((before.get(endpoint) or {}).values()))
+    }
+    work = opencti.work(work_id)
+    ok = bool(work is not None and work.status == "complete" and not work.in_error)
+    jobs = ", ".join(sorted({r.job_def.name for r in runs}))
+    print(f"  {len(runs)} run(s) of {jobs}: {sum(r.success for r in runs)} succeeded")
+    print("OpenCTI now holds around it:")
+    print("\n".join("  " + line for line in graph_lines(opencti, entity)))
+    spent = ", ".join(f"{endpoint} {count}" for endpoint, count in calls.items())
+    print(f"  VT calls: {sum(calls.values())} ({spent or 'none'})")
+    if work is not None:
+        for message in work.summary()["messages"] + work.summary()["errors"]:
+            print(f"  work: {message}")
+    print(f"  work {'complete' if ok else 'in error or not complete'}")
+    return ok
+
+
 def run_sweep() -> int:
     from vt_pipeline.run_health import end_dead_runs
 
@@ -293,7 +477,7 @@ def run_ui(port: int, notifications: int, seed: int, windows: int = 3) -> int:
     """
     home = demo_home()
     with ExitStack() as stack:
-        url, _ = demo_emulator(stack, notifications, seed)
+        url, _, _ = demo_emulator(stack, notifications, seed)
         opencti = demo_opencti(stack)
         print(
             f"VirusTotal emulator: {url}; OpenCTI emulator: {opencti.url}; "

@@ -525,13 +525,18 @@ class OpenCTIEmulator(Service):
 
     def notes_about(self, entity_id: str) -> list[dict[str, Any]]:
         """Notes whose `object_refs` name the entity (by any of its ids), as STIX."""
+        return self.containers_of(entity_id, "Note")
+
+    def containers_of(self, entity_id: str, entity_type: str = "Report") -> list[dict[str, Any]]:
+        """Containers of one type (Report, Note...) whose `object_refs` name the entity (by any
+        of its ids), as STIX: what contains an entity is not a relationship in OpenCTI."""
         ids = set(self._known(entity_id).all_ids())
 
-        def about(record: Record) -> bool:
+        def contains(record: Record) -> bool:
             refs = record.stix.get("object_refs") or ()
-            return record.entity_type == "Note" and bool(ids.intersection(refs))
+            return record.entity_type == entity_type and bool(ids.intersection(refs))
 
-        return [self.store.export_stix(r) for r in self.store.records(about)]
+        return [self.store.export_stix(r) for r in self.store.records(contains)]
 
     def relationships_of(
         self, entity_id: str, relationship_type: str | None = None, direction: str = "any"

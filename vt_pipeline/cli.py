@@ -379,7 +379,8 @@ def graph_lines(opencti: Any, entity_id: str) -> list[str]:
         if other is not None:
             label = rel["relationship_type"]
             groups.setdefault(f"{label} ->" if outgoing else f"<- {label}", []).append(other)
-    for group, items in sorted(groups.items(), key=lambda kv: kv[0].startswith("<-")):
+    # Outgoing first, then incoming, each by relationship type: the same order on every run.
+    for group, items in sorted(groups.items(), key=lambda kv: (kv[0][:2] == "<-", kv[0])):
         lines.append(f"  {group} ({len(items)})")
         for line, item in sorted((graph_node(opencti, i), i) for i in items):
             lines.append(f"    {line}")
@@ -390,11 +391,12 @@ def graph_lines(opencti: Any, entity_id: str) -> list[str]:
                         opencti.related(item["id"], "uses"), key=lambda p: str(p.get("x_mitre_id"))
                     )
                 ]
-    reports = opencti.containers_of(entity_id, "Report")
+    reports = sorted(str(r.get("name")) for r in opencti.containers_of(entity_id, "Report"))
     lines.append(f"  in Reports ({len(reports)})")
-    lines += [f"    Report          {r.get('name')}" for r in reports]
-    lines.append(f"  Notes about it ({len(summary['notes'])})")
-    lines += [f"    Note            {n.get('abstract')}" for n in summary["notes"]]
+    lines += [f"    Report          {name}" for name in reports]
+    notes = sorted(str(n.get("abstract")) for n in summary["notes"])
+    lines.append(f"  Notes about it ({len(notes)})")
+    lines += [f"    Note            {abstract}" for abstract in notes]
     return lines
 
 

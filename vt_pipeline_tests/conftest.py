@@ -72,6 +72,28 @@ def stored(base: Path, asset: str, hour: int, ext: str = ".json") -> Path:
     return base / asset / f"{partition_key(hour)}{ext}"
 
 
+def rebuild_bundle(
+    instance: dg.DagsterInstance, resources: dict[str, Any], base: Path, hour: int
+) -> tuple[bytes, bytes]:
+    """The window's stored bundle, then the same window's bundle made again alone (its stored
+    inputs read, nothing upstream run) in its place."""
+    from vt_pipeline.livehunt.assets import livehunt_assets, livehunt_stix_bundles
+    from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
+
+    path = stored(base, "livehunt_stix_bundles", hour)
+    first = path.read_bytes()
+    path.unlink()
+    rebuilt = dg.materialize(
+        [*livehunt_assets, livehunt_stix_bundle_is_valid],
+        selection=dg.AssetSelection.assets(livehunt_stix_bundles),
+        partition_key=partition_key(hour),
+        instance=instance,
+        resources=resources,
+    )
+    assert rebuilt.success
+    return first, path.read_bytes()
+
+
 def take(rabbitmq: RabbitMQ, queue: str) -> list[bytes]:
     """Every message waiting on a queue, acknowledged: the test consumes them (by hand, where
     the sensor would read a listen queue)."""

@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from vt_pipeline.config import invalid, is_env_reference, settings_from_env
 from vt_pipeline.livehunt.options import LivehuntOptions
+from vt_pipeline.livehunt.relations import FileExpansions
 from vt_pipeline.stix.livehunt import TlpLevel
 from vt_pipeline.virustotal.relations import MAX_LIMIT, RELATIONSHIPS, relationship_names
 
@@ -88,10 +89,35 @@ class LivehuntSettings(dg.ConfigurableResource):
         default=10, ge=1, le=MAX_LIMIT, description="The most related objects per relation."
     )
 
+    # ...and what the file is, by enrichment's code too (README)
+    file_malware_family: bool = Field(
+        default=False,
+        description="VT's popular threat classification as Malware families linked to a kept "
+        "file (read from the notification: no call).",
+    )
+    file_malware_family_min_engines: int = Field(
+        default=3, ge=1, description="Engines that must agree on a family name to add it."
+    )
+    file_attack_patterns: bool = Field(
+        default=False,
+        description="ATT&CK techniques of VT's sandboxes (behaviour_mitre_trees, 1 call per "
+        "kept file).",
+    )
+
     @field_validator("file_relationships")
     @classmethod
     def _known_relationships(cls, value: list[str]) -> list[str]:
         return relationship_names(ENV_PREFIX + "FILE_RELATIONSHIPS", value, "file")
+
+    def file_expansions(self) -> FileExpansions:
+        """What a kept file gets from VT beyond its notification (`livehunt/relations.py`)."""
+        return FileExpansions(
+            relationships=tuple(self.file_relationships),
+            limit=self.relationships_limit,
+            malware_family=self.file_malware_family,
+            min_engines=self.file_malware_family_min_engines,
+            attack_patterns=self.file_attack_patterns,
+        )
 
     @field_validator("tlp_level", mode="before")
     @classmethod

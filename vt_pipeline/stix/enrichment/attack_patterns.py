@@ -15,10 +15,20 @@ from vt_pipeline.virustotal.expansions import Expansions
 
 def add_attack_patterns(builder: Builder, target: Target) -> None:
     expansions: Expansions | None = getattr(target.report, "expansions", None)
+    add_file_attack_patterns(
+        builder, target.entity["id"], target.subject, expansions, target.created
+    )
+
+
+def add_file_attack_patterns(
+    builder: Builder, file_id: str, subject: str, expansions: Expansions | None, created: str
+) -> None:
+    """The techniques, used by the file's first family or by the file `file_id` (an enriched
+    entity or a Livehunt file: `livehunt/relations.py`); `subject` names it in the text."""
     if expansions is None or not expansions.techniques:
         return
-    families = family_ids(builder, target) if builder.options.file_malware_family else []
-    user = families[0] if families else target.entity["id"]
+    families = family_ids(builder, expansions) if builder.options.file_malware_family else []
+    user = families[0] if families else file_id
     for technique in expansions.techniques:
         name = clean_name(builder, technique.name)
         if name is None:
@@ -30,9 +40,9 @@ def add_attack_patterns(builder: Builder, target: Target) -> None:
             "uses",
             user,
             pattern["id"],
-            target.created,
+            created,
             f"Seen by VirusTotal's sandboxes ({sandboxes}) running the file "
-            f"{notes.escape_cell(target.subject)}.",
+            f"{notes.escape_cell(subject)}.",
         )
 
 

@@ -284,6 +284,25 @@ class Builder:
         extend(entity, extension, "external_references", [reference], ("external_references",))
 
 
+def entity_objects(
+    entity_id: str,
+    markings: Sequence[str],
+    options: EnrichmentMappingOptions,
+    *adds: Callable[[Builder], None],
+) -> tuple[list[StixObject], dict[str, int]]:
+    """What `adds` make for an entity known by its id alone (Livehunt's files), each in its own
+    section: the new objects and the author (none when nothing was added; relationships carry
+    `markings`), and the counters that moved."""
+    builder = Builder(options, {}, {"id": entity_id, "object_marking_refs": list(markings)})
+    for add in adds:
+        with builder.section():
+            add(builder)
+    stats = {key: builder.stats[key] for key in STAT_KEYS if builder.stats[key]}
+    if not builder.objects:
+        return [], stats
+    return [builder.author, *builder.objects.values()], stats
+
+
 # -- helpers shared by the additions ------------------------------------------------------------
 
 

@@ -22,15 +22,22 @@ def agreed_families(min_engines: int, expansions: Expansions | None) -> list[Fam
     return [vote for vote in expansions.families if vote.count >= min_engines]
 
 
-def family_ids(builder: Builder, target: Target) -> list[str]:
+def family_ids(builder: Builder, expansions: Expansions | None) -> list[str]:
     """The Malware ids of the file's agreed families (what the ATT&CK addition links to)."""
-    votes = agreed_families(builder.options.file_malware_family_min_engines, _expansions(target))
+    votes = agreed_families(builder.options.file_malware_family_min_engines, expansions)
     names = [clean_name(builder, vote.name) for vote in votes]
     return [malware(builder, name)["id"] for name in names if name]
 
 
 def add_families(builder: Builder, target: Target) -> None:
-    expansions = _expansions(target)
+    add_file_families(builder, target.entity["id"], _expansions(target), target.created)
+
+
+def add_file_families(
+    builder: Builder, file_id: str, expansions: Expansions | None, created: str
+) -> None:
+    """The agreed families, `related-to` from the file `file_id` (an enriched entity or a
+    Livehunt file: `livehunt/relations.py`)."""
     votes = agreed_families(builder.options.file_malware_family_min_engines, expansions)
     label = expansions.threat_label if expansions is not None else None
     for vote in votes:
@@ -42,9 +49,7 @@ def add_families(builder: Builder, target: Target) -> None:
         description = f"{vote.count} VirusTotal engines name this file {notes.escape_cell(name)}"
         if label:
             description += f" (suggested threat label {notes.escape_cell(label)})"
-        builder.relate(
-            "related-to", target.entity["id"], family["id"], target.created, description + "."
-        )
+        builder.relate("related-to", file_id, family["id"], created, description + ".")
 
 
 def _expansions(target: Target) -> Expansions | None:

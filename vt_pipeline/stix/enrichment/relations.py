@@ -25,13 +25,7 @@ from typing import NamedTuple
 
 from vt_pipeline.stix import common
 from vt_pipeline.stix.common import StixObject
-from vt_pipeline.stix.enrichment.base import (
-    STAT_KEYS,
-    Addition,
-    Builder,
-    EnrichmentMappingOptions,
-    Target,
-)
+from vt_pipeline.stix.enrichment.base import Addition, Builder, Target
 from vt_pipeline.virustotal.reports import RelatedObject, Relation, ReportKind
 
 
@@ -85,27 +79,6 @@ def add_related(builder: Builder, target: Target) -> None:
         target.report.relations,
         target.created,
     )
-
-
-def related_objects(
-    entity_id: str,
-    entity_type: str,
-    kind: ReportKind,
-    relations: Sequence[Relation],
-    created: str,
-    markings: Sequence[str] = (),
-    options: EnrichmentMappingOptions | None = None,
-) -> tuple[list[StixObject], dict[str, int]]:
-    """The objects of `relations` for an entity known by its id alone (Livehunt's files): the
-    observables, their relationships (with `markings`) and the author; and the counters."""
-    entity = {"id": entity_id, "object_marking_refs": list(markings)}
-    builder = Builder(options or EnrichmentMappingOptions(), {}, entity)
-    with builder.section():
-        add_relations(builder, entity_id, entity_type, kind, relations, created)
-    stats = {key: builder.stats[key] for key in STAT_KEYS if builder.stats[key]}
-    if not builder.objects:
-        return [], stats
-    return [builder.author, *builder.objects.values()], stats
 
 
 def add_relations(

@@ -282,6 +282,7 @@ def demo_enrichment(
 
 # The graph demo (`demo --graph`, issue 19): one file enriched with every expansion on.
 GRAPH_RELATIONSHIPS_LIMIT = 5  # per relation: a readable tree, and the cap shows
+QUOTA_ENDPOINT = "overall_quotas"  # the VT emulator's name for the budget's quota read
 
 
 def graph_settings(base: Any) -> Any:
@@ -400,6 +401,17 @@ def graph_lines(opencti: Any, entity_id: str) -> list[str]:
     return lines
 
 
+def recorded_requests(runs: Sequence[dg.ExecuteInProcessResult]) -> list[dict[str, Any]]:
+    """The rows of the runs' `requests` tables (entity, outcome, VT calls, cache hits...)."""
+    rows = []
+    for run in runs:
+        for event in run.all_events:
+            if event.event_type_value == "STEP_OUTPUT":
+                table = event.step_output_data.metadata.get("requests")
+                rows += [dict(r.data) for r in getattr(table, "records", None) or ()]
+    return rows
+
+
 def demo_graph(
     instance: dg.DagsterInstance,
     opencti: Any,
@@ -447,8 +459,29 @@ def demo_graph(
     print(f"  {len(runs)} run(s) of {jobs}: {sum(r.success for r in runs)} succeeded")
     print("OpenCTI now holds around it:")
     print("\n".join("  " + line for line in graph_lines(opencti, entity)))
+    # The session's quota read (a budget's, when its report is stale) is no request's cost.
+    quota_reads = calls.pop(QUOTA_ENDPOINT, 0)
     spent = ", ".join(f"{endpoint} {count}" for endpoint, count in calls.items())
-    print(f"  VT calls: {sum(calls.values())} ({spent or 'none'})")
+    print(
+        f"  VT calls: {sum(calls.values())} ({spent or 'none'})"
+        + (
+            f"; and the run's budget read the key's quotas ({QUOTA_ENDPOINT} {quota_reads})"
+            if quota_reads
+            else ""
+        )
+    )
+    for row in recorded_requests(runs):
+        reused = int(row.get("cache_hits") or 0)
+        print(
+            f"  the run recorded: {row.get('outcome')}, {row.get('vt_calls')} VT calls, "
+            f"{reused} stored VT answers reused"
+            + (
+                " (younger than VT_PIPELINE_ENRICHMENT_CACHE_HOURS: a new DAGSTER_HOME, or the "
+                "variable at 0, spends the calls again)"
+                if reused
+                else ""
+            )
+        )
     if work is not None:
         for message in work.summary()["messages"] + work.summary()["errors"]:
             print(f"  work: {message}")

@@ -16,6 +16,7 @@ relations, families, attack_patterns) without a call, and rebuilding the bundles
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -80,29 +81,43 @@ class FileExpansions:
         )
 
 
+async def window_relations(
+    session: VirusTotalSession, files: Sequence[str], wanted: FileExpansions, lines: list[str]
+) -> FileRelations:
+    """The records of a window's kept files, fetched concurrently (the session bounds the calls
+    in flight); a line per file, in their order, for the window's metadata in `lines`."""
+    found = await asyncio.gather(*(file_relations(session, sha256, wanted) for sha256 in files))
+    lines += [f"{sha256[:16]}…: {line}" for sha256, (_, line) in zip(files, found, strict=True)]
+    return {sha256: record for sha256, (record, _) in zip(files, found, strict=True)}
+
+
 async def file_relations(
-    session: VirusTotalSession, sha256: str, wanted: FileExpansions, lines: list[str]
-) -> dict[str, Any]:
+    session: VirusTotalSession, sha256: str, wanted: FileExpansions
+) -> tuple[dict[str, Any], str]:
     """One file's record: its lookup with the relations embedded and what they lack, and its
-    ATT&CK trees, raw (a failure as VT's error envelope); a line for the window in `lines`."""
+    ATT&CK trees, raw (a failure as VT's error envelope), both asked at once; and its line."""
     pages: dict[str, Any] = {}
-    lookup_part: dict[str, Any] = {}
-    said: list[str] = []
-    if wanted.relationships:
-        lookup_part, line = await _relations(session, sha256, wanted, pages)
-        said.append(line)
-    if wanted.attack_patterns:
+
+    async def techniques() -> str | None:
+        if not wanted.attack_patterns:
+            return None
         fetcher = ExpansionFetcher(session, _Record(pages), timedelta(0))
         found = await fetcher.expand(
             "file", sha256, {"id": sha256}, ExpansionOptions(attack_patterns=True)
         )
-        for _, reason in found.errors:  # kept to be replayed: the bundle says it again
+        if found.errors:  # kept to be replayed: the bundle says it again
+            reason = found.errors[0][1]
             pages.setdefault(MITRE_TREES, {"error": {"message": reason}})
-            said.append(f"attack_patterns failed: {reason}")
-        if found.techniques is not None:
-            said.append(f"attack_patterns {len(found.techniques)} (1 call)")
-    lines.append(f"{sha256[:16]}…: {'; '.join(said)}")
-    return {"lookup": lookup_part, "pages": pages}
+            return f"attack_patterns failed: {reason}"
+        return f"attack_patterns {len(found.techniques or ())} (1 call)"
+
+    async def relations() -> tuple[dict[str, Any], str | None]:
+        if not wanted.relationships:
+            return {}, None
+        return await _relations(session, sha256, wanted, pages)
+
+    (lookup_part, related), trees = await asyncio.gather(relations(), techniques())
+    return {"lookup": lookup_part, "pages": pages}, "; ".join(filter(None, (related, trees)))
 
 
 async def _relations(

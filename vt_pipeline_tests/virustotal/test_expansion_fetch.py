@@ -28,8 +28,12 @@ ALL = ExpansionOptions(attack_patterns=True, sigma_rules=True, comments_limit=5,
 def expand_all(
     emulator: VirusTotalEmulator, files: list[str], base: Path, cache_hours: int = 0
 ) -> list[Expansions]:
-    resource = VirusTotalResource(
-        api_key=PREMIUM_KEY, api_url=emulator.url, max_attempts=2, backoff_base_seconds=0.01
+    resource = VirusTotalResource(  # no budget: a shared one (DAGSTER_HOME) is not the point
+        api_key=PREMIUM_KEY,
+        api_url=emulator.url,
+        max_attempts=2,
+        backoff_base_seconds=0.01,
+        quota_budget=False,
     )
 
     async def run() -> list[Expansions]:

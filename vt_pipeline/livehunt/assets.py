@@ -221,7 +221,7 @@ def livehunt_notifications(
     spools: dict[str, Spool] = {}
 
     async def fetch(session: VirusTotalSession, key: str) -> bool:
-        window, spool = windows[key], spools.setdefault(key, Spool())
+        window, spool = windows[key], spools.setdefault(key, Spool(storage.base_dir))
         return await session.stream_livehunt_notifications(
             window.start, window.end, spool.add, tag, limit
         )

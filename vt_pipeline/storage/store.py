@@ -213,7 +213,7 @@ class PartitionedFileIOManager(dg.ConfigurableIOManager):
             )
         sweep_stale_temporaries(Path(self.base_dir, *context.asset_key.path))
         run_id = _run_id(context)
-        for key in keys:
+        for key in list(obj):  # in the step's own order (Dagster's keys come in any order)
             value = obj[key]  # a PartitionMap makes the window here, once
             if isinstance(value, pd.DataFrame):
                 path = self._path(context, key, ".parquet")
@@ -335,11 +335,16 @@ class Spool:
     """JSON values on their way to a stored record: a line of canonical JSON each in an unnamed
     temporary file (nothing left behind, even by a killed process), read back once. What a step
     receives faster than it can store, e.g. a busy Livehunt window's pages, waits here instead
-    of in memory."""
+    of in memory. In `directory` (the storage base: the disk the records go to, not a /tmp
+    that may be memory), made if missing."""
 
-    def __init__(self) -> None:
-        # closed by items()/close(), not by a with block: it outlives the call that opens it
-        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="vt-pipeline-spool-")  # noqa: SIM115
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        if directory is not None:
+            Path(directory).mkdir(parents=True, exist_ok=True, mode=0o700)
+        # closed by lines()/close(), not by a with block: it outlives the call that opens it
+        self._file: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115
+            prefix=".tmp-spool-", dir=directory
+        )
 
     def add(self, value: Any) -> None:
         self._file.write(dumps_json(value) + b"\n")  # JSON escapes every newline in a value

@@ -15,8 +15,12 @@ from vt_pipeline.storage.store import (
     ArtifactHashMismatch,
     ArtifactStore,
     ArtifactTooLarge,
+    EncodedList,
     PartitionedFileIOManager,
+    PartitionMap,
+    Partitions,
     SampleWriter,
+    Spool,
     StorageResource,
     dumps_json,
     partition_path,
@@ -224,3 +228,112 @@ def test_a_value_written_in_the_run_is_handed_on_unless_its_file_changed(tmp_pat
         )
     assert seen[0] == (True, False, [1, 2], [9])  # a handed on as written, b read back
     assert seen[1] == (False, False, [1, 2], [9])  # a new run reads both files
+
+
+def test_a_partition_map_makes_a_value_on_every_read_and_keeps_none() -> None:
+    made: list[str] = []
+
+    def make(key: str) -> list[str]:
+        made.append(key)
+        return [key]
+
+    values = PartitionMap(["b", "a", "b"], make)
+    assert list(values) == ["b", "a"] and len(values) == 2 and made == []
+    assert values["a"] == ["a"] and values["a"] == ["a"]
+    assert made == ["a", "a"]  # nothing kept between reads
+    with pytest.raises(KeyError):
+        values["c"]
+
+
+def test_the_io_manager_writes_each_window_before_it_makes_the_next(tmp_path: Path) -> None:
+    """What bounds a run's memory: a step returning a PartitionMap has its windows made one at
+    a time, each written (and let go) before the next is made; its input comes back the same
+    way, one window per read, with the partition-scoped metadata the windows added."""
+    keys = dg.StaticPartitionsDefinition(["a", "b", "c"])
+    order: list[tuple[str, list[str]]] = []
+
+    def written() -> list[str]:
+        return sorted(p.stem for p in (tmp_path / "windows").glob("*.json"))
+
+    @dg.asset(partitions_def=keys)
+    def windows(context: dg.AssetExecutionContext) -> Partitions[list[int]]:
+        def make(key: str) -> list[int]:
+            order.append((key, written()))
+            context.add_asset_metadata({"made": key}, partition_key=key)
+            return [ord(key)]
+
+        return PartitionMap(context.partition_keys, make)
+
+    @dg.asset(partitions_def=keys)
+    def reader(windows: Partitions[list[int]]) -> Partitions[int]:
+        assert isinstance(windows, PartitionMap)
+        return {key: windows[key][0] for key in windows}
+
+    tags = {"dagster/asset_partition_range_start": "a", "dagster/asset_partition_range_end": "c"}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [windows, reader],
+            instance=instance,
+            tags=tags,
+            resources={"io_manager": PartitionedFileIOManager(base_dir=str(tmp_path))},
+        )
+    assert result.success
+    # each window was made once all those made before it were written, in the step's order
+    assert [key for key, _ in order] == ["a", "b", "c"]
+    assert all(before == sorted(k for k, _ in order[:i]) for i, (_, before) in enumerate(order))
+    made = {
+        event.materialization.partition: event.materialization.metadata["made"].value
+        for event in result.get_asset_materialization_events()
+        if event.materialization.asset_key == windows.key
+    }
+    assert made == {"a": "a", "b": "b", "c": "c"}
+    assert json.loads(partition_path(tmp_path, ["reader"], "c", ".json").read_bytes()) == 99
+
+
+def test_an_encoded_list_is_written_as_the_list_it_encodes(tmp_path: Path) -> None:
+    items = [{"b": 1, "a": "\u00e9\n"}, [1, 2], "x", {"z": None}]
+    path = tmp_path / "record.json"
+    with open(path, "wb") as handle:
+        EncodedList(dumps_json(item) for item in items).write(handle)
+    assert path.read_bytes() == dumps_json(items)
+    with open(path, "wb") as handle:
+        EncodedList([]).write(handle)
+    assert json.loads(path.read_bytes()) == []
+
+
+def test_a_spool_gives_back_what_it_took_and_leaves_no_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "base")
+    values = [{"id": 1, "text": "a\nb"}, {"id": 2, "bad": "\udc80"}]
+    for value in values:
+        spool.add(value)
+    assert list((tmp_path / "base").iterdir()) == []  # unnamed: nothing a crash leaves behind
+    assert [json.loads(line) for line in spool.lines()] == values
+
+
+def test_the_hand_over_holds_values_up_to_its_byte_limit(tmp_path: Path) -> None:
+    """Past `held_bytes` of files, the next step reads the value back from its file."""
+    keys = dg.StaticPartitionsDefinition(["a", "b"])
+    handed: dict[str, list[int]] = {}
+    seen: dict[str, bool] = {}
+
+    @dg.asset(partitions_def=keys)
+    def upstream(context: dg.AssetExecutionContext) -> dict[str, list[int]]:
+        handed.update({key: list(range(100)) for key in context.partition_keys})
+        return dict(handed)
+
+    @dg.asset(partitions_def=keys)
+    def downstream(upstream: Partitions[list[int]]) -> dict[str, bool]:
+        seen.update({key: upstream[key] is handed[key] for key in upstream})
+        return {key: True for key in upstream}
+
+    one_file = len(dumps_json(list(range(100))))
+    tags = {"dagster/asset_partition_range_start": "a", "dagster/asset_partition_range_end": "b"}
+    with dg.instance_for_test() as instance:
+        io_manager = PartitionedFileIOManager(base_dir=str(tmp_path), held_bytes=one_file)
+        dg.materialize(
+            [upstream, downstream],
+            instance=instance,
+            tags=tags,
+            resources={"io_manager": io_manager},
+        )
+    assert seen == {"a": True, "b": False}  # a held, b over the limit: read back

@@ -42,9 +42,16 @@ import pandas as pd
 from vt_pipeline.livehunt.filters import MALFORMED, filter_notifications
 from vt_pipeline.livehunt.options import LivehuntOptions
 from vt_pipeline.livehunt.partitions import livehunt_partitions, partition_windows, windows_per_run
+from vt_pipeline.livehunt.relations import (
+    FileExpansions,
+    FileRelations,
+    related_bundle_objects,
+    window_relations,
+)
 from vt_pipeline.livehunt.schedules import LIVEHUNT_FRESHNESS
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.opencti.resource import OpenCTIError, OpenCTIResource
+from vt_pipeline.stix.common import make_bundle
 from vt_pipeline.stix.livehunt import build_livehunt_bundle
 from vt_pipeline.storage.store import (
     EncodedList,
@@ -500,6 +507,41 @@ def sample_artifacts(
     return artifacts
 
 
+@dg.asset(kinds={"virustotal", "json"}, **LIVEHUNT_ASSET, **_VT)
+def livehunt_file_relations(
+    context: dg.AssetExecutionContext,
+    livehunt_files: Partitioned[pd.DataFrame],
+    livehunt_settings: LivehuntSettings,
+    virustotal: VirusTotalResource,
+) -> Partitioned[FileRelations]:
+    """Each window's kept files with their VT relations and ATT&CK trees, raw
+    (`livehunt/relations.py`); nothing and no call unless
+    VIRUSTOTAL_LIVEHUNT_NOTIFICATIONS_FILE_RELATIONSHIPS or _FILE_ATTACK_PATTERNS is set."""
+    wanted = livehunt_settings.file_expansions()
+    files: dict[str, list[str]] = {}
+    for key in sorted(livehunt_files):  # one window's table at a time
+        frame = livehunt_files[key]
+        kept = frame[frame["kept"] & (frame["object_type"] == "file")]
+        files[key] = sorted(set(kept["subject"].astype(str))) if wanted.fetches else []
+    lines: dict[str, list[str]] = {key: [] for key in files}
+
+    async def fetch(session: VirusTotalSession, key: str) -> FileRelations:
+        return await window_relations(session, files[key], wanted, lines[key])
+
+    session: VirusTotalSession | None = None
+    fetched: dict[str, FileRelations] = {key: {} for key in files}
+    if any(files.values()):
+        fetched, session = run_vt(virustotal, for_each_partition(list(files), fetch))
+    for key in files:  # a window's record is small: hashes and descriptors
+        metadata: dict[str, Any] = {}
+        if session is not None and fetched[key]:  # figures only when relations were asked
+            metadata.update(files_expanded=len(fetched[key]), **vt_calls_metadata(session, [key]))
+        if lines[key]:
+            metadata["relations"] = dg.MetadataValue.md("\n".join(f"- {x}" for x in lines[key]))
+        context.add_asset_metadata(metadata, partition_key=key)
+    return fetched
+
+
 @dg.asset(kinds={"stix", "json"}, **LIVEHUNT_ASSET)
 def livehunt_stix_bundles(
     context: dg.AssetExecutionContext,
@@ -507,9 +549,12 @@ def livehunt_stix_bundles(
     livehunt_files: Partitioned[pd.DataFrame],
     livehunt_rulesets: Partitioned[dict[str, dict[str, Any]]],
     livehunt_artifacts: Partitioned[list[dict[str, Any]]],
+    livehunt_file_relations: Partitioned[FileRelations],
     livehunt_settings: LivehuntSettings,
 ) -> Partitioned[dict[str, Any]]:
-    """One STIX 2.1 bundle per window; pure mapping of stored inputs, no VirusTotal call."""
+    """One STIX 2.1 bundle per window; pure mapping of stored inputs, no VirusTotal call.
+    Each window's bundle is made from that window's inputs as the IO manager writes it, once
+    the window before it is written and let go."""
     options = livehunt_settings.to_options()
     return stix_bundles(
         context,
@@ -518,6 +563,8 @@ def livehunt_stix_bundles(
         livehunt_rulesets,
         livehunt_artifacts,
         options,
+        relations=livehunt_file_relations,
+        expansions=livehunt_settings.file_expansions(),
     )
 
 
@@ -528,26 +575,35 @@ def stix_bundles(
     rulesets: Mapping[str, dict[str, dict[str, Any]]],
     artifacts: Mapping[str, list[dict[str, Any]]],
     options: LivehuntOptions,
+    *,
+    relations: Mapping[str, FileRelations] | None = None,
+    expansions: FileExpansions | None = None,
 ) -> Partitioned[dict[str, Any]]:
-    """Each partition's bundle and its metadata (Livehunt windows, Retrohunt jobs), made one
-    window at a time as the IO manager writes them (the window before is written and let go)."""
+    """Each partition's bundle and its metadata (Livehunt windows, Retrohunt jobs); with
+    `relations` (`livehunt_file_relations`), the kept files' related objects too."""
 
     def bundle(key: str) -> dict[str, Any]:
         stored = {r["sha256"]: r for r in artifacts[key] if r["status"] in AVAILABLE}
-        result = build_livehunt_bundle(
-            _kept(notifications[key], files[key]), rulesets[key], stored, options
-        )
-        types = Counter(obj["type"] for obj in result.bundle["objects"])
+        kept = _kept(notifications[key], files[key])
+        result = build_livehunt_bundle(kept, rulesets[key], stored, options)
+        bundle, stats = result.bundle, Counter(result.stats)
+        if relations is not None and expansions is not None and expansions.any:
+            related, counts = related_bundle_objects(
+                bundle["objects"], relations.get(key) or {}, kept, expansions
+            )
+            bundle, stats = make_bundle([*bundle["objects"], *related]), stats + counts
+        del kept
+        types = Counter(obj["type"] for obj in bundle["objects"])
         context.add_asset_metadata(
             {
-                "stix_objects": len(result.bundle["objects"]),
+                "stix_objects": len(bundle["objects"]),
                 "stix_objects_by_type": counts_table("type", types, "objects"),
                 # What the mapping met (mapped, duplicates, YARA rules missing...), when it met it
-                "mapping": counts_table("event", result.stats, "count"),
+                "mapping": counts_table("event", stats, "count"),
             },
             partition_key=key,
         )
-        return result.bundle
+        return bundle
 
     return PartitionMap(notifications, bundle)
 
@@ -588,5 +644,6 @@ livehunt_assets = [
     livehunt_files,
     livehunt_rulesets,
     livehunt_artifacts,
+    livehunt_file_relations,
     livehunt_stix_bundles,
 ]

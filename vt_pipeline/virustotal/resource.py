@@ -761,29 +761,29 @@ class VirusTotalSession:
     ) -> dict[str, Any]:
         """POST a JSON body and return the JSON answer, with the retries of every call (a
         caller whose POST creates something must find it again before posting twice)."""
-
-        async def attempt() -> dict[str, Any]:
-            response = await self._client.post_async(path, *path_args, json_data=body)
-            try:
-                error = await self._client.get_error_async(response)
-                if error:
-                    raise error
-                answer = await response.json_async()
-            finally:
-                response.release()
-            if not isinstance(answer, dict):
-                raise _Retryable(f"unexpected JSON document of type {type(answer).__name__}")
-            return answer
-
-        return await self._call(endpoint, attempt, what=what or endpoint)
+        return await self._send_json(self._client.post_async, endpoint, path, path_args, body, what)
 
     async def patch_json(
         self, endpoint: str, path: str, *path_args: str, body: dict[str, Any], what: str = ""
     ) -> dict[str, Any]:
         """PATCH a JSON body (an edit in place: safe to retry) and return the JSON answer."""
+        return await self._send_json(
+            self._client.patch_async, endpoint, path, path_args, body, what
+        )
+
+    async def _send_json(
+        self,
+        send: Callable[..., Awaitable[Any]],
+        endpoint: str,
+        path: str,
+        path_args: tuple[str, ...],
+        body: dict[str, Any],
+        what: str,
+    ) -> dict[str, Any]:
+        """One JSON request (`send`: the client's post or patch) through `_call`'s retries."""
 
         async def attempt() -> dict[str, Any]:
-            response = await self._client.patch_async(path, *path_args, json_data=body)
+            response = await send(path, *path_args, json_data=body)
             try:
                 error = await self._client.get_error_async(response)
                 if error:

@@ -25,6 +25,7 @@ from vt_pipeline_tests.conftest import (
     PUBLIC_KEY,
     ResourcesFactory,
     partition_key,
+    rebuild_bundle,
     stored,
     window,
 )
@@ -134,18 +135,8 @@ def test_bundles_from_handed_on_inputs_equal_bundles_rebuilt_from_the_files(
     what the files hold, and no step changed them in place."""
     resources = livehunt_resources()
     run(dagster_instance, resources, HOUR)
-    bundle_path = stored(tmp_path / "storage", "livehunt_stix_bundles", HOUR)
-    handed_on = bundle_path.read_bytes()
-    bundle_path.unlink()
-    rebuilt = dg.materialize(
-        [*livehunt_assets, livehunt_stix_bundle_is_valid],
-        selection=dg.AssetSelection.assets(livehunt_stix_bundles),
-        partition_key=partition_key(HOUR),
-        instance=dagster_instance,
-        resources=resources,
-    )
-    assert rebuilt.success
-    assert bundle_path.read_bytes() == handed_on
+    handed_on, rebuilt = rebuild_bundle(dagster_instance, resources, tmp_path / "storage", HOUR)
+    assert rebuilt == handed_on
 
 
 def test_quota_bursts_and_server_faults_give_the_clean_bundle(

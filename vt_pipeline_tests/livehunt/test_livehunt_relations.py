@@ -13,11 +13,9 @@ import pytest
 from vt_pipeline.emulators.opencti import matrix
 from vt_pipeline.emulators.opencti.store import classify
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
-from vt_pipeline.livehunt.assets import livehunt_assets, livehunt_stix_bundles
-from vt_pipeline.livehunt.checks import livehunt_stix_bundle_is_valid
 from vt_pipeline.livehunt.settings import LivehuntSettings
 from vt_pipeline.stix.validation import validate_bundle
-from vt_pipeline_tests.conftest import ResourcesFactory, partition_key, stored
+from vt_pipeline_tests.conftest import ResourcesFactory, rebuild_bundle, stored
 from vt_pipeline_tests.conftest import materialize_hours as run
 
 pytestmark = pytest.mark.integration
@@ -89,19 +87,9 @@ def test_kept_files_carry_their_relations_in_the_window_s_bundle(
     assert metadata["vt_calls"] == 2 * len(record)
 
     # the bundle rebuilt alone replays the stored answers: same bytes, no call
-    bundle_path = stored(storage, "livehunt_stix_bundles", HOUR)
-    first = bundle_path.read_bytes()
-    bundle_path.unlink()
     vt_emulator.reset_stats()
-    rebuilt = dg.materialize(
-        [*livehunt_assets, livehunt_stix_bundle_is_valid],
-        selection=dg.AssetSelection.assets(livehunt_stix_bundles),
-        partition_key=partition_key(HOUR),
-        instance=dagster_instance,
-        resources=resources,
-    )
-    assert rebuilt.success
-    assert bundle_path.read_bytes() == first
+    first, rebuilt = rebuild_bundle(dagster_instance, resources, storage, HOUR)
+    assert rebuilt == first
     assert vt_emulator.stats() == {}  # not one VirusTotal request
 
 

@@ -4,6 +4,7 @@ RabbitMQ: what the pipeline's delivery and enrichment code will rely on."""
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import threading
@@ -186,6 +187,37 @@ def test_registration_hands_out_the_real_rabbitmq_and_declares_the_queues(
         channel.basic_publish(config["listen_exchange"], config["listen_routing"], b"{}")
         method, _, body = channel.basic_get(config["listen"], auto_ack=True)
         assert method is not None and body == b"{}"
+    finally:
+        connection.close()
+
+
+def test_a_new_platform_ignores_what_an_earlier_one_left_in_the_shared_broker(
+    rabbitmq: RabbitMQ,
+) -> None:
+    """The broker outlives an emulator: a bundle or a request left in a connector's queues by
+    an earlier platform names works this one never had. A platform that has never seen the
+    connector empties its queues when it registers, as a fresh OpenCTI has none; registering
+    again later empties nothing."""
+    from vt_pipeline.emulators.opencti.amqp import declare_connector_queues
+
+    connector_id = str(uuid.uuid4())
+    bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": []}
+    stale = {"content": base64.b64encode(json.dumps(bundle).encode()).decode()}
+    connection = pika.BlockingConnection(rabbitmq.connection_parameters())
+    try:
+        channel = connection.channel()
+        declare_connector_queues(channel, connector_id)
+        channel.basic_publish("", f"push_{connector_id}", json.dumps(stale).encode())
+        channel.basic_publish("", f"listen_{connector_id}", b'{"internal": {}}')
+        with OpenCTIEmulator(amqp=rabbitmq) as opencti:
+            opencti.platform.register_connector({"id": connector_id, "name": "x"})
+            for name in ("listen", "push"):
+                left = channel.queue_declare(f"{name}_{connector_id}", passive=True)
+                assert left.method.message_count == 0, name
+            channel.basic_publish("", f"listen_{connector_id}", b'{"internal": {}}')
+            opencti.platform.register_connector({"id": connector_id, "name": "x"})
+            kept = channel.queue_declare(f"listen_{connector_id}", passive=True)
+            assert kept.method.message_count == 1  # its own request stays
     finally:
         connection.close()
 

@@ -4,12 +4,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 
-from vt_pipeline.emulators.opencti.amqp import listen_queue
 from vt_pipeline.emulators.opencti.server import OpenCTIEmulator
-from vt_pipeline.emulators.rabbitmq import RabbitMQ
 from vt_pipeline.emulators.virustotal.scaled_clock import ScaledClockVirusTotalResource
 from vt_pipeline.emulators.virustotal.server import VirusTotalEmulator
 from vt_pipeline.enrichment.settings import EnrichmentSettings
@@ -19,18 +16,12 @@ from vt_pipeline_tests.conftest import PREMIUM_KEY
 
 
 @pytest.fixture
-def cti_resource(opencti: OpenCTIEmulator, rabbitmq: RabbitMQ) -> Iterator[OpenCTIResource]:
-    """The default enrichment connector, registered, its listen queue empty: the broker
-    outlives each test's OpenCTI emulator, and a message an earlier test left there names a
-    work this emulator never had."""
+def cti_resource(opencti: OpenCTIEmulator) -> Iterator[OpenCTIResource]:
+    """The default enrichment connector, registered (the emulator empties the queues of a
+    connector it has never seen: nothing an earlier test left there comes through)."""
     resource = OpenCTIResource(url=opencti.url, token=opencti.token, work_timeout_seconds=30)
     with resource.connector("enrichment"):
         pass  # registered: OpenCTI can now send it requests
-    connection = pika.BlockingConnection(rabbitmq.connection_parameters())
-    try:
-        connection.channel().queue_purge(listen_queue(resource.enrichment_connector_id))
-    finally:
-        connection.close()
     yield resource
 
 

@@ -182,9 +182,16 @@ class Platform:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _declare_connector_queues(self, connector_id: str) -> None:
+    def _declare_connector_queues(self, connector_id: str, new: bool) -> None:
+        """The connector's queues; emptied when this platform has never seen the connector.
+        A platform that starts empty has no queue for it yet, but the broker may outlive the
+        emulator (tests share one RabbitMQ): a bundle or request a previous emulator left
+        there names works this one never had, and must not be ingested here."""
         with self._channel() as channel:
             declare_connector_queues(channel, connector_id)
+            if new:
+                channel.queue_purge(listen_queue(connector_id))
+                channel.queue_purge(push_queue(connector_id))
         if self._worker is not None:
             self._worker.consume(push_queue(connector_id))
 
@@ -249,6 +256,7 @@ class Platform:
     def register_connector(self, data: Mapping[str, Any]) -> dict[str, Any]:
         connector_id = str(data["id"])
         with self.lock:
+            new = connector_id not in self.connectors
             existing = self.connectors.get(connector_id, {})
             connector = {
                 **existing,
@@ -276,7 +284,7 @@ class Platform:
             }
             self.connectors[connector_id] = connector
         if self.amqp is not None:
-            self._declare_connector_queues(connector_id)
+            self._declare_connector_queues(connector_id, new)
         return connector
 
     def connector(self, connector_id: str) -> dict[str, Any]:

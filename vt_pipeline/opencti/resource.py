@@ -491,28 +491,34 @@ class OpenCTIConnector:
         reported with its reason (then `close_work(..., in_error=True)` ends the work)."""
         delays = self._backoff.delays()
         started, attempt = time.monotonic(), 0
+        # What failed attempts announced and never published is settled only after the next
+        # attempt has announced its own pieces: settled at once, it let the work's processed
+        # count catch up with its expectations and complete before the retry was announced.
+        owed = 0
         while True:
             attempt += 1
             self._tally.expected = self._tally.published = 0
             try:
-                return self.send_bundle(bundle, work_id)
+                sent = self.send_bundle(bundle, work_id)
             except OpenCTIUnavailable as exc:
-                unsent = max(0, self._tally.expected - self._tally.published)
+                owed += max(0, self._tally.expected - self._tally.published)
                 delay = next(delays, None)
                 if delay is None:
                     reason = (
                         f"{exc}; gave up after {attempt} attempts over "
                         f"{time.monotonic() - started:.0f} s"
                     )
-                    self._settle(work_id, unsent, f"vt_pipeline: bundle not sent: {reason}")
+                    self._settle(work_id, owed, f"vt_pipeline: bundle not sent: {reason}")
                     raise OpenCTIUnavailable(reason) from None
-                self._settle(work_id, unsent, None)
                 log.warning("%s; sending again into work %s in %.1f s", exc, work_id, delay)
                 time.sleep(delay)
+                continue
             except OpenCTIError as exc:
-                unsent = max(0, self._tally.expected - self._tally.published)
-                self._settle(work_id, unsent, f"vt_pipeline: bundle not sent: {exc}")
+                owed += max(0, self._tally.expected - self._tally.published)
+                self._settle(work_id, owed, f"vt_pipeline: bundle not sent: {exc}")
                 raise
+            self._settle(work_id, owed, None)
+            return sent
 
     def _settle(self, work_id: str, unsent: int, error: str | None) -> None:
         """Report `unsent` expectations of the work as done (the first with `error`)."""

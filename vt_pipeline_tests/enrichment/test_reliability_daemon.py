@@ -213,6 +213,7 @@ def assert_every_request_answered_once(
     return summaries
 
 
+@pytest.mark.slow  # batch mode; the default drain mode's daemon test runs by default
 def test_a_killed_run_has_its_requests_answered_again(
     deployment: Deployment,
     opencti: OpenCTIEmulator,
@@ -251,6 +252,7 @@ def test_a_killed_run_has_its_requests_answered_again(
         assert [r.tags[recovery.RETRY_OF_TAG] for r in retries] == [killed]
 
 
+@pytest.mark.slow  # batch mode; the default drain mode's daemon test runs by default
 def test_a_crashed_daemon_loses_no_request(
     deployment: Deployment,
     opencti: OpenCTIEmulator,
@@ -281,6 +283,7 @@ def test_a_crashed_daemon_loses_no_request(
         assert retried, "no run was caught by the crash: the test proved nothing"
 
 
+@pytest.mark.slow  # batch mode; the default drain mode's daemon test runs by default
 def test_poison_messages_429_and_500_bursts_and_a_broker_restart_leave_every_work_complete(
     tmp_path: Path,
     vt_emulator: VirusTotalEmulator,

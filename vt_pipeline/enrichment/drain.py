@@ -54,6 +54,7 @@ from vt_pipeline.enrichment.job import (
     Enricher,
     Outcome,
     WaitNotices,
+    outcome_counts,
     outcomes_metadata,
 )
 from vt_pipeline.enrichment.requests import (
@@ -361,11 +362,11 @@ def drain_metadata(report: DrainReport, seconds: float) -> dict[str, Any]:
     """The run's output: the last requests' table, counts, and the config that replays them."""
     outcomes = report.outcomes
     metadata = outcomes_metadata(outcomes[-TABLE_ROWS:])
+    for key in ("requests_passed_through", "cache_hits"):  # the table's; all runs' below
+        metadata.pop(key, None)
     metadata.update(
         {
-            "requests_total": len(outcomes),
-            "requests_enriched": sum(o.status != OUTCOME_FAILED for o in outcomes),
-            "requests_failed": sum(o.status == OUTCOME_FAILED for o in outcomes),
+            **outcome_counts(outcomes),
             "drained_seconds": round(seconds, 1),
             **{key: value for key, value in report.counts().items() if value},
         }
@@ -496,7 +497,7 @@ def vt_enrichment_drain(
         )
     failed = [o for o in report.outcomes if o.status == OUTCOME_FAILED]
     if failed:
-        lines = [f"{o.request.request_id} ({o.entity}): {o.message}" for o in failed]
+        lines = [o.line for o in failed]
         raise dg.Failure(
             description=f"{len(failed)} of {len(report.outcomes)} enrichment request(s) failed; "
             "their OpenCTI works are in error.\n" + "\n".join(lines[:20]),

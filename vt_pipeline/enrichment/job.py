@@ -68,6 +68,7 @@ from vt_pipeline.stix.enrichment import (
     playbook_bundle,
     unchanged_playbook_bundle,
 )
+from vt_pipeline.stix.enrichment.base import FILE_ENTITY_TYPES, REPORT_KIND
 from vt_pipeline.storage.responses import ResponseStore
 from vt_pipeline.storage.store import StorageResource
 from vt_pipeline.virustotal.expansion_fetch import ExpansionFetcher, refresh
@@ -89,17 +90,6 @@ from vt_pipeline.virustotal.resource import (
 
 T = TypeVar("T")
 
-FILE_TYPES = frozenset({"StixFile", "Artifact"})
-# OpenCTI observable type -> VirusTotal object type of its lookup
-VT_OBJECT_TYPES: dict[str, str] = {
-    "StixFile": "file",
-    "Artifact": "file",
-    "IPv4-Addr": "ip_address",
-    "IPv6-Addr": "ip_address",
-    "Domain-Name": "domain",
-    "Hostname": "domain",
-    "Url": "url",
-}
 HASH_PREFERENCE = ("SHA-256", "SHA-1", "MD5")
 _HASH_PATTERNS = {
     "SHA-256": re.compile(r"^[0-9a-fA-F]{64}$"),
@@ -134,6 +124,11 @@ class Outcome:
     # Not reported because OpenCTI could not be reached (worth trying again later), rather
     # than because it answered and refused (a work it no longer knows: never worth it).
     unreachable: bool = False
+
+    @property
+    def line(self) -> str:
+        """The request, its entity and its message: one line of a failed run's list."""
+        return f"{self.request.request_id} ({self.entity}): {self.message}"
 
 
 @dataclass
@@ -355,7 +350,7 @@ class Enricher:
         stix_entity: dict[str, Any],
         trace: _Trace,
     ) -> EnrichmentResult:
-        if entity_type in FILE_TYPES:
+        if entity_type in FILE_ENTITY_TYPES:
             return await self._enrich_file(entity_type, entity, stix_entity, trace)
         if entity_type == "Indicator":
             return await self._enrich_indicator(entity, stix_entity, trace)
@@ -449,7 +444,7 @@ class Enricher:
         self, entity_type: str, value: str, trace: _Trace, upload: bool
     ) -> dict[str, Any] | None:
         """The VT response for a network observable (URLs: VT's URL id, submitted if unseen)."""
-        object_type = VT_OBJECT_TYPES[entity_type]
+        object_type = REPORT_KIND[entity_type]
         key = key_of(entity_type, value)
         body = await self._lookup(object_type, key, trace)
         if body is None and object_type == "url" and upload and self.settings.url_upload_unseen:
@@ -469,24 +464,24 @@ class Enricher:
             if not isinstance(item, dict):
                 continue
             kind, value = str(item.get("type") or ""), str(item.get("value") or "").strip()
-            if kind in FILE_TYPES:
+            if kind in FILE_ENTITY_TYPES:
                 value = best_hash({"hashes": _hash_dict(item.get("hashes"))}, {}) or value
-            if kind in VT_OBJECT_TYPES and value and (kind, value) not in wanted:
+            if kind in REPORT_KIND and value and (kind, value) not in wanted:
                 wanted.append((kind, value))
         if not wanted:
             raise RequestFailed(
                 "the Indicator has no observable value VirusTotal can look up "
-                f"(supported: {', '.join(VT_OBJECT_TYPES)})"
+                f"(supported: {', '.join(REPORT_KIND)})"
             )
 
         async def one(kind: str, value: str) -> tuple[str, str, dict[str, Any] | None, Any]:
-            if kind in FILE_TYPES:
+            if kind in FILE_ENTITY_TYPES:
                 body = await self._lookup("file", value, trace)
             else:
                 body = await self._observable(kind, value, trace, upload=False)
             if body is None:
                 return kind, value, None, None
-            key = vt.url_id(value) if VT_OBJECT_TYPES[kind] == "url" else value
+            key = vt.url_id(value) if REPORT_KIND[kind] == "url" else value
             return kind, value, body, await self._expanded(kind, key, body, body["data"], trace)
 
         found = await asyncio.gather(*(one(kind, value) for kind, value in wanted))
@@ -496,7 +491,7 @@ class Enricher:
             raise RequestFailed(f"VirusTotal has no record of the Indicator's values: {listed}")
         rulesets: dict[str, dict[str, Any]] = {}
         for kind, _, body, _ in found:
-            if body is not None and kind in FILE_TYPES:
+            if body is not None and kind in FILE_ENTITY_TYPES:
                 rulesets.update(await self._yara_rulesets(body["data"], trace))
         return build_indicator_enrichment(
             stix_entity, lookups, self.options, rulesets, requested_at=trace.requested_at
@@ -525,7 +520,7 @@ class Enricher:
         """What the mapping reads: the lookup's data, with the configured VT relations when
         there are (`virustotal/relations.py`: from the lookup, else one call per relation,
         cached like lookups; a relation that fails is kept with its reason)."""
-        kind = VT_OBJECT_TYPES[entity_type]
+        kind = REPORT_KIND[entity_type]
         wanted = self.settings.relationships(kind)
         report = read_report(kind, body["data"]) if wanted else None
         if report is None:
@@ -560,7 +555,7 @@ class Enricher:
     ) -> dict[str, Any]:
         """The lookup, re-analysed first when VT's analysis is older than
         VIRUSTOTAL_RESCAN_OLDER_THAN_DAYS (files and URLs; `expansion_fetch.refresh`)."""
-        kind = VT_OBJECT_TYPES[entity_type]
+        kind = REPORT_KIND[entity_type]
         outcome = await refresh(
             self.vt,
             kind,
@@ -590,7 +585,7 @@ class Enricher:
             getattr(self.options, name)
             for name in ("file_malware_family", "file_import_ids", "file_import_sigma")
         )
-        kind = VT_OBJECT_TYPES[entity_type]
+        kind = REPORT_KIND[entity_type]
         if not isinstance(report, Report):
             report = read_report(kind, body["data"]) if wanted else None
             if report is None:
@@ -711,7 +706,7 @@ class Enricher:
 
 def key_of(entity_type: str, value: str) -> str:
     """The id a network observable is looked up by on VT (a URL: VT's URL id)."""
-    return vt.url_id(value) if VT_OBJECT_TYPES[entity_type] == "url" else value
+    return vt.url_id(value) if REPORT_KIND[entity_type] == "url" else value
 
 
 def best_hash(stix_entity: Mapping[str, Any], entity: Mapping[str, Any]) -> str | None:
@@ -878,17 +873,26 @@ def outcomes_metadata(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "requests": dg.MetadataValue.table(rows, schema=schema),
         "messages": dg.MetadataValue.md("\n".join(lines)),
         "kind": dg.MetadataValue.text(", ".join(_KIND_NAMES.get(k, k) for k in kinds) or "none"),
+        **outcome_counts(outcomes),
+    }
+    return metadata
+
+
+def outcome_counts(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    """The counts an operator plots: requests, enriched, failed (the rarer ones, passed
+    through and cache hits, only when they happened)."""
+    counts = {
         "requests_total": len(outcomes),
         "requests_enriched": sum(o.status == OUTCOME_ENRICHED for o in outcomes),
         "requests_failed": sum(o.status == OUTCOME_FAILED for o in outcomes),
     }
     passed = sum(o.status == OUTCOME_PASSED for o in outcomes)
     if passed:
-        metadata["requests_passed_through"] = passed
+        counts["requests_passed_through"] = passed
     cache_hits = sum(o.cache_hits for o in outcomes)
     if cache_hits:
-        metadata["cache_hits"] = cache_hits
-    return metadata
+        counts["cache_hits"] = cache_hits
+    return counts
 
 
 @dg.op(
@@ -945,7 +949,7 @@ def vt_enrichment(
     yield dg.Output(None, metadata=metadata)
     failed = [o for o in outcomes if o.status == OUTCOME_FAILED]
     if failed or refused:
-        lines = [f"{o.request.request_id} ({o.entity}): {o.message}" for o in failed] + refused
+        lines = [o.line for o in failed] + refused
         raise dg.Failure(
             description=f"{len(lines)} of {len(outcomes) + len(refused)} enrichment request(s) "
             "failed; their OpenCTI works are in error. Re-execute the run to repeat the batch.\n"

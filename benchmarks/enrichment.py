@@ -64,15 +64,19 @@ API_KEY = "benchmark-key"
 TMPFS = Path("/dev/shm")
 
 
-def bench_job() -> dg.JobDefinition:
-    """The real job with the deployment's resources from the environment (reconstructable)."""
-    from vt_pipeline.enrichment.job import vt_enrichment_job
-    from vt_pipeline.enrichment.requests import ENRICHMENT_JOB
+def with_deployment_resources(job: dg.JobDefinition) -> dg.JobDefinition:
+    """A job with the deployment's resources from the environment."""
     from vt_pipeline.resources import build_resources
 
-    resources = build_resources()
-    defs = dg.Definitions(jobs=[vt_enrichment_job], resources=resources)
-    return defs.resolve_job_def(ENRICHMENT_JOB)
+    defs = dg.Definitions(jobs=[job], resources=build_resources())
+    return defs.resolve_job_def(job.name)
+
+
+def bench_job() -> dg.JobDefinition:
+    """The real batch job with the deployment's resources (reconstructable: a child runs it)."""
+    from vt_pipeline.enrichment.job import vt_enrichment_job
+
+    return with_deployment_resources(vt_enrichment_job)
 
 
 def execute_one_run(run_id: str) -> int:
@@ -261,22 +265,13 @@ def latencies(opencti: Any, asked: dict[str, float]) -> tuple[list[float], float
     return found, last, in_error
 
 
-def bench_drain_job() -> dg.JobDefinition:
-    from vt_pipeline.enrichment.drain import vt_enrichment_drain_job
-    from vt_pipeline.enrichment.requests import DRAIN_JOB
-    from vt_pipeline.resources import build_resources
-
-    defs = dg.Definitions(jobs=[vt_enrichment_drain_job], resources=build_resources())
-    return defs.resolve_job_def(DRAIN_JOB)
-
-
 def execute_drain(limits_json: str) -> int:
     """The child process: one drain run with these limits, in the instance of $DAGSTER_HOME."""
-    from vt_pipeline.enrichment.drain import DrainLimits, drain_run_config
+    from vt_pipeline.enrichment.drain import DrainLimits, drain_run_config, vt_enrichment_drain_job
 
     limits = DrainLimits(**json.loads(limits_json))
     with dg.DagsterInstance.get() as instance:
-        result = bench_drain_job().execute_in_process(
+        result = with_deployment_resources(vt_enrichment_drain_job).execute_in_process(
             run_config=drain_run_config(limits), instance=instance, raise_on_error=False
         )
     return 0 if result.success else 1
